@@ -1,0 +1,106 @@
+# moemesh — one non-recursive Makefile (STYLE.md "Builds are boring").
+#
+#   make            library, the four programs and the test binaries
+#   make test       install missing packages, build, run every test (then again under ASan+UBSan)
+#   make unit       the plain suite only (quick loop while developing)
+#   make SAN=1 ...  the same targets built with ASan+UBSan into build/san/
+#   make demo       build the demo model from models/stories260k and generate a story
+#   make bench      benchmarks (speed lives here, never in tests)
+#
+# Every .c file in model/, kernels/ and wire/ goes into one static library; main.c files are
+# programs. Files named *_avx2.c / *_avx512.c get their ISA flags and are chosen at run time.
+
+CC      ?= cc
+CFLAGS  ?= -O2 -g
+LDFLAGS ?=
+SAN     ?=
+
+B := build$(if $(SAN),/san)
+
+REQ_CFLAGS := -std=c11 -D_GNU_SOURCE -Wall -Wextra -I. -I$(B)/gen -MMD -MP -pthread
+ifneq ($(SAN),)
+REQ_CFLAGS += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+LDFLAGS    += -fsanitize=address,undefined
+endif
+AVX2_FLAGS   := -mavx2 -mfma -mf16c
+AVX512_FLAGS := $(AVX2_FLAGS) -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni
+LIBS := -lzmq -lprotobuf-c -luv -lopenblas -lpcre2-8 -ljansson -lpthread -lm
+
+LIB_SRC   := $(filter-out %/main.c,$(wildcard model/*.c kernels/*.c wire/*.c))
+COORD_SRC := $(filter-out %/main.c,$(wildcard coordinator/*.c))
+XNODE_SRC := $(filter-out %/main.c,$(wildcard expert-node/*.c))
+BENCH_SRC := $(filter-out %/main.c,$(wildcard bench/*.c))
+
+obj = $(patsubst %.c,$(B)/obj/%.o,$(1))
+LIB   := $(B)/libmoemesh.a
+BINS  := $(B)/bin/moemesh-coordinator $(B)/bin/moemesh-expert $(B)/bin/moemesh-model \
+         $(B)/bin/moemesh-bench
+
+# One Criterion binary per source folder; tests/<folder>/*.c link the library plus that folder.
+TEST_DIRS := $(notdir $(wildcard tests/*))
+TEST_DIRS := $(filter-out $(notdir $(wildcard tests/*.*)),$(TEST_DIRS))
+TESTS     := $(foreach d,$(TEST_DIRS),$(if $(wildcard tests/$(d)/*.c),$(B)/tests/$(d)))
+
+.PHONY: all deps test unit demo bench clean format
+all: $(LIB) $(BINS) $(TESTS)
+
+# Packages: checked once per build directory; deploy/install-deps.sh is idempotent.
+$(B)/.deps-ok: deploy/install-deps.sh
+	@./deploy/install-deps.sh
+	@mkdir -p $(@D) && touch $@
+deps: $(B)/.deps-ok
+
+$(B)/obj/%.o: %.c | $(B)/.deps-ok
+	@mkdir -p $(@D)
+	@echo "  CC    $<"
+	@$(CC) $(REQ_CFLAGS) $(CFLAGS) $(if $(findstring _avx512,$<),$(AVX512_FLAGS),$(if $(findstring _avx2,$<),$(AVX2_FLAGS))) -c $< -o $@
+
+$(LIB): $(call obj,$(LIB_SRC))
+	@echo "  AR    $@"
+	@rm -f $@ && ar rcs $@ $^
+
+link = @mkdir -p $(@D) && echo "  LD    $@" && $(CC) $(REQ_CFLAGS) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LIBS)
+
+$(B)/bin/moemesh-coordinator: $(call obj,coordinator/main.c $(COORD_SRC)) $(LIB)
+	$(link)
+$(B)/bin/moemesh-expert: $(call obj,expert-node/main.c $(XNODE_SRC)) $(LIB)
+	$(link)
+$(B)/bin/moemesh-model: $(call obj,model/main.c) $(LIB)
+	$(link)
+$(B)/bin/moemesh-bench: $(call obj,bench/main.c $(BENCH_SRC) $(COORD_SRC) $(XNODE_SRC)) $(LIB)
+	$(link)
+
+# tests/coordinator links coordinator objects, tests/expert-node the node's; others the library.
+test_extra = $(if $(filter coordinator,$(1)),$(COORD_SRC))$(if $(filter expert-node,$(1)),$(XNODE_SRC))
+define test_rule
+$(B)/tests/$(1): $(call obj,$(wildcard tests/$(1)/*.c) $(call test_extra,$(1))) $(LIB)
+	$$(link) -lcriterion
+endef
+$(foreach d,$(TEST_DIRS),$(eval $(call test_rule,$(d))))
+
+unit: all
+	@tests/run.sh $(TESTS)
+
+# The full suite: plain, then the same binaries built with ASan+UBSan (build/san/).
+# tests/run.sh runs each binary and prints one closing "N passed, N failed" line.
+ifeq ($(SAN),)
+test: all
+	@$(MAKE) --no-print-directory SAN=1 all
+	@tests/run.sh $(TESTS) $(patsubst build/%,build/san/%,$(TESTS))
+else
+test: unit
+endif
+
+demo: all
+	@./models/demo.sh $(B)/bin
+
+bench: all
+	@$(B)/bin/moemesh-bench kernels
+
+format:
+	@clang-format -i $$(git ls-files '*.c' '*.h')
+
+clean:
+	rm -rf build
+
+-include $(shell find build -name '*.d' 2>/dev/null)
