@@ -1,0 +1,60 @@
+/* kernels-internal: GGUF block layouts (bit-exact with ggml's block_* structs) and the per-ISA
+ * dot-product tables that kern_vec_dot dispatches through. Only kernels/ and its tests use it.
+ */
+#ifndef MOEMESH_KERN_INT_H
+#define MOEMESH_KERN_INT_H
+
+#include "kernels/kern.h"
+
+#define KERN_QK32 32  /* elements per legacy block (Q4_0 .. Q8_1) */
+#define KERN_QK_K 256 /* elements per K-quant super-block */
+
+/* fp16 fields are raw IEEE half bits; convert with kern_fp16_to_fp32. */
+typedef struct { uint16_t d; uint8_t qs[16]; } kern_block_q4_0;            /* 18 bytes */
+typedef struct { uint16_t d, m; uint8_t qs[16]; } kern_block_q4_1;         /* 20 */
+typedef struct { uint16_t d; uint8_t qh[4]; uint8_t qs[16]; } kern_block_q5_0;    /* 22 */
+typedef struct { uint16_t d, m; uint8_t qh[4]; uint8_t qs[16]; } kern_block_q5_1; /* 24 */
+typedef struct { uint16_t d; int8_t qs[32]; } kern_block_q8_0;             /* 34 */
+typedef struct { uint16_t d, s; int8_t qs[32]; } kern_block_q8_1;          /* 36: s = d*sum(qs) */
+typedef struct { uint8_t scales[16]; uint8_t qs[64]; uint16_t d, dmin; } kern_block_q2_k; /* 84 */
+typedef struct {
+    uint8_t hmask[32]; uint8_t qs[64]; uint8_t scales[12]; uint16_t d;
+} kern_block_q3_k;                                                          /* 110 */
+typedef struct { uint16_t d, dmin; uint8_t scales[12]; uint8_t qs[128]; } kern_block_q4_k; /* 144 */
+typedef struct {
+    uint16_t d, dmin; uint8_t scales[12]; uint8_t qh[32]; uint8_t qs[128];
+} kern_block_q5_k;                                                          /* 176 */
+typedef struct {
+    uint8_t ql[128]; uint8_t qh[64]; int8_t scales[16]; uint16_t d;
+} kern_block_q6_k;                                                          /* 210 */
+typedef struct { float d; int8_t qs[256]; int16_t bsums[16]; } kern_block_q8_k; /* 292 */
+
+_Static_assert(sizeof(kern_block_q4_0) == 18, "q4_0 layout");
+_Static_assert(sizeof(kern_block_q4_1) == 20, "q4_1 layout");
+_Static_assert(sizeof(kern_block_q5_0) == 22, "q5_0 layout");
+_Static_assert(sizeof(kern_block_q5_1) == 24, "q5_1 layout");
+_Static_assert(sizeof(kern_block_q8_0) == 34, "q8_0 layout");
+_Static_assert(sizeof(kern_block_q8_1) == 36, "q8_1 layout");
+_Static_assert(sizeof(kern_block_q2_k) == 84, "q2_k layout");
+_Static_assert(sizeof(kern_block_q3_k) == 110, "q3_k layout");
+_Static_assert(sizeof(kern_block_q4_k) == 144, "q4_k layout");
+_Static_assert(sizeof(kern_block_q5_k) == 176, "q5_k layout");
+_Static_assert(sizeof(kern_block_q6_k) == 210, "q6_k layout");
+_Static_assert(sizeof(kern_block_q8_k) == 292, "q8_k layout");
+
+/* dot over n elements of a weight row (its type) and activations in its dot_type. */
+typedef float (*kern__dot_fn)(int64_t n, const void *w, const void *xq);
+/* activation rounding of n floats into blocks of a dot type */
+typedef void (*kern__quant_fn)(const float *x, void *dst, int64_t n);
+
+/* Tables indexed by kern_type_t; NULL where that ISA has no special path (fall back to the
+ * next lower ISA). Defined in quant.c (scalar), dot_avx2.c, dot_avx512.c. */
+extern const kern__dot_fn kern__dot_scalar[KERN_TYPE_COUNT];
+extern const kern__dot_fn kern__dot_avx2[KERN_TYPE_COUNT];
+extern const kern__quant_fn kern__quant_act_scalar[KERN_TYPE_COUNT];
+extern const kern__quant_fn kern__quant_act_avx2[KERN_TYPE_COUNT];
+
+/* The ISA in force (kern_set_isa); read on every dispatch. */
+extern kern_isa_t kern__isa;
+
+#endif

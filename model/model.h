@@ -1,0 +1,126 @@
+/* model — everything about a model file that is not arithmetic: the GGUF container (reader and
+ * writer), architectures and their hyper-parameters, the tokenizer and chat templates, and the
+ * memory planner that says how experts spread over machines. Sits on kernels/ and wire/.
+ */
+#ifndef MOEMESH_MODEL_H
+#define MOEMESH_MODEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels/kern.h"
+
+/* ---- errors: project codes below -1000, named by model_strerror ---- */
+enum {
+    MODEL_E_MAGIC = -1001,     /* not a GGUF file */
+    MODEL_E_VERSION = -1002,   /* GGUF version other than 2 or 3 */
+    MODEL_E_TRUNCATED = -1003, /* a field, string, array or tensor runs past the end */
+    MODEL_E_LIMIT = -1004,     /* a count, length or dimension beyond what the file can hold */
+    MODEL_E_TYPE = -1005,      /* unknown metadata value type or tensor type */
+    MODEL_E_LAYOUT = -1006,    /* misaligned or overlapping tensor data, bad alignment value */
+    MODEL_E_DUPLICATE = -1007, /* two keys or two tensors with one name */
+    MODEL_E_ARCH = -1008,      /* unsupported architecture or missing/inconsistent tensor */
+    MODEL_E_VOCAB = -1009,     /* unsupported or inconsistent tokenizer metadata */
+};
+/* Text for a model error code or a negated errno (static string). */
+const char *model_strerror(int err);
+
+/* ---- GGUF reader (model/gguf.c) ----
+ * Memory-maps a GGUF v2/v3 file, validates everything before use, and exposes metadata as
+ * typed values and tensors as views into the mapping. Every problem is logged once with the
+ * file name and becomes an error code; nothing from the file can cause a crash or an
+ * allocation larger than a small multiple of the file's size. */
+typedef enum {
+    MODEL_GGUF_UINT8 = 0,
+    MODEL_GGUF_INT8 = 1,
+    MODEL_GGUF_UINT16 = 2,
+    MODEL_GGUF_INT16 = 3,
+    MODEL_GGUF_UINT32 = 4,
+    MODEL_GGUF_INT32 = 5,
+    MODEL_GGUF_FLOAT32 = 6,
+    MODEL_GGUF_BOOL = 7,
+    MODEL_GGUF_STRING = 8,
+    MODEL_GGUF_ARRAY = 9,
+    MODEL_GGUF_UINT64 = 10,
+    MODEL_GGUF_INT64 = 11,
+    MODEL_GGUF_FLOAT64 = 12,
+    MODEL_GGUF_TYPE_COUNT
+} model_gguf_type_t;
+
+typedef struct model_gguf_value model_gguf_value_t;
+struct model_gguf_value {
+    model_gguf_type_t type;
+    union {
+        uint64_t u;  /* UINT8..UINT64 */
+        int64_t i;   /* INT8..INT64 */
+        double f;    /* FLOAT32, FLOAT64 */
+        bool b;      /* BOOL */
+        struct {
+            const char *s; /* NUL-terminated copy; may contain NULs before len */
+            uint64_t len;  /* bytes, without the terminator */
+        } str;
+        struct {
+            model_gguf_type_t type; /* element type (ARRAY for nested arrays) */
+            uint64_t n;             /* element count */
+            model_gguf_value_t *v;  /* (n) elements */
+        } arr;
+    };
+};
+
+typedef struct {
+    const char *key;
+    model_gguf_value_t val;
+} model_gguf_kv_t;
+
+typedef struct {
+    const char *name;   /* NUL-terminated */
+    kern_type_t type;
+    int n_dims;         /* 1..4 */
+    int64_t ne[4];      /* ne[0] = elements per row; unused dimensions are 1 */
+    uint64_t offset;    /* bytes from the start of the data section */
+    size_t nbytes;
+    const void *data;   /* inside the mapping; valid until model_gguf_free */
+} model_tensor_t;
+
+typedef struct model_gguf model_gguf_t;
+
+/* Opens and validates path; on success *out owns the mapping. Returns 0 or an error code
+ * (MODEL_E_* or -errno), with the reason logged naming the file. */
+int model_gguf_open(const char *path, model_gguf_t **out);
+/* The same on a caller-owned buffer that must outlive the result (fuzzing, tests); name is
+ * used in messages. */
+int model_gguf_open_mem(const void *buf, size_t len, const char *name, model_gguf_t **out);
+void model_gguf_free(model_gguf_t *g); /* NULL-safe */
+
+const char *model_gguf_path(const model_gguf_t *g);
+uint32_t model_gguf_version(const model_gguf_t *g);
+uint64_t model_gguf_alignment(const model_gguf_t *g);
+uint64_t model_gguf_data_offset(const model_gguf_t *g); /* file offset of the data section */
+size_t model_gguf_file_size(const model_gguf_t *g);
+
+int model_gguf_kv_count(const model_gguf_t *g);
+const model_gguf_kv_t *model_gguf_kv(const model_gguf_t *g, int i); /* borrowed */
+/* Value of key, or NULL when absent. Borrowed, valid until model_gguf_free. */
+const model_gguf_value_t *model_gguf_get(const model_gguf_t *g, const char *key);
+
+/* Typed accessors. Each returns false (leaving *out alone) when the key is absent or of an
+ * incompatible type: any integer type converts to an integer in range, floats convert from
+ * FLOAT32/FLOAT64 and integers. */
+bool model_gguf_get_int(const model_gguf_t *g, const char *key, int64_t *out);
+bool model_gguf_get_float(const model_gguf_t *g, const char *key, double *out);
+bool model_gguf_get_bool(const model_gguf_t *g, const char *key, bool *out);
+/* String value or NULL (absent or not a string). Borrowed. */
+const char *model_gguf_get_str(const model_gguf_t *g, const char *key);
+/* Array value whose elements have type elem (or any type when elem < 0), or NULL. */
+const model_gguf_value_t *model_gguf_get_arr(const model_gguf_t *g, const char *key, int elem);
+/* Scalar conversions of one value (an array element, say); same rules as above. */
+bool model_gguf_value_int(const model_gguf_value_t *v, int64_t *out);
+bool model_gguf_value_float(const model_gguf_value_t *v, double *out);
+const char *model_gguf_type_name(model_gguf_type_t t);
+
+int model_gguf_tensor_count(const model_gguf_t *g);
+const model_tensor_t *model_gguf_tensor(const model_gguf_t *g, int i); /* borrowed */
+const model_tensor_t *model_gguf_find_tensor(const model_gguf_t *g, const char *name);
+
+#endif
