@@ -123,4 +123,34 @@ int model_gguf_tensor_count(const model_gguf_t *g);
 const model_tensor_t *model_gguf_tensor(const model_gguf_t *g, int i); /* borrowed */
 const model_tensor_t *model_gguf_find_tensor(const model_gguf_t *g, const char *name);
 
+/* ---- tokenizer (model/tok*.c) ----
+ * Built from a GGUF file's tokenizer.* metadata: SentencePiece (`llama`) and byte-level BPE
+ * (`gpt2`, with the pre-tokenizer named by tokenizer.ggml.pre). Matches llama.cpp's
+ * tokenization exactly. Read-only after creation: one tokenizer may serve many threads. */
+typedef struct model_tok model_tok_t;
+
+/* Builds the tokenizer of g (g may be freed afterwards). 0 or MODEL_E_VOCAB / other code,
+ * reason logged (e.g. an unknown tokenizer.ggml.pre, listing the supported ones). */
+int model_tok_new(const model_gguf_t *g, model_tok_t **out);
+void model_tok_free(model_tok_t *t); /* NULL-safe */
+
+int32_t model_tok_n_vocab(const model_tok_t *t);
+int32_t model_tok_bos(const model_tok_t *t); /* -1 when the vocabulary has none */
+int32_t model_tok_eos(const model_tok_t *t); /* -1 when none */
+/* Whether encoding adds BOS, as llama.cpp decides it (tokenizer.ggml.add_bos_token, else the
+ * tokenizer type's default). */
+bool model_tok_wants_bos(const model_tok_t *t);
+/* True for ids that end generation (EOS, EOT, end-of-turn tokens of chat vocabularies). */
+bool model_tok_is_eog(const model_tok_t *t, int32_t id);
+
+/* Tokenizes len bytes of UTF-8 text into ids (cap entries). add_bos: prepend BOS when the model
+ * has one; parse_special: text of special tokens becomes those tokens. Returns the number of
+ * ids the text needs (call again with a larger cap when it exceeds cap) or a negative error. */
+int64_t model_tok_encode(const model_tok_t *t, const char *text, size_t len, bool add_bos,
+                         bool parse_special, int32_t *ids, int64_t cap);
+/* The bytes token id stands for (SentencePiece "▁" as space, byte tokens as their byte,
+ * byte-level BPE mapped back to bytes); control tokens give "" unless special is true.
+ * Writes up to cap bytes (no terminator); returns the length needed, or -EINVAL for a bad id. */
+int model_tok_piece(const model_tok_t *t, int32_t id, bool special, char *buf, int cap);
+
 #endif
