@@ -8,6 +8,9 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "kernels/kern.h"
+#include "model/model.h"
+
 /* ---- sampling (coordinator/sample.c) ----
  * Turns one logit vector into a token id. Deterministic for a given seed and history. The
  * order follows llama.cpp's default chain: penalties, top-k, top-p, min-p, temperature, draw. */
@@ -35,5 +38,84 @@ void coord_sampler_accept(coord_sampler_t *s, int32_t id);
 int32_t coord_sampler_sample(coord_sampler_t *s, const float *logits);
 /* Forgets the history and reseeds. */
 void coord_sampler_reset(coord_sampler_t *s);
+
+/* ---- routed experts (coordinator/experts.c) ----
+ * The one step the network implements: "compute these tokens with these experts and weights,
+ * return the weighted sum". The local implementation groups tokens by expert and runs batched
+ * kernels; the distributed one sends the same request to expert nodes. */
+typedef struct coord_experts coord_experts_t;
+typedef struct {
+    /* out (n_tok, n_embd) = sum over j < k of w[t*k+j] * expert ids[t*k+j] of layer applied to
+     * x (n_tok, n_embd) row t, summed in j order. Returns 0 or a negative error. */
+    int (*compute)(coord_experts_t *ex, int layer, int n_tok, int k, const float *x,
+                   const int32_t *ids, const float *w, float *out);
+    void (*free)(coord_experts_t *ex);
+} coord_experts_vt_t;
+struct coord_experts {
+    const coord_experts_vt_t *vt;
+};
+/* All routed experts of m computed in this process, rows split over pool (borrowed, may be
+ * NULL). max_tok bounds n_tok per call. m and pool must outlive the result. */
+coord_experts_t *coord_experts_local_new(const model_t *m, kern_pool_t *pool, int max_tok);
+void coord_experts_free(coord_experts_t *ex); /* NULL-safe */
+
+/* ---- engine (coordinator/engine.c) ----
+ * The forward pass of one model over a batch of tokens from one or more sequences. Each
+ * sequence owns a slot of the KV cache; a token carries its slot and position. Tokens of one
+ * slot in a batch must have increasing, contiguous positions following what the slot holds. */
+typedef struct {
+    int n_ctx;    /* positions per slot (0: the model's training context, capped at 4096) */
+    int n_slots;  /* concurrent sequences */
+    int n_batch;  /* most tokens per decode call */
+    bool kv_f16;  /* store K and V as f16 (default f32) */
+} coord_engine_params_t;
+
+coord_engine_params_t coord_engine_params_default(void);
+
+typedef struct {
+    int n;
+    const int32_t *tok;  /* (n) token ids */
+    const int32_t *pos;  /* (n) positions within their slot */
+    const int32_t *slot; /* (n) KV slots */
+    const bool *want;    /* (n) which tokens produce logits; NULL: only the last */
+} coord_batch_t;
+
+typedef struct coord_engine coord_engine_t;
+/* NULL (reason logged) when the parameters do not fit the model. m, ex and pool are borrowed
+ * and must outlive the engine. */
+coord_engine_t *coord_engine_new(const model_t *m, coord_experts_t *ex, kern_pool_t *pool,
+                                 const coord_engine_params_t *p);
+void coord_engine_free(coord_engine_t *e); /* NULL-safe */
+const coord_engine_params_t *coord_engine_params(const coord_engine_t *e);
+/* Runs the batch; logits (n_want, n_vocab) receives one row per wanted token, in batch order.
+ * Returns 0, -EINVAL for a malformed batch (bad id, slot, position or size; nothing is
+ * changed), or the experts' error. */
+int coord_engine_decode(coord_engine_t *e, const coord_batch_t *b, float *logits);
+/* Forgets everything slot holds (positions restart at 0). */
+void coord_engine_clear_slot(coord_engine_t *e, int slot);
+/* Number of positions slot holds. */
+int coord_engine_slot_len(const coord_engine_t *e, int slot);
+
+/* ---- command-line options (coordinator/opts.c) ----
+ * Every flag has a MOEMESH_* environment twin; the command line wins. */
+typedef enum { COORD_OPT_STR, COORD_OPT_INT, COORD_OPT_FLOAT, COORD_OPT_BOOL } coord_opt_kind_t;
+typedef struct {
+    const char *name;       /* long name without dashes: "temp" */
+    char short_name;        /* 'm', or 0 */
+    const char *env;        /* "MOEMESH_TEMP" */
+    coord_opt_kind_t kind;
+    void *dst;              /* char ** (borrowed argv/env string), int *, float *, bool * */
+    const char *arg;        /* argument name for help ("N"), NULL for BOOL */
+    const char *help;
+} coord_opt_t;
+/* Applies the environment, then argv[first..argc). Unknown flags, missing or malformed values
+ * print a clear message to stderr and return -EINVAL. Returns 1 after printing help for -h. */
+int coord_opts_parse(const coord_opt_t *opts, int n_opts, const char *cmd, int argc, char **argv,
+                     int first);
+void coord_opts_usage(const coord_opt_t *opts, int n_opts, const char *cmd);
+
+/* ---- commands (coordinator/cli.c): `run` and `eval`; each returns a process exit code ---- */
+int coord_cmd_run(int argc, char **argv);
+int coord_cmd_eval(int argc, char **argv);
 
 #endif

@@ -153,4 +153,73 @@ int64_t model_tok_encode(const model_tok_t *t, const char *text, size_t len, boo
  * Writes up to cap bytes (no terminator); returns the length needed, or -EINVAL for a bad id. */
 int model_tok_piece(const model_tok_t *t, int32_t id, bool special, char *buf, int cap);
 
+/* ---- architectures (model/arch.c) ----
+ * A loaded model: the GGUF mapping, hyper-parameters read from metadata (never guessed from
+ * names), and each layer's tensors bound and shape-checked. Supported: llama (dense, or with
+ * experts as Mixtral), qwen2moe, qwen3moe, olmoe. */
+typedef enum {
+    MODEL_ARCH_LLAMA = 0,
+    MODEL_ARCH_QWEN2MOE,
+    MODEL_ARCH_QWEN3MOE,
+    MODEL_ARCH_OLMOE,
+    MODEL_ARCH_COUNT
+} model_arch_t;
+
+typedef struct {
+    model_arch_t arch;
+    const char *arch_name;  /* general.architecture, borrowed from the GGUF */
+    int n_layer;
+    int n_embd;
+    int n_head;
+    int n_head_kv;
+    int head_dim;           /* key/query head size */
+    int head_dim_v;         /* value head size */
+    int n_ctx_train;        /* context length the model was trained for */
+    int n_vocab;
+    int n_ff;               /* dense FFN width (0 when every layer is MoE) */
+    int n_expert;           /* routed experts per layer (0: dense model) */
+    int n_expert_used;      /* top-k */
+    int n_ff_exp;           /* routed expert width */
+    int n_ff_shexp;         /* shared expert width (0: none) */
+    int n_rot;              /* rotated dims per head */
+    bool rope_neox;         /* pairs (i, i + n_rot/2) instead of (2i, 2i+1) */
+    float rope_base;
+    float rope_scale;       /* frequency scale (1 / linear scaling factor) */
+    float rms_eps;
+    bool expert_norm;       /* renormalise the top-k gate weights to sum 1 */
+    int qk_norm;            /* 0 none, 1 per head (qwen3moe), 2 over all heads (olmoe) */
+} model_hparams_t;
+
+/* One layer's tensors; NULL where the architecture or layer has none. */
+typedef struct {
+    const model_tensor_t *attn_norm, *wq, *wk, *wv, *wo, *bq, *bk, *bv, *q_norm, *k_norm;
+    const model_tensor_t *ffn_norm;
+    const model_tensor_t *ffn_gate, *ffn_up, *ffn_down;          /* dense FFN */
+    const model_tensor_t *gate_inp;                             /* router (n_embd, n_expert) */
+    const model_tensor_t *gate_exps, *up_exps, *down_exps;      /* (.., .., n_expert) */
+    const model_tensor_t *gate_inp_shexp;                       /* shared expert gate (n_embd) */
+    const model_tensor_t *gate_shexp, *up_shexp, *down_shexp;
+} model_layer_t;
+
+typedef struct {
+    model_gguf_t *gguf;             /* owned */
+    model_hparams_t hp;
+    const model_tensor_t *tok_embd; /* (n_embd, n_vocab) */
+    const model_tensor_t *output_norm;
+    const model_tensor_t *output;   /* tok_embd when the file ties them */
+    model_layer_t *layers;          /* (n_layer), owned */
+} model_t;
+
+/* Loads and checks path; *out owns the mapping. 0 or an error code, reason logged. */
+int model_load(const char *path, model_t **out);
+/* The same on an already open GGUF, which the model takes over (*gp is NULL afterwards,
+ * also on failure, when it has been freed). */
+int model_load_gguf(model_gguf_t **gp, model_t **out);
+void model_free(model_t *m); /* NULL-safe */
+const char *model_arch_name(model_arch_t a);
+/* Comma-separated names of the supported architectures, for messages. */
+const char *model_arch_supported(void);
+/* Bytes of one expert's slice of a 3-D expert tensor (row bytes times rows per expert). */
+size_t model_expert_stride(const model_tensor_t *t);
+
 #endif

@@ -1,0 +1,261 @@
+/* The single-process commands: `run` generates text from a prompt, `eval` prints teacher-forced
+ * logits. Both build the same stack the server will: model, thread pool, local experts, engine.
+ */
+#include "coordinator/coord.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "wire/wire.h"
+
+typedef struct {
+    model_t *m;
+    model_tok_t *tok;
+    kern_pool_t *pool;
+    coord_experts_t *ex;
+    coord_engine_t *eng;
+} run_stack_t;
+
+static void stack_free(run_stack_t *s)
+{
+    coord_engine_free(s->eng);
+    coord_experts_free(s->ex);
+    kern_pool_free(s->pool);
+    model_tok_free(s->tok);
+    model_free(s->m);
+}
+
+static int stack_init(run_stack_t *s, const char *path, int threads, int ctx, int batch, bool kv_f16)
+{
+    memset(s, 0, sizeof(*s));
+    if (!path) {
+        fprintf(stderr, "no model given (-m FILE.gguf or MOEMESH_MODEL)\n");
+        return -EINVAL;
+    }
+    int err = model_load(path, &s->m);
+    if (err) {
+        fprintf(stderr, "cannot load %s: %s\n", path, model_strerror(err));
+        return err;
+    }
+    if ((err = model_tok_new(s->m->gguf, &s->tok)) != 0) {
+        fprintf(stderr, "cannot build the tokenizer of %s: %s\n", path, model_strerror(err));
+        return err;
+    }
+    if (threads < 1 || threads > 256 || batch < 1 || batch > 65536 || ctx < 0) {
+        fprintf(stderr, "bad --threads, --batch or --ctx value\n");
+        return -EINVAL;
+    }
+    s->pool = kern_pool_new(threads);
+    if (s->m->hp.n_expert > 0) s->ex = coord_experts_local_new(s->m, s->pool, batch);
+    coord_engine_params_t p = coord_engine_params_default();
+    p.n_ctx = ctx;
+    p.n_batch = batch;
+    p.kv_f16 = kv_f16;
+    s->eng = coord_engine_new(s->m, s->ex, s->pool, &p);
+    return s->eng ? 0 : -EINVAL;
+}
+
+/* Parses "1 2 3" (spaces or commas) into ids; returns the count or -EINVAL. */
+static int parse_ids(const char *s, int32_t *ids, int cap, int n_vocab)
+{
+    int n = 0;
+    while (*s) {
+        while (*s == ' ' || *s == ',' || *s == '\n' || *s == '\t') s++;
+        if (!*s) break;
+        char *end;
+        long v = strtol(s, &end, 10);
+        if (end == s || v < 0 || v >= n_vocab || n >= cap) return -EINVAL;
+        ids[n++] = (int32_t)v;
+        s = end;
+    }
+    return n;
+}
+
+/* Feeds ids[0..n) to slot 0 from position pos0 in chunks of the engine's batch; logits of the
+ * last token land in logits. */
+static int prefill(coord_engine_t *e, const int32_t *ids, int n, int pos0, float *logits)
+{
+    int B = coord_engine_params(e)->n_batch;
+    int32_t *pos = xmalloc(sizeof(int32_t) * B), *slot = xcalloc(B, sizeof(int32_t));
+    int err = 0;
+    for (int i = 0; i < n && !err; i += B) {
+        int c = n - i < B ? n - i : B;
+        for (int j = 0; j < c; j++) pos[j] = pos0 + i + j;
+        coord_batch_t b = {.n = c, .tok = ids + i, .pos = pos, .slot = slot};
+        err = coord_engine_decode(e, &b, logits);
+    }
+    free(pos);
+    free(slot);
+    return err;
+}
+
+int coord_cmd_run(int argc, char **argv)
+{
+    const char *model = NULL, *prompt = NULL, *prompt_ids = NULL;
+    int n_predict = 128, threads = 2, ctx = 0, batch = 512, seed = -1;
+    bool ids_out = false, kv_f16 = false, quiet = false;
+    coord_sampler_params_t sp = coord_sampler_params_default();
+    float temp = sp.temperature, top_p = sp.top_p, min_p = sp.min_p, rep = sp.repeat_penalty;
+    int top_k = sp.top_k;
+    const coord_opt_t opts[] = {
+        {"model", 'm', "MOEMESH_MODEL", COORD_OPT_STR, &model, "FILE", "GGUF model"},
+        {"prompt", 'p', "MOEMESH_PROMPT", COORD_OPT_STR, &prompt, "TEXT", "prompt text"},
+        {"prompt-ids", 0, "MOEMESH_PROMPT_IDS", COORD_OPT_STR, &prompt_ids, "IDS",
+         "prompt as token ids (\"1 2 3\") instead of text"},
+        {"n-predict", 'n', "MOEMESH_N_PREDICT", COORD_OPT_INT, &n_predict, "N",
+         "tokens to generate (default 128)"},
+        {"threads", 't', "MOEMESH_THREADS", COORD_OPT_INT, &threads, "N", "threads (default 2)"},
+        {"ctx-size", 'c', "MOEMESH_CTX_SIZE", COORD_OPT_INT, &ctx, "N",
+         "context length (default: the model's, at most 4096)"},
+        {"batch", 'b', "MOEMESH_BATCH", COORD_OPT_INT, &batch, "N",
+         "tokens per forward step (default 512)"},
+        {"temp", 0, "MOEMESH_TEMP", COORD_OPT_FLOAT, &temp, "T", "temperature (0: greedy)"},
+        {"top-k", 0, "MOEMESH_TOP_K", COORD_OPT_INT, &top_k, "K", "top-k (0: off)"},
+        {"top-p", 0, "MOEMESH_TOP_P", COORD_OPT_FLOAT, &top_p, "P", "top-p (1: off)"},
+        {"min-p", 0, "MOEMESH_MIN_P", COORD_OPT_FLOAT, &min_p, "P", "min-p (0: off)"},
+        {"repeat-penalty", 0, "MOEMESH_REPEAT_PENALTY", COORD_OPT_FLOAT, &rep, "R",
+         "repetition penalty (1: off)"},
+        {"seed", 's', "MOEMESH_SEED", COORD_OPT_INT, &seed, "S", "sampling seed (-1: random)"},
+        {"ids", 0, "MOEMESH_IDS", COORD_OPT_BOOL, &ids_out, NULL, "print token ids, one per line"},
+        {"kv-f16", 0, "MOEMESH_KV_F16", COORD_OPT_BOOL, &kv_f16, NULL, "f16 KV cache"},
+        {"quiet", 'q', "MOEMESH_QUIET", COORD_OPT_BOOL, &quiet, NULL, "no timings on stderr"},
+    };
+    int n_opts = (int)(sizeof(opts) / sizeof(opts[0]));
+    int r = coord_opts_parse(opts, n_opts, "run", argc, argv, 2);
+    if (r) return r > 0 ? 0 : 2;
+    if (!prompt && !prompt_ids) prompt = "";
+    if (n_predict < 0) {
+        fprintf(stderr, "run: -n must be >= 0\n");
+        return 2;
+    }
+    run_stack_t s;
+    if (stack_init(&s, model, threads, ctx, batch, kv_f16) != 0) {
+        stack_free(&s);
+        return 1;
+    }
+    const int n_ctx = coord_engine_params(s.eng)->n_ctx, V = s.m->hp.n_vocab;
+    int32_t *ids = xmalloc(sizeof(int32_t) * (size_t)n_ctx);
+    int64_t n;
+    if (prompt_ids) {
+        n = parse_ids(prompt_ids, ids, n_ctx, V);
+        if (n < 0) fprintf(stderr, "run: bad --prompt-ids (ids must be 0..%d, at most %d)\n", V - 1, n_ctx);
+    } else {
+        n = model_tok_encode(s.tok, prompt, strlen(prompt), model_tok_wants_bos(s.tok), false, ids,
+                             n_ctx);
+        if (n > n_ctx) fprintf(stderr, "run: prompt of %lld tokens exceeds the context %d\n",
+                               (long long)n, n_ctx), n = -1;
+    }
+    int rc = 1;
+    float *logits = xmalloc(sizeof(float) * (size_t)V);
+    if (n <= 0) {
+        if (n == 0) fprintf(stderr, "run: empty prompt and the model has no BOS token\n");
+        goto out;
+    }
+    if (!ids_out && !prompt_ids) fputs(prompt, stdout);
+    fflush(stdout);
+    sp.temperature = temp, sp.top_k = top_k, sp.top_p = top_p, sp.min_p = min_p;
+    sp.repeat_penalty = rep;
+    sp.seed = seed >= 0 ? (uint64_t)seed : (uint64_t)(wire_now() * 1e9);
+    coord_sampler_t *smp = coord_sampler_new(&sp, V);
+    for (int64_t i = 0; i < n; i++) coord_sampler_accept(smp, ids[i]);
+    double t0 = wire_now();
+    int err = prefill(s.eng, ids, (int)n, 0, logits);
+    double t1 = wire_now();
+    int gen = 0;
+    char piece[256];
+    while (!err && gen < n_predict && n + gen < n_ctx) {
+        int32_t next = coord_sampler_sample(smp, logits);
+        coord_sampler_accept(smp, next);
+        gen++;
+        if (ids_out) {
+            printf("%d\n", next);
+        } else {
+            int len = model_tok_piece(s.tok, next, false, piece, sizeof(piece));
+            if (len > 0) fwrite(piece, 1, len < (int)sizeof(piece) ? (size_t)len : sizeof(piece), stdout);
+        }
+        fflush(stdout);
+        if (model_tok_is_eog(s.tok, next)) break;
+        int32_t p = (int32_t)(n + gen - 1), slot = 0;
+        coord_batch_t b = {.n = 1, .tok = &next, .pos = &p, .slot = &slot};
+        err = coord_engine_decode(s.eng, &b, logits);
+    }
+    double t2 = wire_now();
+    if (!ids_out) printf("\n");
+    coord_sampler_free(smp);
+    if (err) {
+        fprintf(stderr, "run: forward pass failed: %s\n", model_strerror(err));
+        goto out;
+    }
+    if (!quiet)
+        fprintf(stderr, "prompt: %lld tokens in %.3f s (%.1f tok/s); generation: %d tokens in "
+                        "%.3f s (%.1f tok/s)\n",
+                (long long)n, t1 - t0, n / (t1 - t0 + 1e-9), gen, t2 - t1,
+                gen / (t2 - t1 + 1e-9));
+    rc = 0;
+out:
+    free(logits);
+    free(ids);
+    stack_free(&s);
+    return rc;
+}
+
+int coord_cmd_eval(int argc, char **argv)
+{
+    const char *model = NULL, *idstr = NULL;
+    int top = 5, threads = 2;
+    const coord_opt_t opts[] = {
+        {"model", 'm', "MOEMESH_MODEL", COORD_OPT_STR, &model, "FILE", "GGUF model"},
+        {"ids", 0, "MOEMESH_IDS", COORD_OPT_STR, &idstr, "IDS", "token ids, \"1 2 3\""},
+        {"top", 0, "MOEMESH_TOP", COORD_OPT_INT, &top, "K", "logits printed per position"},
+        {"threads", 't', "MOEMESH_THREADS", COORD_OPT_INT, &threads, "N", "threads (default 2)"},
+    };
+    int r = coord_opts_parse(opts, (int)(sizeof(opts) / sizeof(opts[0])), "eval", argc, argv, 2);
+    if (r) return r > 0 ? 0 : 2;
+    if (!idstr || top < 1) {
+        fprintf(stderr, "eval: --ids is required and --top must be >= 1\n");
+        return 2;
+    }
+    /* The batch is the whole sequence, so the id count sizes the stack. */
+    int cap = (int)strlen(idstr) / 2 + 1;
+    run_stack_t s;
+    if (stack_init(&s, model, threads, cap + 1, cap, false) != 0) {
+        stack_free(&s);
+        return 1;
+    }
+    const int V = s.m->hp.n_vocab;
+    int32_t *ids = xmalloc(sizeof(int32_t) * cap), *pos = xmalloc(sizeof(int32_t) * cap);
+    int32_t *slot = xcalloc(cap, sizeof(int32_t));
+    bool *want = xmalloc((size_t)cap);
+    int n = parse_ids(idstr, ids, cap, V);
+    int rc = 1;
+    float *logits = NULL;
+    if (n <= 0) {
+        fprintf(stderr, "eval: bad --ids (ids must be 0..%d)\n", V - 1);
+        goto out;
+    }
+    for (int i = 0; i < n; i++) pos[i] = i, want[i] = true;
+    logits = xmalloc(sizeof(float) * (size_t)n * V);
+    coord_batch_t b = {.n = n, .tok = ids, .pos = pos, .slot = slot, .want = want};
+    int err = coord_engine_decode(s.eng, &b, logits);
+    if (err) {
+        fprintf(stderr, "eval: forward pass failed: %s\n", model_strerror(err));
+        goto out;
+    }
+    if (top > V) top = V;
+    int *best = xmalloc(sizeof(int) * top);
+    for (int i = 0; i < n; i++) {
+        const float *l = logits + (size_t)i * V;
+        kern_topk(l, V, top, best);
+        printf("%d", i);
+        for (int j = 0; j < top; j++) printf(" %d:%.6g", best[j], l[best[j]]);
+        printf("\n");
+    }
+    free(best);
+    rc = 0;
+out:
+    free(logits), free(ids), free(pos), free(slot), free(want);
+    stack_free(&s);
+    return rc;
+}

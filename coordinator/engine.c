@@ -1,0 +1,377 @@
+/* The forward pass: embeddings, attention with a slot-per-sequence KV cache, router, experts
+ * (through coord_experts_t), shared experts, output head. It follows llama.cpp's graph for each
+ * architecture operation by operation, because its logits are our reference: RMSNorm then
+ * weight, activations rounded to each weight's dot type inside kern_matmul, softmax-then-top-k
+ * routing, expert outputs weighted and summed in top-k order.
+ *
+ * Buffers are sized once for n_batch tokens; decode never allocates. The batch is processed
+ * layer by layer for all its tokens, so every weight matrix is read once per batch.
+ */
+#include "coordinator/coord.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "wire/wire.h"
+
+struct coord_engine {
+    const model_t *m;
+    coord_experts_t *ex;
+    kern_pool_t *pool;
+    coord_engine_params_t p;
+    int kv_dim, kv_dim_v;   /* n_head_kv * head_dim (_v) */
+    int q_dim, o_dim;       /* n_head * head_dim, n_head * head_dim_v */
+    size_t kv_elt;          /* bytes per cached value: 4 or 2 */
+    uint8_t *k_cache;       /* (n_layer, n_slots, n_ctx, kv_dim) f32 or f16 */
+    uint8_t *v_cache;       /* (n_layer, n_slots, n_ctx, kv_dim_v) */
+    int32_t *slot_len;      /* (n_slots) positions held */
+    /* scratch for n_batch tokens */
+    float *x;               /* (n_batch, n_embd) residual stream */
+    float *xn;              /* (n_batch, n_embd) normalised input of a block */
+    float *q;               /* (n_batch, q_dim) */
+    float *k;               /* (n_batch, kv_dim) */
+    float *v;               /* (n_batch, kv_dim_v) */
+    float *att;             /* (n_batch, o_dim) attention output */
+    float *att_w;           /* (n_threads, n_ctx) scores of one head */
+    float *ff;              /* (n_batch, n_embd) block output */
+    float *h1, *h2;         /* (n_batch, max ff width) */
+    float *router;          /* (n_batch, n_expert) */
+    int32_t *ids;           /* (n_batch, top-k) */
+    float *gw;              /* (n_batch, top-k) */
+    float *q16;             /* (n_threads, head_dim) query rounded for an f16 cache */
+    float *sh;              /* (n_batch, n_embd) shared expert output */
+    float *shg;             /* (n_batch) shared expert gate logits */
+    void *work;             /* kern_matmul scratch */
+};
+
+coord_engine_params_t coord_engine_params_default(void)
+{
+    return (coord_engine_params_t){.n_ctx = 0, .n_slots = 1, .n_batch = 512, .kv_f16 = false};
+}
+
+static size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
+
+/* Largest matmul scratch any weight of the model needs for n_batch rows. */
+static size_t work_size(const model_t *m, int n_batch)
+{
+    const model_hparams_t *hp = &m->hp;
+    size_t ws = kern_matmul_work_size(m->output->type, n_batch, hp->n_embd);
+    for (int il = 0; il < hp->n_layer; il++) {
+        const model_layer_t *ly = &m->layers[il];
+        const model_tensor_t *ts[] = {ly->wq, ly->wk, ly->wv, ly->wo, ly->ffn_gate, ly->ffn_up,
+                                      ly->ffn_down, ly->gate_inp, ly->gate_shexp, ly->up_shexp,
+                                      ly->down_shexp, ly->gate_inp_shexp};
+        for (size_t i = 0; i < sizeof(ts) / sizeof(ts[0]); i++)
+            if (ts[i]) ws = max_sz(ws, kern_matmul_work_size(ts[i]->type, n_batch, ts[i]->ne[0]));
+    }
+    return ws;
+}
+
+coord_engine_t *coord_engine_new(const model_t *m, coord_experts_t *ex, kern_pool_t *pool,
+                                 const coord_engine_params_t *p)
+{
+    const model_hparams_t *hp = &m->hp;
+    coord_engine_params_t P = *p;
+    if (P.n_ctx <= 0) P.n_ctx = hp->n_ctx_train < 4096 ? hp->n_ctx_train : 4096;
+    if (P.n_slots < 1 || P.n_batch < 1 || P.n_ctx > (1 << 24) || P.n_slots > 4096) {
+        LOG_ERR("bad engine parameters: ctx %d, slots %d, batch %d", P.n_ctx, P.n_slots,
+                P.n_batch);
+        return NULL;
+    }
+    if (hp->n_expert > 0 && !ex) {
+        LOG_ERR("the model has routed experts but no expert implementation was given");
+        return NULL;
+    }
+    coord_engine_t *e = xcalloc(1, sizeof(*e));
+    e->m = m;
+    e->ex = ex;
+    e->pool = pool;
+    e->p = P;
+    e->kv_dim = hp->n_head_kv * hp->head_dim;
+    e->kv_dim_v = hp->n_head_kv * hp->head_dim_v;
+    e->q_dim = hp->n_head * hp->head_dim;
+    e->o_dim = hp->n_head * hp->head_dim_v;
+    e->kv_elt = P.kv_f16 ? 2 : 4;
+    size_t cells = (size_t)hp->n_layer * P.n_slots * P.n_ctx;
+    e->k_cache = xcalloc(cells, e->kv_elt * e->kv_dim);
+    e->v_cache = xcalloc(cells, e->kv_elt * e->kv_dim_v);
+    e->slot_len = xcalloc((size_t)P.n_slots, sizeof(int32_t));
+
+    const size_t B = (size_t)P.n_batch, D = (size_t)hp->n_embd;
+    int nth = pool ? kern_pool_size(pool) : 1;
+    size_t ffw = max_sz(max_sz((size_t)hp->n_ff, (size_t)hp->n_ff_shexp), 1);
+    for (int il = 0; il < hp->n_layer; il++)
+        if (m->layers[il].ffn_gate) ffw = max_sz(ffw, (size_t)m->layers[il].ffn_gate->ne[1]);
+    int k = hp->n_expert_used > 0 ? hp->n_expert_used : 1;
+    e->x = xmalloc(sizeof(float) * B * D);
+    e->xn = xmalloc(sizeof(float) * B * D);
+    e->q = xmalloc(sizeof(float) * B * e->q_dim);
+    e->k = xmalloc(sizeof(float) * B * e->kv_dim);
+    e->v = xmalloc(sizeof(float) * B * e->kv_dim_v);
+    e->att = xmalloc(sizeof(float) * B * e->o_dim);
+    e->att_w = xmalloc(sizeof(float) * (size_t)nth * P.n_ctx);
+    e->ff = xmalloc(sizeof(float) * B * D);
+    e->h1 = xmalloc(sizeof(float) * B * ffw);
+    e->h2 = xmalloc(sizeof(float) * B * ffw);
+    e->router = xmalloc(sizeof(float) * B * (size_t)(hp->n_expert > 0 ? hp->n_expert : 1));
+    e->ids = xmalloc(sizeof(int32_t) * B * k);
+    e->gw = xmalloc(sizeof(float) * B * k);
+    e->q16 = xmalloc(sizeof(float) * (size_t)nth * hp->head_dim);
+    e->sh = xmalloc(sizeof(float) * B * D);
+    e->shg = xmalloc(sizeof(float) * B);
+    e->work = xmalloc_aligned(64, work_size(m, P.n_batch) + 64);
+    return e;
+}
+
+void coord_engine_free(coord_engine_t *e)
+{
+    if (!e) return;
+    void *bufs[] = {e->k_cache, e->v_cache, e->slot_len, e->x,  e->xn,     e->q,   e->k,
+                    e->v,       e->att,     e->att_w,    e->ff, e->h1,     e->h2,  e->router,
+                    e->ids,     e->gw,      e->q16,      e->sh,     e->shg,  e->work};
+    for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++) free(bufs[i]);
+    free(e);
+}
+
+const coord_engine_params_t *coord_engine_params(const coord_engine_t *e) { return &e->p; }
+void coord_engine_clear_slot(coord_engine_t *e, int slot) { e->slot_len[slot] = 0; }
+int coord_engine_slot_len(const coord_engine_t *e, int slot) { return e->slot_len[slot]; }
+
+/* out (n, rows of w) = x (n, cols of w) @ w^T, w a plain 2-D tensor. */
+static void mm(coord_engine_t *e, float *out, const model_tensor_t *w, const float *x, int n)
+{
+    kern_matmul(e->pool, out, w->data, kern_row_bytes(w->type, w->ne[0]), w->type, x, n,
+                w->ne[0], w->ne[1], e->work);
+}
+
+static void add_bias(float *x, const model_tensor_t *b, int n, int dim)
+{
+    if (!b) return;
+    const float *bb = b->data;
+    for (int t = 0; t < n; t++)
+        for (int i = 0; i < dim; i++) x[(size_t)t * dim + i] += bb[i];
+}
+
+static uint8_t *kv_at(const coord_engine_t *e, uint8_t *base, int dim, int il, int slot, int pos)
+{
+    size_t cell = ((size_t)il * e->p.n_slots + slot) * e->p.n_ctx + pos;
+    return base + cell * e->kv_elt * dim;
+}
+
+static void kv_store(coord_engine_t *e, uint8_t *dst, const float *src, int dim)
+{
+    if (!e->p.kv_f16) {
+        memcpy(dst, src, sizeof(float) * dim);
+        return;
+    }
+    uint16_t *h = (uint16_t *)dst;
+    for (int i = 0; i < dim; i++) h[i] = kern_fp32_to_fp16(src[i]);
+}
+
+static float kv_get(const coord_engine_t *e, const uint8_t *row, int i)
+{
+    if (!e->p.kv_f16) return ((const float *)row)[i];
+    return kern_fp16_to_fp32(((const uint16_t *)row)[i]);
+}
+
+/* Attention of every (token, head) pair of the batch, split over the pool's threads. */
+typedef struct {
+    coord_engine_t *e;
+    const coord_batch_t *b;
+    int il;
+} attn_job_t;
+
+static void attn_cb(void *arg, int ith, int nth)
+{
+    attn_job_t *J = arg;
+    coord_engine_t *e = J->e;
+    const model_hparams_t *hp = &e->m->hp;
+    const int H = hp->n_head, hd = hp->head_dim, hv = hp->head_dim_v;
+    const int group = hp->n_head / hp->n_head_kv;
+    const float scale = 1.0f / sqrtf((float)hd);
+    float *w = e->att_w + (size_t)ith * e->p.n_ctx;
+    float *q16 = e->q16 + (size_t)ith * hd;
+    const int total = J->b->n * H;
+    for (int job = ith; job < total; job += nth) {
+        int t = job / H, h = job % H, kvh = h / group;
+        int slot = J->b->slot[t], pos = J->b->pos[t];
+        const float *q = e->q + (size_t)t * e->q_dim + (size_t)h * hd;
+        if (e->p.kv_f16) {
+            /* llama.cpp rounds the query to the cache type before the f16 dot product. */
+            for (int i = 0; i < hd; i++) q16[i] = kern_fp16_to_fp32(kern_fp32_to_fp16(q[i]));
+            q = q16;
+        }
+        for (int j = 0; j <= pos; j++) {
+            const uint8_t *kr = kv_at(e, e->k_cache, e->kv_dim, J->il, slot, j);
+            float s = 0.0f;
+            if (!e->p.kv_f16) {
+                const float *kf = (const float *)kr + (size_t)kvh * hd;
+                for (int i = 0; i < hd; i++) s += q[i] * kf[i];
+            } else {
+                for (int i = 0; i < hd; i++) s += q[i] * kv_get(e, kr, kvh * hd + i);
+            }
+            w[j] = s * scale;
+        }
+        kern_softmax(w, pos + 1);
+        float *o = e->att + (size_t)t * e->o_dim + (size_t)h * hv;
+        for (int i = 0; i < hv; i++) o[i] = 0.0f;
+        for (int j = 0; j <= pos; j++) {
+            const uint8_t *vr = kv_at(e, e->v_cache, e->kv_dim_v, J->il, slot, j);
+            const float wj = w[j];
+            if (!e->p.kv_f16) {
+                const float *vf = (const float *)vr + (size_t)kvh * hv;
+                for (int i = 0; i < hv; i++) o[i] += wj * vf[i];
+            } else {
+                for (int i = 0; i < hv; i++) o[i] += wj * kv_get(e, vr, kvh * hv + i);
+            }
+        }
+    }
+}
+
+static void attention(coord_engine_t *e, const coord_batch_t *b, int il)
+{
+    const model_hparams_t *hp = &e->m->hp;
+    const model_layer_t *ly = &e->m->layers[il];
+    const int n = b->n, D = hp->n_embd, hd = hp->head_dim;
+    for (int t = 0; t < n; t++)
+        kern_rmsnorm(e->xn + (size_t)t * D, e->x + (size_t)t * D, ly->attn_norm->data, D,
+                     hp->rms_eps);
+    mm(e, e->q, ly->wq, e->xn, n);
+    mm(e, e->k, ly->wk, e->xn, n);
+    mm(e, e->v, ly->wv, e->xn, n);
+    add_bias(e->q, ly->bq, n, e->q_dim);
+    add_bias(e->k, ly->bk, n, e->kv_dim);
+    add_bias(e->v, ly->bv, n, e->kv_dim_v);
+    for (int t = 0; t < n; t++) {
+        float *q = e->q + (size_t)t * e->q_dim, *k = e->k + (size_t)t * e->kv_dim;
+        if (hp->qk_norm == 1) {
+            for (int h = 0; h < hp->n_head; h++)
+                kern_rmsnorm(q + (size_t)h * hd, q + (size_t)h * hd, ly->q_norm->data, hd,
+                             hp->rms_eps);
+            for (int h = 0; h < hp->n_head_kv; h++)
+                kern_rmsnorm(k + (size_t)h * hd, k + (size_t)h * hd, ly->k_norm->data, hd,
+                             hp->rms_eps);
+        } else if (hp->qk_norm == 2) {
+            kern_rmsnorm(q, q, ly->q_norm->data, e->q_dim, hp->rms_eps);
+            kern_rmsnorm(k, k, ly->k_norm->data, e->kv_dim, hp->rms_eps);
+        }
+        kern_rope(q, hp->n_head, hd, hp->n_rot, b->pos[t], hp->rope_base, hp->rope_scale,
+                  hp->rope_neox);
+        kern_rope(k, hp->n_head_kv, hd, hp->n_rot, b->pos[t], hp->rope_base, hp->rope_scale,
+                  hp->rope_neox);
+        kv_store(e, kv_at(e, e->k_cache, e->kv_dim, il, b->slot[t], b->pos[t]), k, e->kv_dim);
+        kv_store(e, kv_at(e, e->v_cache, e->kv_dim_v, il, b->slot[t], b->pos[t]),
+                 e->v + (size_t)t * e->kv_dim_v, e->kv_dim_v);
+    }
+    attn_job_t job = {e, b, il};
+    kern_pool_run(e->pool, attn_cb, &job);
+    mm(e, e->ff, ly->wo, e->att, n);
+    for (size_t i = 0; i < (size_t)n * D; i++) e->x[i] += e->ff[i];
+}
+
+/* out (n, n_embd) = down(silu(gate x) * up x): the dense FFN and the shared expert. */
+static void swiglu_ffn(coord_engine_t *e, float *out, const model_tensor_t *gate,
+                       const model_tensor_t *up, const model_tensor_t *down, int n)
+{
+    mm(e, e->h1, gate, e->xn, n);
+    mm(e, e->h2, up, e->xn, n);
+    kern_swiglu(e->h1, e->h1, e->h2, (int64_t)n * gate->ne[1]);
+    mm(e, out, down, e->h1, n);
+}
+
+static int ffn(coord_engine_t *e, int n, int il)
+{
+    const model_hparams_t *hp = &e->m->hp;
+    const model_layer_t *ly = &e->m->layers[il];
+    const int D = hp->n_embd;
+    for (int t = 0; t < n; t++)
+        kern_rmsnorm(e->xn + (size_t)t * D, e->x + (size_t)t * D, ly->ffn_norm->data, D,
+                     hp->rms_eps);
+    if (!ly->gate_inp) {
+        swiglu_ffn(e, e->ff, ly->ffn_gate, ly->ffn_up, ly->ffn_down, n);
+    } else {
+        const int E = hp->n_expert, K = hp->n_expert_used;
+        mm(e, e->router, ly->gate_inp, e->xn, n);
+        for (int t = 0; t < n; t++) {
+            float *p = e->router + (size_t)t * E;
+            int32_t *ids = e->ids + (size_t)t * K;
+            float *gw = e->gw + (size_t)t * K;
+            int top[256];
+            kern_softmax(p, E);
+            kern_topk(p, E, K, top);
+            float sum = 0.0f;
+            for (int j = 0; j < K; j++) {
+                ids[j] = top[j];
+                gw[j] = p[top[j]];
+                sum += gw[j];
+            }
+            if (hp->expert_norm)
+                for (int j = 0; j < K; j++) gw[j] /= sum;
+        }
+        int err = e->ex->vt->compute(e->ex, il, n, K, e->xn, e->ids, e->gw, e->ff);
+        if (err) return err;
+        if (ly->gate_shexp) {
+            /* Qwen2-MoE: out += sigmoid(gate_inp_shexp . x) * shared_ffn(x). */
+            swiglu_ffn(e, e->sh, ly->gate_shexp, ly->up_shexp, ly->down_shexp, n);
+            if (ly->gate_inp_shexp) mm(e, e->shg, ly->gate_inp_shexp, e->xn, n);
+            for (int t = 0; t < n; t++) {
+                float g = ly->gate_inp_shexp ? 1.0f / (1.0f + expf(-e->shg[t])) : 1.0f;
+                for (int d = 0; d < D; d++)
+                    e->ff[(size_t)t * D + d] += e->sh[(size_t)t * D + d] * g;
+            }
+        }
+    }
+    for (size_t i = 0; i < (size_t)n * D; i++) e->x[i] += e->ff[i];
+    return 0;
+}
+
+static int check_batch(const coord_engine_t *e, const coord_batch_t *b)
+{
+    if (b->n < 1 || b->n > e->p.n_batch) return -EINVAL;
+    /* Each slot's positions must continue what it holds, one after another. */
+    for (int t = 0; t < b->n; t++) {
+        int s = b->slot[t];
+        if (b->tok[t] < 0 || b->tok[t] >= e->m->hp.n_vocab || s < 0 || s >= e->p.n_slots ||
+            b->pos[t] < 0 || b->pos[t] >= e->p.n_ctx)
+            return -EINVAL;
+        int expect = e->slot_len[s];
+        for (int u = t - 1; u >= 0; u--)
+            if (b->slot[u] == s) {
+                expect = b->pos[u] + 1;
+                break;
+            }
+        if (b->pos[t] != expect) return -EINVAL;
+    }
+    return 0;
+}
+
+int coord_engine_decode(coord_engine_t *e, const coord_batch_t *b, float *logits)
+{
+    int err = check_batch(e, b);
+    if (err) return err;
+    const model_t *m = e->m;
+    const model_hparams_t *hp = &m->hp;
+    const int n = b->n, D = hp->n_embd;
+    CHECK(hp->n_expert_used <= 256);
+    const size_t erow = kern_row_bytes(m->tok_embd->type, D);
+    for (int t = 0; t < n; t++)
+        kern_dequantize(m->tok_embd->type, (const uint8_t *)m->tok_embd->data + erow * b->tok[t],
+                        e->x + (size_t)t * D, D);
+    for (int il = 0; il < hp->n_layer; il++) {
+        attention(e, b, il);
+        if ((err = ffn(e, n, il)) != 0) return err;
+    }
+    for (int t = 0; t < n; t++)
+        if (b->pos[t] + 1 > e->slot_len[b->slot[t]]) e->slot_len[b->slot[t]] = b->pos[t] + 1;
+    int nw = 0;
+    for (int t = 0; t < n; t++) {
+        if (b->want ? !b->want[t] : t != n - 1) continue;
+        kern_rmsnorm(e->xn + (size_t)nw * D, e->x + (size_t)t * D, m->output_norm->data, D,
+                     hp->rms_eps);
+        nw++;
+    }
+    if (nw > 0) mm(e, logits, m->output, e->xn, nw);
+    return 0;
+}

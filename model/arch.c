@@ -1,0 +1,292 @@
+/* Architectures: reads a model's hyper-parameters from GGUF metadata and binds every layer's
+ * tensors, checking each shape and type against those hyper-parameters so the forward pass can
+ * trust them. Nothing is guessed from tensor names alone; where metadata is optional (head size,
+ * rope dims, expert width) the tensor shapes decide and must agree with what metadata says.
+ */
+#include "model/model.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "wire/wire.h"
+
+static const char *arch_names[MODEL_ARCH_COUNT] = {"llama", "qwen2moe", "qwen3moe", "olmoe"};
+
+const char *model_arch_name(model_arch_t a) { return a < MODEL_ARCH_COUNT ? arch_names[a] : "?"; }
+const char *model_arch_supported(void) { return "llama (dense or Mixtral), qwen2moe, qwen3moe, olmoe"; }
+
+size_t model_expert_stride(const model_tensor_t *t)
+{
+    return kern_row_bytes(t->type, t->ne[0]) * (size_t)t->ne[1];
+}
+
+/* Loader state: the file for messages, the arch prefix for keys. */
+typedef struct {
+    const model_gguf_t *g;
+    const char *path;
+    const char *arch;
+    int err;
+} loader_t;
+
+static bool get_int(loader_t *L, const char *suffix, int64_t *out, bool required)
+{
+    char key[160];
+    snprintf(key, sizeof(key), "%s.%s", L->arch, suffix);
+    if (model_gguf_get_int(L->g, key, out)) {
+        if (*out < 0 || *out > (1 << 30)) {
+            LOG_ERR("%s: %s = %lld is out of range", L->path, key, (long long)*out);
+            L->err = MODEL_E_ARCH;
+            return false;
+        }
+        return true;
+    }
+    if (required) {
+        LOG_ERR("%s: missing or non-integer metadata %s", L->path, key);
+        L->err = MODEL_E_ARCH;
+    }
+    return false;
+}
+
+static bool get_float(loader_t *L, const char *suffix, float *out)
+{
+    char key[160];
+    double v;
+    snprintf(key, sizeof(key), "%s.%s", L->arch, suffix);
+    if (!model_gguf_get_float(L->g, key, &v)) return false;
+    *out = (float)v;
+    return true;
+}
+
+/* Finds a tensor and checks its dimensions (ne0..ne2; 0 = do not check, dims beyond n_dims
+ * must be 1). Returns NULL and sets L->err when missing (if required) or mis-shaped. */
+static const model_tensor_t *bind(loader_t *L, const char *name, bool required, int64_t ne0,
+                                  int64_t ne1, int64_t ne2, bool f32_only)
+{
+    const model_tensor_t *t = model_gguf_find_tensor(L->g, name);
+    if (!t) {
+        if (required) {
+            LOG_ERR("%s: missing tensor %s", L->path, name);
+            L->err = MODEL_E_ARCH;
+        }
+        return NULL;
+    }
+    int64_t want[3] = {ne0, ne1, ne2};
+    for (int i = 0; i < 3; i++) {
+        int64_t w = want[i] ? want[i] : t->ne[i];
+        if (t->ne[i] != w || (i == 2 && ne2 == 0 && t->ne[2] != 1) || t->ne[3] != 1) {
+            LOG_ERR("%s: tensor %s has shape [%lld, %lld, %lld, %lld], expected [%lld, %lld, %lld]",
+                    L->path, name, (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2],
+                    (long long)t->ne[3], (long long)ne0, (long long)ne1, (long long)ne2);
+            L->err = MODEL_E_ARCH;
+            return NULL;
+        }
+    }
+    const kern_type_info_t *ti = kern_type_info(t->type);
+    if (!ti || !ti->compute || (f32_only && t->type != KERN_F32)) {
+        LOG_ERR("%s: tensor %s has type %s, which %s", L->path, name, ti ? ti->name : "?",
+                f32_only ? "must be F32 here" : "this build cannot compute with");
+        L->err = MODEL_E_ARCH;
+        return NULL;
+    }
+    return t;
+}
+
+static const model_tensor_t *bind_l(loader_t *L, int il, const char *what, bool required,
+                                    int64_t ne0, int64_t ne1, int64_t ne2, bool f32_only)
+{
+    char name[96];
+    snprintf(name, sizeof(name), "blk.%d.%s", il, what);
+    return bind(L, name, required, ne0, ne1, ne2, f32_only);
+}
+
+static int read_hparams(loader_t *L, model_hparams_t *hp)
+{
+    const model_gguf_t *g = L->g;
+    int64_t v;
+    hp->arch_name = L->arch;
+    hp->arch = MODEL_ARCH_COUNT;
+    for (int a = 0; a < MODEL_ARCH_COUNT; a++)
+        if (strcmp(L->arch, arch_names[a]) == 0) hp->arch = (model_arch_t)a;
+    if (hp->arch == MODEL_ARCH_COUNT) {
+        LOG_ERR("%s: architecture '%s' is not supported (supported: %s)", L->path, L->arch,
+                model_arch_supported());
+        return MODEL_E_ARCH;
+    }
+    if (get_int(L, "block_count", &v, true)) hp->n_layer = (int)v;
+    if (get_int(L, "embedding_length", &v, true)) hp->n_embd = (int)v;
+    if (get_int(L, "attention.head_count", &v, true)) hp->n_head = (int)v;
+    hp->n_head_kv = hp->n_head;
+    if (get_int(L, "attention.head_count_kv", &v, false)) hp->n_head_kv = (int)v;
+    if (L->err) return L->err;
+    if (hp->n_layer < 1 || hp->n_embd < 1 || hp->n_head < 1 || hp->n_head_kv < 1 ||
+        hp->n_head % hp->n_head_kv != 0) {
+        LOG_ERR("%s: inconsistent sizes: %d layers, dim %d, %d heads, %d kv heads", L->path,
+                hp->n_layer, hp->n_embd, hp->n_head, hp->n_head_kv);
+        return MODEL_E_ARCH;
+    }
+    hp->head_dim = hp->n_embd / hp->n_head;
+    if (get_int(L, "attention.key_length", &v, false)) hp->head_dim = (int)v;
+    hp->head_dim_v = hp->head_dim;
+    if (get_int(L, "attention.value_length", &v, false)) hp->head_dim_v = (int)v;
+    hp->n_rot = hp->head_dim;
+    if (get_int(L, "rope.dimension_count", &v, false)) hp->n_rot = (int)v;
+    if (hp->head_dim < 1 || hp->head_dim_v < 1 || hp->n_rot < 0 || hp->n_rot > hp->head_dim ||
+        hp->n_rot % 2 != 0) {
+        LOG_ERR("%s: bad head sizes (key %d, value %d, rope dims %d)", L->path, hp->head_dim,
+                hp->head_dim_v, hp->n_rot);
+        return MODEL_E_ARCH;
+    }
+    hp->n_ctx_train = 4096;
+    if (get_int(L, "context_length", &v, false) && v > 0) hp->n_ctx_train = (int)v;
+    if (get_int(L, "feed_forward_length", &v, false)) hp->n_ff = (int)v;
+    if (get_int(L, "expert_count", &v, false)) hp->n_expert = (int)v;
+    if (get_int(L, "expert_used_count", &v, false)) hp->n_expert_used = (int)v;
+    if (get_int(L, "expert_feed_forward_length", &v, false)) hp->n_ff_exp = (int)v;
+    if (get_int(L, "expert_shared_feed_forward_length", &v, false)) hp->n_ff_shexp = (int)v;
+    if (hp->n_expert > 0 && (hp->n_expert_used < 1 || hp->n_expert_used > hp->n_expert)) {
+        LOG_ERR("%s: expert_used_count %d is not in 1..%d", L->path, hp->n_expert_used,
+                hp->n_expert);
+        return MODEL_E_ARCH;
+    }
+    hp->rms_eps = 1e-5f;
+    get_float(L, "attention.layer_norm_rms_epsilon", &hp->rms_eps);
+    hp->rope_base = 10000.0f;
+    get_float(L, "rope.freq_base", &hp->rope_base);
+    hp->rope_scale = 1.0f;
+    float factor = 0.0f;
+    char key[160];
+    snprintf(key, sizeof(key), "%s.rope.scaling.type", L->arch);
+    const char *scaling = model_gguf_get_str(g, key);
+    if (get_float(L, "rope.scaling.factor", &factor) || get_float(L, "rope.scale_linear", &factor)) {
+        if (scaling && strcmp(scaling, "linear") != 0 && strcmp(scaling, "none") != 0) {
+            LOG_ERR("%s: rope scaling '%s' is not supported (only linear)", L->path, scaling);
+            return MODEL_E_ARCH;
+        }
+        if (factor > 0.0f && (!scaling || strcmp(scaling, "none") != 0))
+            hp->rope_scale = 1.0f / factor;
+    }
+    hp->rope_neox = hp->arch != MODEL_ARCH_LLAMA;
+    /* Gating as llama.cpp builds each architecture: Mixtral and Qwen3-MoE renormalise the
+     * top-k softmax weights; Qwen2-MoE and OLMoE use them as they are. */
+    hp->expert_norm = hp->arch == MODEL_ARCH_LLAMA || hp->arch == MODEL_ARCH_QWEN3MOE;
+    hp->qk_norm = hp->arch == MODEL_ARCH_QWEN3MOE ? 1 : hp->arch == MODEL_ARCH_OLMOE ? 2 : 0;
+    if (hp->arch != MODEL_ARCH_LLAMA && hp->n_expert == 0) {
+        LOG_ERR("%s: %s model without expert_count", L->path, L->arch);
+        return MODEL_E_ARCH;
+    }
+    return 0;
+}
+
+static int bind_layer(loader_t *L, model_hparams_t *hp, int il, model_layer_t *ly)
+{
+    const int64_t E = hp->n_embd, q = (int64_t)hp->n_head * hp->head_dim;
+    const int64_t kv = (int64_t)hp->n_head_kv * hp->head_dim;
+    const int64_t vv = (int64_t)hp->n_head_kv * hp->head_dim_v;
+    ly->attn_norm = bind_l(L, il, "attn_norm.weight", true, E, 1, 0, true);
+    ly->wq = bind_l(L, il, "attn_q.weight", true, E, q, 0, false);
+    ly->wk = bind_l(L, il, "attn_k.weight", true, E, kv, 0, false);
+    ly->wv = bind_l(L, il, "attn_v.weight", true, E, vv, 0, false);
+    ly->wo = bind_l(L, il, "attn_output.weight", true, (int64_t)hp->n_head * hp->head_dim_v, E, 0,
+                    false);
+    bool bias = hp->arch == MODEL_ARCH_QWEN2MOE;
+    ly->bq = bind_l(L, il, "attn_q.bias", bias, q, 1, 0, true);
+    ly->bk = bind_l(L, il, "attn_k.bias", bias, kv, 1, 0, true);
+    ly->bv = bind_l(L, il, "attn_v.bias", bias, vv, 1, 0, true);
+    if (hp->qk_norm == 1) {
+        ly->q_norm = bind_l(L, il, "attn_q_norm.weight", true, hp->head_dim, 1, 0, true);
+        ly->k_norm = bind_l(L, il, "attn_k_norm.weight", true, hp->head_dim, 1, 0, true);
+    } else if (hp->qk_norm == 2) {
+        ly->q_norm = bind_l(L, il, "attn_q_norm.weight", true, q, 1, 0, true);
+        ly->k_norm = bind_l(L, il, "attn_k_norm.weight", true, kv, 1, 0, true);
+    }
+    ly->ffn_norm = bind_l(L, il, "ffn_norm.weight", true, E, 1, 0, true);
+    if (L->err) return L->err;
+
+    char name[96];
+    snprintf(name, sizeof(name), "blk.%d.ffn_gate_inp.weight", il);
+    if (hp->n_expert == 0 || !model_gguf_find_tensor(L->g, name)) {
+        /* A dense layer: the whole model when it has no experts. */
+        if (hp->n_expert > 0 && hp->arch != MODEL_ARCH_LLAMA) {
+            LOG_ERR("%s: missing tensor %s", L->path, name);
+            return MODEL_E_ARCH;
+        }
+        ly->ffn_gate = bind_l(L, il, "ffn_gate.weight", true, E, 0, 0, false);
+        int64_t ff = ly->ffn_gate ? ly->ffn_gate->ne[1] : 0;
+        ly->ffn_up = bind_l(L, il, "ffn_up.weight", true, E, ff, 0, false);
+        ly->ffn_down = bind_l(L, il, "ffn_down.weight", true, ff, E, 0, false);
+        return L->err;
+    }
+    ly->gate_inp = bind_l(L, il, "ffn_gate_inp.weight", true, E, hp->n_expert, 0, false);
+    ly->gate_exps = bind_l(L, il, "ffn_gate_exps.weight", true, E, hp->n_ff_exp, hp->n_expert,
+                           false);
+    if (ly->gate_exps && hp->n_ff_exp == 0) hp->n_ff_exp = (int)ly->gate_exps->ne[1];
+    ly->up_exps = bind_l(L, il, "ffn_up_exps.weight", true, E, hp->n_ff_exp, hp->n_expert, false);
+    ly->down_exps = bind_l(L, il, "ffn_down_exps.weight", true, hp->n_ff_exp, E, hp->n_expert,
+                           false);
+    bool shexp = hp->arch == MODEL_ARCH_QWEN2MOE;
+    ly->gate_shexp = bind_l(L, il, "ffn_gate_shexp.weight", shexp, E, hp->n_ff_shexp, 0, false);
+    if (ly->gate_shexp) {
+        if (hp->n_ff_shexp == 0) hp->n_ff_shexp = (int)ly->gate_shexp->ne[1];
+        ly->up_shexp = bind_l(L, il, "ffn_up_shexp.weight", true, E, hp->n_ff_shexp, 0, false);
+        ly->down_shexp = bind_l(L, il, "ffn_down_shexp.weight", true, hp->n_ff_shexp, E, 0, false);
+        ly->gate_inp_shexp = bind_l(L, il, "ffn_gate_inp_shexp.weight", false, E, 1, 0, false);
+    }
+    return L->err;
+}
+
+int model_load_gguf(model_gguf_t **gp, model_t **out)
+{
+    model_gguf_t *g = *gp;
+    *gp = NULL;
+    *out = NULL;
+    model_t *m = xcalloc(1, sizeof(*m));
+    m->gguf = g;
+    loader_t L = {.g = g, .path = model_gguf_path(g)};
+    L.arch = model_gguf_get_str(g, "general.architecture");
+    int err;
+    if (!L.arch) {
+        LOG_ERR("%s: no general.architecture (supported: %s)", L.path, model_arch_supported());
+        err = MODEL_E_ARCH;
+        goto fail;
+    }
+    model_hparams_t *hp = &m->hp;
+    if ((err = read_hparams(&L, hp)) != 0) goto fail;
+
+    m->tok_embd = bind(&L, "token_embd.weight", true, hp->n_embd, 0, 0, false);
+    if (!m->tok_embd) goto fail_l;
+    hp->n_vocab = (int)m->tok_embd->ne[1];
+    m->output_norm = bind(&L, "output_norm.weight", true, hp->n_embd, 1, 0, true);
+    m->output = bind(&L, "output.weight", false, hp->n_embd, hp->n_vocab, 0, false);
+    if (!m->output && !L.err) m->output = m->tok_embd; /* tied embeddings */
+    if (L.err) goto fail_l;
+
+    m->layers = xcalloc((size_t)hp->n_layer, sizeof(*m->layers));
+    for (int il = 0; il < hp->n_layer; il++)
+        if (bind_layer(&L, hp, il, &m->layers[il]) != 0) goto fail_l;
+    *out = m;
+    return 0;
+fail_l:
+    err = L.err ? L.err : MODEL_E_ARCH;
+fail:
+    model_free(m);
+    return err;
+}
+
+int model_load(const char *path, model_t **out)
+{
+    model_gguf_t *g = NULL;
+    *out = NULL;
+    int err = model_gguf_open(path, &g);
+    if (err) return err;
+    return model_load_gguf(&g, out);
+}
+
+void model_free(model_t *m)
+{
+    if (!m) return;
+    model_gguf_free(m->gguf);
+    free(m->layers);
+    free(m);
+}
