@@ -47,6 +47,7 @@ struct model_gguf_writer {
 
 static void put(bytes_t *b, const void *v, size_t n)
 {
+    if (n == 0) return; /* v may be NULL then (an empty array) */
     if (b->n + n > b->cap) {
         b->cap = (b->n + n) * 2 + 64;
         b->p = xrealloc(b->p, b->cap);
