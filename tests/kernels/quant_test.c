@@ -387,9 +387,10 @@ Test(kern_quant, float_types_convert_elementwise)
 /* ---------------- quantize -> dequantize error ---------------- */
 
 /* Data: uniform in [-1, 1) times a per-block scale spread over 10^lg_lo .. 10^lg_hi, so fp16
- * scales of many exponents (subnormal ones too) are exercised. Bounds per element are relative to the block's largest |x|
- * (amax) for the 32-blocks, whose rounding is per element; K-quants optimise a weighted error
- * with quantized scales, so they get a relative RMS bound per super-block. */
+ * scales of many exponents (subnormal ones too) are exercised. Bounds per element are relative
+ * to the block's largest |x| (amax) for the 32-blocks, whose rounding is per element; K-quants
+ * optimise a weighted error with quantized scales, so they get a relative RMS bound per
+ * super-block. */
 static float *seeded_blocks(int64_t nblk, int block, uint64_t seed, float lg_lo, float lg_hi)
 {
     float *x = malloc(nblk * block * sizeof(float));
@@ -620,9 +621,18 @@ static void check_exact_encoding(const char *file, kern_type_t type)
     model_gguf_free(ref);
 }
 
-Test(kern_quant_golden, q8_0_file_dequantizes_to_f32_file) { check_exact_encoding(GOLDEN "qwen3moe-tiny-q8_0.gguf", KERN_Q8_0); }
-Test(kern_quant_golden, f16_file_dequantizes_to_f32_file) { check_exact_encoding(GOLDEN "qwen3moe-tiny-f16.gguf", KERN_F16); }
-Test(kern_quant_golden, bf16_file_dequantizes_to_f32_file) { check_exact_encoding(GOLDEN "qwen3moe-tiny-bf16.gguf", KERN_BF16); }
+Test(kern_quant_golden, q8_0_file_dequantizes_to_f32_file)
+{
+    check_exact_encoding(GOLDEN "qwen3moe-tiny-q8_0.gguf", KERN_Q8_0);
+}
+Test(kern_quant_golden, f16_file_dequantizes_to_f32_file)
+{
+    check_exact_encoding(GOLDEN "qwen3moe-tiny-f16.gguf", KERN_F16);
+}
+Test(kern_quant_golden, bf16_file_dequantizes_to_f32_file)
+{
+    check_exact_encoding(GOLDEN "qwen3moe-tiny-bf16.gguf", KERN_BF16);
+}
 
 /* llama-quantize's eight encodings of one model against its Q8_0 encoding, tensor by tensor
  * (every quantized tensor, including blk.0.ffn_gate_exps.weight). For roughly Gaussian weights
