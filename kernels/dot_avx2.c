@@ -253,18 +253,37 @@ static inline void unpack_k4_scales(const uint8_t *s12, uint32_t sc[2], uint32_t
     m[1] = ((u[2] >> 4) & low4) | (((u[1] >> 6) & low2) << 4);
 }
 
-/* The min term of Q4_K/Q5_K: sum over the 8 sub-blocks of min_j * (sum of the activations in
- * sub-block j), from Q8_K's 16-element bsums. */
-static inline int k4_min_sum(const uint32_t m[2], const int16_t *bsums)
+/* The min term of Q4_K/Q5_K as four 32-bit partial sums: min_j * (sum of the activations in
+ * sub-block j) over the 8 sub-blocks, from Q8_K's 16-element bsums. Left unreduced so the caller
+ * can accumulate it in a vector without a horizontal sum per super-block. */
+static inline __m128i k4_min_sums(const uint32_t m[2], const int16_t *bsums)
 {
     __m128i mins = _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, (int)m[1], (int)m[0]));
     __m128i b = _mm_loadu_si128((const __m128i *)bsums);
     __m128i b2 = _mm_loadu_si128((const __m128i *)(bsums + 8));
     __m128i pair = _mm_hadd_epi16(b, b2); /* sums of 32: cannot overflow 16 bits (|.|<=4064) */
-    __m128i p = _mm_madd_epi16(mins, pair);
-    p = _mm_add_epi32(p, _mm_shuffle_epi32(p, _MM_SHUFFLE(1, 0, 3, 2)));
-    p = _mm_add_epi32(p, _mm_shuffle_epi32(p, _MM_SHUFFLE(2, 3, 0, 1)));
-    return _mm_cvtsi128_si32(p);
+    return _mm_madd_epi16(mins, pair);
+}
+
+/* The 8 six-bit scales as 16-bit values, repeated in both 128-bit halves, so that
+ * scale_bcast(v, k) can broadcast scale k with one in-lane byte shuffle. */
+static inline __m256i k4_scales16(const uint32_t sc[2])
+{
+    return _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_set_epi32(0, 0, (int)sc[1],
+                                                                       (int)sc[0])));
+}
+
+static inline __m256i scale_bcast(__m256i sc16, int k)
+{
+    const __m256i idx = _mm256_set1_epi16((short)(0x0100 + 0x0202 * k)); /* bytes 2k, 2k+1 */
+    return _mm256_shuffle_epi8(sc16, idx);
+}
+
+static inline float hsum_ps128(__m128 s)
+{
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
 }
 
 /* Q4_K: w = d*sc_j*q - dmin*m_j for sub-block j of 32, q unsigned 4-bit, so the 6-bit scale
@@ -276,19 +295,20 @@ static float dot_q4_k(int64_t n, const void *wv, const void *xv)
     const int64_t nb = n / QK_K;
     const __m256i low4 = _mm256_set1_epi8(0x0F);
     __m256 acc = _mm256_setzero_ps();
-    float acc_m = 0;
+    __m128 acc_m = _mm_setzero_ps();
     for (int64_t i = 0; i < nb; i++) {
         const float d = x[i].d * h2f(w[i].d);
         const float dmin = x[i].d * h2f(w[i].dmin);
         uint32_t sc[2], m[2];
         unpack_k4_scales(w[i].scales, sc, m);
-        acc_m += dmin * (float)k4_min_sum(m, x[i].bsums);
-
-        uint8_t s8[8];
-        memcpy(s8, sc, 8);
+        acc_m = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(k4_min_sums(m, x[i].bsums)),
+                             acc_m);
+        const __m256i sc16 = k4_scales16(sc);
         const uint8_t *q4 = w[i].qs;
         const int8_t *q8 = x[i].qs;
         __m256i sumi = _mm256_setzero_si256();
+        /* Unrolled so the scale shuffle indices are constants, not rebuilt each pass. */
+#pragma GCC unroll 4
         for (int j = 0; j < 4; j++) {
             /* 32 bytes: low nibbles are sub-block 2j, high nibbles sub-block 2j+1. */
             __m256i q = _mm256_loadu_si256((const __m256i *)(q4 + 32 * j));
@@ -297,13 +317,13 @@ static float dot_q4_k(int64_t n, const void *wv, const void *xv)
             __m256i pl = _mm256_maddubs_epi16(ql, _mm256_loadu_si256((const __m256i *)q8));
             __m256i ph = _mm256_maddubs_epi16(qh, _mm256_loadu_si256((const __m256i *)(q8 + 32)));
             q8 += 64;
-            pl = _mm256_madd_epi16(pl, _mm256_set1_epi16(s8[2 * j]));
-            ph = _mm256_madd_epi16(ph, _mm256_set1_epi16(s8[2 * j + 1]));
+            pl = _mm256_madd_epi16(pl, scale_bcast(sc16, 2 * j));
+            ph = _mm256_madd_epi16(ph, scale_bcast(sc16, 2 * j + 1));
             sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
     }
-    return hsum_ps(acc) - acc_m;
+    return hsum_ps(acc) - hsum_ps128(acc_m);
 }
 
 static float dot_q5_k(int64_t n, const void *wv, const void *xv)
@@ -313,22 +333,22 @@ static float dot_q5_k(int64_t n, const void *wv, const void *xv)
     const int64_t nb = n / QK_K;
     const __m256i low4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
     __m256 acc = _mm256_setzero_ps();
-    float acc_m = 0;
+    __m128 acc_m = _mm_setzero_ps();
     for (int64_t i = 0; i < nb; i++) {
         const float d = x[i].d * h2f(w[i].d);
         const float dmin = x[i].d * h2f(w[i].dmin);
         uint32_t sc[2], m[2];
         unpack_k4_scales(w[i].scales, sc, m);
-        acc_m += dmin * (float)k4_min_sum(m, x[i].bsums);
-
-        uint8_t s8[8];
-        memcpy(s8, sc, 8);
+        acc_m = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(k4_min_sums(m, x[i].bsums)),
+                             acc_m);
+        const __m256i sc16 = k4_scales16(sc);
         const uint8_t *q4 = w[i].qs;
         const int8_t *q8 = x[i].qs;
         /* Bit 2j of qh[l] is the fifth bit of element l of sub-block 2j, bit 2j+1 that of
          * sub-block 2j+1. The 16-bit shifts leak bits across bytes, but only bit 0 is kept. */
         const __m256i hb = _mm256_loadu_si256((const __m256i *)w[i].qh);
         __m256i sumi = _mm256_setzero_si256();
+#pragma GCC unroll 4
         for (int j = 0; j < 4; j++) {
             __m256i q = _mm256_loadu_si256((const __m256i *)(q4 + 32 * j));
             __m256i h0 = _mm256_and_si256(_mm256_srli_epi16(hb, 2 * j), one);
@@ -339,13 +359,13 @@ static float dot_q5_k(int64_t n, const void *wv, const void *xv)
             __m256i pl = _mm256_maddubs_epi16(ql, _mm256_loadu_si256((const __m256i *)q8));
             __m256i ph = _mm256_maddubs_epi16(qh, _mm256_loadu_si256((const __m256i *)(q8 + 32)));
             q8 += 64;
-            pl = _mm256_madd_epi16(pl, _mm256_set1_epi16(s8[2 * j]));
-            ph = _mm256_madd_epi16(ph, _mm256_set1_epi16(s8[2 * j + 1]));
+            pl = _mm256_madd_epi16(pl, scale_bcast(sc16, 2 * j));
+            ph = _mm256_madd_epi16(ph, scale_bcast(sc16, 2 * j + 1));
             sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
     }
-    return hsum_ps(acc) - acc_m;
+    return hsum_ps(acc) - hsum_ps128(acc_m);
 }
 
 /* Q6_K: q = (4 low bits | 2 high bits << 4) - 32 with a signed 8-bit scale per 16 elements.
@@ -388,8 +408,8 @@ static float dot_q6_k(int64_t n, const void *wv, const void *xv)
                 _mm256_and_si256(_mm256_srli_epi16(l1, 4), low4),
                 _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 6), low2), 4));
             for (int k = 0; k < 4; k++) {
-                __m256i p = _mm256_maddubs_epi16(q[k],
-                                                 _mm256_loadu_si256((const __m256i *)(q8 + 32 * k)));
+                __m256i x8 = _mm256_loadu_si256((const __m256i *)(q8 + 32 * k));
+                __m256i p = _mm256_maddubs_epi16(q[k], x8);
                 /* Pair sums 0..7 cover elements 0..15 (scale 2k), 8..15 elements 16..31. */
                 __m256i s = _mm256_set_m128i(_mm_set1_epi16(sc[2 * k + 1]),
                                              _mm_set1_epi16(sc[2 * k]));
@@ -402,6 +422,97 @@ static float dot_q6_k(int64_t n, const void *wv, const void *xv)
     }
     return hsum_ps(acc);
 }
+
+/* ---- one weight row against several activation rows ----
+ * For small batches (an expert's tokens) the weight unpacking is shared: each weight block is
+ * widened once and multiplied with up to KERN__DOTN_MAX activation rows. The per-row arithmetic
+ * is that of the single-row kernels, with one accumulator per row. NX is a compile-time constant
+ * in each instance, so the accumulators live in registers. */
+
+static inline __attribute__((always_inline)) void dotn_q8_0(int64_t n, const void *wv,
+                                                             const void *xv, size_t xs, float *out,
+                                                             size_t os, const int NX)
+{
+    const kern_block_q8_0 *w = wv;
+    const int64_t nb = n / QK;
+    __m256 acc[KERN__DOTN_MAX];
+    for (int r = 0; r < NX; r++) acc[r] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < nb; i++) {
+        const __m256i q = _mm256_loadu_si256((const __m256i *)w[i].qs);
+        const __m256i aq = _mm256_sign_epi8(q, q);
+        const float dw = h2f(w[i].d);
+        for (int r = 0; r < NX; r++) {
+            const kern_block_q8_0 *x = (const kern_block_q8_0 *)((const uint8_t *)xv + r * xs);
+            __m256i y = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)x[i].qs), q);
+            __m256i p = dot_u8_i8(aq, y);
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dw * h2f(x[i].d)), _mm256_cvtepi32_ps(p),
+                                     acc[r]);
+        }
+    }
+    for (int r = 0; r < NX; r++) out[r * os] = hsum_ps(acc[r]);
+}
+
+static inline __attribute__((always_inline)) void dotn_q4_k(int64_t n, const void *wv,
+                                                             const void *xv, size_t xs, float *out,
+                                                             size_t os, const int NX)
+{
+    const kern_block_q4_k *w = wv;
+    const int64_t nb = n / QK_K;
+    const __m256i low4 = _mm256_set1_epi8(0x0F);
+    /* The min term shares the accumulator: it is folded into lanes 0..3 with a negative
+     * factor, so one register per row carries both sums. */
+    __m256 acc[KERN__DOTN_MAX];
+    for (int r = 0; r < NX; r++) acc[r] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < nb; i++) {
+        uint32_t sc[2], m[2];
+        unpack_k4_scales(w[i].scales, sc, m);
+        const __m256i sc16 = k4_scales16(sc);
+        const float dw = h2f(w[i].d), dminw = h2f(w[i].dmin);
+        __m256i sumi[KERN__DOTN_MAX];
+        for (int r = 0; r < NX; r++) sumi[r] = _mm256_setzero_si256();
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) {
+            const __m256i q = _mm256_loadu_si256((const __m256i *)(w[i].qs + 32 * j));
+            const __m256i ql = _mm256_and_si256(q, low4);
+            const __m256i qh = _mm256_and_si256(_mm256_srli_epi16(q, 4), low4);
+            const __m256i sl = scale_bcast(sc16, 2 * j), sh = scale_bcast(sc16, 2 * j + 1);
+            for (int r = 0; r < NX; r++) {
+                const kern_block_q8_k *x =
+                    (const kern_block_q8_k *)((const uint8_t *)xv + r * xs) + i;
+                const int8_t *q8 = x->qs + 64 * j;
+                __m256i pl = _mm256_maddubs_epi16(ql, _mm256_loadu_si256((const __m256i *)q8));
+                __m256i ph =
+                    _mm256_maddubs_epi16(qh, _mm256_loadu_si256((const __m256i *)(q8 + 32)));
+                pl = _mm256_madd_epi16(pl, sl);
+                ph = _mm256_madd_epi16(ph, sh);
+                sumi[r] = _mm256_add_epi32(sumi[r], _mm256_add_epi32(pl, ph));
+            }
+        }
+        for (int r = 0; r < NX; r++) {
+            const kern_block_q8_k *x = (const kern_block_q8_k *)((const uint8_t *)xv + r * xs) + i;
+            __m256 mins = _mm256_zextps128_ps256(_mm_cvtepi32_ps(k4_min_sums(m, x->bsums)));
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(-x->d * dminw), mins, acc[r]);
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(x->d * dw), _mm256_cvtepi32_ps(sumi[r]),
+                                     acc[r]);
+        }
+    }
+    for (int r = 0; r < NX; r++) out[r * os] = hsum_ps(acc[r]);
+}
+
+#define DOTN_INSTANCES(name)                                                                       \
+    static void name##_n(int64_t n, const void *w, const void *x, size_t xs, int nx, float *out,  \
+                         size_t os)                                                                \
+    {                                                                                              \
+        switch (nx) {                                                                              \
+        case 1: name(n, w, x, xs, out, os, 1); break;                                              \
+        case 2: name(n, w, x, xs, out, os, 2); break;                                              \
+        case 3: name(n, w, x, xs, out, os, 3); break;                                              \
+        default: name(n, w, x, xs, out, os, 4); break;                                             \
+        }                                                                                          \
+    }
+_Static_assert(KERN__DOTN_MAX == 4, "DOTN_INSTANCES covers 1..4 rows");
+DOTN_INSTANCES(dotn_q8_0)
+DOTN_INSTANCES(dotn_q4_k)
 
 /* ---- activation rounding ---- */
 
@@ -476,4 +587,9 @@ const kern__quant_fn kern__quant_act_avx2[KERN_TYPE_COUNT] = {
     [KERN_Q8_0] = quant_q8_0,
     [KERN_Q8_1] = quant_q8_1,
     [KERN_F16] = quant_f16,
+};
+
+const kern__dotn_fn kern__dotn_avx2[KERN_TYPE_COUNT] = {
+    [KERN_Q8_0] = dotn_q8_0_n,
+    [KERN_Q4_K] = dotn_q4_k_n,
 };

@@ -55,6 +55,7 @@ typedef struct {
     float *xr;          /* (m, n) rounded activations as f32: BLAS path only */
     float *tile0;       /* (TILE_ROWS, n): thread 0's weight tile */
     kern__dot_fn dot;   /* resolved once: kern_vec_dot's dispatch per row would cost more */
+    kern__dotn_fn dotn; /* several activation rows per weight row, or NULL */
     kern_pool_t *pool;
     int64_t m, n, d;
     int64_t chunk;      /* weight rows per grab */
@@ -93,9 +94,18 @@ static void dot_cb(void *arg, int ith, int nth)
     while (grab(t, &r0, &r1)) {
         for (int64_t r = r0; r < r1; r++) {
             const uint8_t *wr = t->w + r * t->w_stride;
-            /* All m activation rows against one weight row while it is in L1/L2. */
-            for (int64_t i = 0; i < t->m; i++)
-                t->out[i * t->d + r] = t->dot(t->n, wr, t->xq + i * t->xq_stride);
+            /* All m activation rows against one weight row while it is in L1/L2; with a multi-row
+             * kernel the weight blocks are also unpacked once per KERN__DOTN_MAX rows. */
+            if (t->dotn) {
+                for (int64_t i = 0; i < t->m; i += KERN__DOTN_MAX) {
+                    const int nx = t->m - i < KERN__DOTN_MAX ? (int)(t->m - i) : KERN__DOTN_MAX;
+                    t->dotn(t->n, wr, t->xq + i * t->xq_stride, t->xq_stride, nx,
+                            t->out + i * t->d + r, (size_t)t->d);
+                }
+            } else {
+                for (int64_t i = 0; i < t->m; i++)
+                    t->out[i * t->d + r] = t->dot(t->n, wr, t->xq + i * t->xq_stride);
+            }
         }
     }
 }
@@ -150,6 +160,8 @@ void kern_matmul(kern_pool_t *pool, float *out, const void *w, size_t w_stride, 
     t.dot = kern__isa >= KERN_ISA_AVX2 && kern__dot_avx2[wt] ? kern__dot_avx2[wt]
                                                               : kern__dot_scalar[wt];
     CHECK(t.dot != NULL);
+    /* A single row keeps the single-row kernel, which is tuned for streaming. */
+    if (m > 1 && kern__isa >= KERN_ISA_AVX2) t.dotn = kern__dotn_avx2[wt];
     if (wt == KERN_F32) {
         /* F32's dot type is F32 itself: x is already "rounded". */
         t.xq = (const uint8_t *)x;

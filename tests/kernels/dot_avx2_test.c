@@ -39,6 +39,24 @@ static void fill(float *v, int64_t n)
     }
 }
 
+/* The bound of the header comment for one row: 2 * (nb + 16) * 2^-24 * B. */
+static double order_bound(kern_type_t wt, const void *wq, const void *xq, int64_t n)
+{
+    const kern_type_info_t *ti = kern_type_info(wt);
+    const int64_t blk = ti->block < 32 ? 32 : ti->block;
+    float *wd = malloc(n * sizeof(float)), *xd = malloc(n * sizeof(float));
+    kern_dequantize(wt, wq, wd, n);
+    kern_dequantize(ti->dot_type, xq, xd, n);
+    double b = 0;
+    for (int64_t i0 = 0; i0 < n; i0 += blk) {
+        double amax = 0;
+        for (int64_t i = i0; i < i0 + blk && i < n; i++) amax = fmax(amax, fabs(wd[i]));
+        for (int64_t i = i0; i < i0 + blk && i < n; i++) b += 4 * amax * fabs(xd[i]);
+    }
+    free(wd), free(xd);
+    return 2.0 * (double)(n / ti->block + 16) * 0x1p-24 * b;
+}
+
 static const kern_type_t dot_types[] = {
     KERN_F32,  KERN_F16,  KERN_BF16, KERN_Q8_0, KERN_Q4_0, KERN_Q5_0,
     KERN_Q4_1, KERN_Q5_1, KERN_Q4_K, KERN_Q5_K, KERN_Q6_K,
@@ -62,9 +80,8 @@ Test(kern_dot_avx2, dot_equals_scalar_up_to_summation_order)
         const kern_type_t wt = dot_types[t];
         const kern_type_info_t *ti = kern_type_info(wt);
         for (size_t b = 0; b < sizeof(n_blocks) / sizeof(n_blocks[0]); b++) {
-            const int64_t n = n_blocks[b] * ti->block, blk = ti->block < 32 ? 32 : ti->block;
+            const int64_t n = n_blocks[b] * ti->block;
             float *w = malloc(n * sizeof(float)), *x = malloc(n * sizeof(float));
-            float *wd = malloc(n * sizeof(float)), *xd = malloc(n * sizeof(float));
             void *wq = malloc(kern_row_bytes(wt, n)), *xq = malloc(kern_row_bytes(ti->dot_type, n));
             fill(w, n), fill(x, n);
             kern_quantize(wt, w, wq, n);
@@ -74,18 +91,10 @@ Test(kern_dot_avx2, dot_equals_scalar_up_to_summation_order)
             kern_set_isa(KERN_ISA_AVX2);
             const float v = kern_vec_dot(wt, n, wq, xq);
 
-            kern_dequantize(wt, wq, wd, n);
-            kern_dequantize(ti->dot_type, xq, xd, n);
-            double bsum = 0;
-            for (int64_t i0 = 0; i0 < n; i0 += blk) {
-                double amax = 0;
-                for (int64_t i = i0; i < i0 + blk && i < n; i++) amax = fmax(amax, fabs(wd[i]));
-                for (int64_t i = i0; i < i0 + blk && i < n; i++) bsum += 4 * amax * fabs(xd[i]);
-            }
-            const double bound = 2.0 * (double)(n / ti->block + 16) * 0x1p-24 * bsum;
+            const double bound = order_bound(wt, wq, xq, n);
             cr_assert(fabs((double)v - s) <= bound, "%s n=%ld: avx2 %.9g scalar %.9g bound %.3g",
                       ti->name, (long)n, v, s, bound);
-            free(w), free(x), free(wd), free(xd), free(wq), free(xq);
+            free(w), free(x), free(wq), free(xq);
         }
     }
 }
@@ -125,4 +134,45 @@ Test(kern_dot_avx2, activation_rounding_is_bit_exact)
     check_act_bit_exact(KERN_Q8_0, x, 96);
     check_act_bit_exact(KERN_Q8_1, x, 96);
     check_act_bit_exact(KERN_F16, x, 96);
+}
+
+Test(kern_dot_avx2, multi_row_dot_equals_single_row_dots)
+{
+    need_avx2();
+    rng_state = 13;
+    for (int t = 0; t < KERN_TYPE_COUNT; t++) {
+        if (!kern__dotn_avx2[t]) continue;
+        const kern_type_info_t *ti = kern_type_info(t);
+        for (size_t b = 0; b < sizeof(n_blocks) / sizeof(n_blocks[0]); b++) {
+            const int64_t n = n_blocks[b] * ti->block;
+            const size_t xs = kern_row_bytes(ti->dot_type, n) + 8; /* odd stride: unaligned */
+            float *w = malloc(n * sizeof(float)), *x = malloc(n * sizeof(float));
+            void *wq = malloc(kern_row_bytes(t, n));
+            unsigned char *xq = malloc(KERN__DOTN_MAX * xs);
+            fill(w, n);
+            kern_quantize(t, w, wq, n);
+            float single[KERN__DOTN_MAX];
+            for (int r = 0; r < KERN__DOTN_MAX; r++) {
+                fill(x, n);
+                kern_quantize_act(ti->dot_type, x, xq + r * xs, n);
+                single[r] = kern__dot_avx2[t](n, wq, xq + r * xs);
+            }
+            for (int nx = 1; nx <= KERN__DOTN_MAX; nx++) {
+                float out[2 * KERN__DOTN_MAX];
+                for (int i = 0; i < 2 * KERN__DOTN_MAX; i++) out[i] = NAN;
+                kern__dotn_avx2[t](n, wq, xq, xs, nx, out, 2); /* out stride 2 */
+                for (int r = 0; r < nx; r++) {
+                    /* Same exact block sums in another f32 order: the header's bound. */
+                    const double tol = order_bound(t, wq, xq + r * xs, n);
+                    cr_assert(fabs(out[2 * r] - single[r]) <= tol, "%s n=%ld nx=%d row %d: %g %g",
+                              ti->name, (long)n, nx, r, out[2 * r], single[r]);
+                }
+                for (int r = nx; r < KERN__DOTN_MAX; r++)
+                    cr_assert(isnan(out[2 * r]), "wrote past nx");
+                for (int r = 0; r < KERN__DOTN_MAX; r++)
+                    cr_assert(isnan(out[2 * r + 1]), "wrote between rows");
+            }
+            free(w), free(x), free(wq), free(xq);
+        }
+    }
 }
