@@ -1,13 +1,34 @@
-/* moemesh-bench: parses the command line and hands over to bench/ (STYLE.md). */
+/* moemesh-bench: parses the command line and hands over to bench/ (STYLE.md). Subcommands live
+ * in one table; adding a benchmark is adding a row. */
 #include <stdio.h>
 #include <string.h>
+
+#include "bench/bench.h"
+
+static const struct {
+    const char *name;
+    int (*main)(int argc, char **argv); /* argv[0] is the subcommand's name */
+    const char *help;
+} commands[] = {
+    {"kernels", bench_kernels_main, "read bandwidth, pool dispatch, GEMV/GEMM per weight type"},
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: moemesh-bench COMMAND [options]\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+        fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].help);
+}
 
 int main(int argc, char **argv)
 {
     if (argc < 2 || strcmp(argv[1], "--help") == 0) {
-        printf("usage: moemesh-bench COMMAND [options]\n");
+        usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+        if (strcmp(argv[1], commands[i].name) == 0) return commands[i].main(argc - 1, argv + 1);
     fprintf(stderr, "moemesh-bench: unknown command '%s'\n", argv[1]);
+    usage(stderr);
     return 2;
 }

@@ -124,7 +124,8 @@ static float dot_bf16(int64_t n, const void *vw, const void *vx)
 {
     const uint16_t *w = vw, *x = vx;
     double sum = 0;
-    for (int64_t i = 0; i < n; i++) sum += (double)(kern_bf16_to_fp32(w[i]) * kern_bf16_to_fp32(x[i]));
+    for (int64_t i = 0; i < n; i++)
+        sum += (double)(kern_bf16_to_fp32(w[i]) * kern_bf16_to_fp32(x[i]));
     return (float)sum;
 }
 

@@ -57,6 +57,14 @@ extern const kern__quant_fn kern__quant_act_avx2[KERN_TYPE_COUNT];
 /* The ISA in force (kern_set_isa); read on every dispatch. */
 extern kern_isa_t kern__isa;
 
+/* One weight row (type wt) against nx <= KERN__DOTN_MAX activation rows xq_stride bytes apart:
+ * out[j * out_stride] = dot(w, row j), nx >= 1. Used by kern_matmul for small batches so the
+ * weight unpacking is shared; NULL where a type has none (kernels/dot_avx2.c). */
+#define KERN__DOTN_MAX 4
+typedef void (*kern__dotn_fn)(int64_t n, const void *w, const void *xq, size_t xq_stride, int nx,
+                              float *out, size_t out_stride);
+extern const kern__dotn_fn kern__dotn_avx2[KERN_TYPE_COUNT];
+
 /* Per-thread scratch owned by the pool (kernels/pool.c): a 64-byte aligned buffer of at least
  * bytes for thread ith, valid until the next call for the same ith or kern_pool_free. Only thread
  * ith may call it during a run; it grows on first use of a shape, so warm runs never allocate. */

@@ -1,0 +1,19 @@
+/* bench — benchmark programs behind moemesh-bench; each subcommand is one function taking the
+ * arguments after its name. Speed is measured here, never in tests (STYLE.md). Results go to
+ * stdout as readable tables; diagnostics to stderr.
+ */
+#ifndef MOEMESH_BENCH_H
+#define MOEMESH_BENCH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* `moemesh-bench kernels [--threads N] [--seconds S] [--types LIST]` (bench/kernels.c): read
+ * bandwidth, pool dispatch cost, GEMV and GEMM throughput per weight type. argv[0] is
+ * "kernels". Returns the process exit status (0, or 2 on a usage error). */
+int bench_kernels_main(int argc, char **argv);
+
+/* Sum of buf (words) with 32-byte loads (bench/read_avx2.c); only when the CPU has AVX2. */
+uint64_t bench__read_sum_avx2(const uint64_t *buf, size_t words);
+
+#endif

@@ -1,0 +1,253 @@
+/* moemesh-bench kernels: how close the matrix kernels get to the machine's memory bandwidth.
+ *
+ *   1. read bandwidth: summing a 1 GiB buffer, best of a few passes, 1 and N threads;
+ *   2. pool dispatch: microseconds per empty kern_pool_run;
+ *   3. GEMV (m = 1, plus an expert-sized batch) on shapes of real models, per weight type:
+ *      weight GB/s, GFLOP/s and % of the read bandwidth with the same thread count;
+ *   4. GEMM (m = 8, 16, 64, 512) GFLOP/s for F32 (BLAS), Q8_0 and Q4_K, which also shows where
+ *      the BLAS path (m >= 16) overtakes the dot path.
+ *
+ * Weights are rotated through copies totalling >= 256 MiB so that even small matrices come from
+ * DRAM, as in decode where every layer's weights are touched once per token. Weight contents
+ * do not matter for speed, so a few quantized rows are replicated instead of quantizing
+ * gigabytes.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bench/bench.h"
+#include "kernels/kern.h"
+#include "wire/wire.h"
+
+#define ROTATE_BYTES ((size_t)256 << 20)
+
+static double g_seconds = 0.3;       /* per measurement */
+static const char *g_types = NULL;   /* comma-separated type names to measure; NULL: all */
+
+static bool wanted(kern_type_t t)
+{
+    if (!g_types) return true;
+    const char *name = kern_type_info(t)->name;
+    size_t len = strlen(name);
+    for (const char *p = g_types; (p = strstr(p, name)) != NULL; p += len)
+        if ((p == g_types || p[-1] == ',') && (p[len] == ',' || p[len] == '\0')) return true;
+    return false;
+}
+
+/* ---- read bandwidth ---- */
+
+typedef struct {
+    const uint64_t *buf; /* (words) */
+    size_t words;
+    uint64_t sums[64];   /* per thread, keeps the loads alive */
+} bw_task_t;
+
+static void bw_cb(void *arg, int ith, int nth)
+{
+    bw_task_t *t = arg;
+    size_t lo = t->words * ith / nth & ~(size_t)7, hi = t->words * (ith + 1) / nth & ~(size_t)7;
+    if (kern_isa_best() >= KERN_ISA_AVX2) {
+        t->sums[ith] = bench__read_sum_avx2(t->buf + lo, hi - lo);
+        return;
+    }
+    /* Vector adds in four independent chains, so the loop is bound by loads, not by add
+     * latency or by 8-byte scalar loads (this file is built without -mavx2; 16-byte SSE2 loads
+     * still outrun DRAM). */
+    typedef uint64_t v2u __attribute__((vector_size(16)));
+    v2u s[4] = {{0, 0}, {0, 0}, {0, 0}, {0, 0}};
+    const v2u *v = (const v2u *)(t->buf + lo);
+    for (size_t i = 0; i < (hi - lo) / 2; i += 4)
+        for (int k = 0; k < 4; k++) s[k] += v[i + k];
+    v2u a = s[0] + s[1] + s[2] + s[3];
+    t->sums[ith] = a[0] + a[1];
+}
+
+static double read_bandwidth(kern_pool_t *pool, const uint64_t *buf, size_t bytes)
+{
+    bw_task_t t = {.buf = buf, .words = bytes / 8};
+    double best = 0;
+    for (int pass = 0; pass < 4; pass++) {
+        double t0 = wire_now();
+        kern_pool_run(pool, bw_cb, &t);
+        double gbs = (double)bytes / (wire_now() - t0) / 1e9;
+        if (gbs > best) best = gbs;
+    }
+    return best;
+}
+
+/* ---- pool dispatch ---- */
+
+static void nop_cb(void *arg, int ith, int nth) { (void)arg, (void)ith, (void)nth; }
+
+static double dispatch_us(kern_pool_t *pool)
+{
+    const int runs = 100000;
+    kern_pool_run(pool, nop_cb, NULL);
+    double t0 = wire_now();
+    for (int i = 0; i < runs; i++) kern_pool_run(pool, nop_cb, NULL);
+    return (wire_now() - t0) / runs * 1e6;
+}
+
+/* ---- products ---- */
+
+typedef struct {
+    kern_type_t wt;
+    int64_t n, d;
+    size_t row_bytes, mat_bytes;
+    int copies;
+    uint8_t *w; /* (copies * d rows) */
+} weights_t;
+
+static void weights_init(weights_t *w, kern_type_t wt, int64_t n, int64_t d, bool rotate)
+{
+    w->wt = wt, w->n = n, w->d = d;
+    w->row_bytes = kern_row_bytes(wt, n);
+    w->mat_bytes = w->row_bytes * (size_t)d;
+    w->copies = rotate ? (int)((ROTATE_BYTES + w->mat_bytes - 1) / w->mat_bytes) : 1;
+    size_t total = w->mat_bytes * (size_t)w->copies;
+    w->w = xmalloc_aligned(64, total);
+    float *src = xmalloc((size_t)n * sizeof(float));
+    const int distinct = 16;
+    for (int r = 0; r < distinct && r < d * w->copies; r++) {
+        for (int64_t i = 0; i < n; i++) src[i] = (float)((r * 131 + i * 7919) % 2001 - 1000) / 997.f;
+        kern_quantize(wt, src, w->w + (size_t)r * w->row_bytes, n);
+    }
+    for (size_t r = distinct; r < (size_t)d * w->copies; r++)
+        memcpy(w->w + r * w->row_bytes, w->w + (r % distinct) * w->row_bytes, w->row_bytes);
+    free(src);
+}
+
+/* Seconds per product, timed over g_seconds after one warm-up call (which also grows the pool's
+ * scratch, as a server's first token would). */
+static double time_matmul(kern_pool_t *pool, const weights_t *w, int64_t m, const float *x,
+                          float *out, void *work)
+{
+    kern_matmul(pool, out, w->w, w->row_bytes, w->wt, x, m, w->n, w->d, work);
+    int iters = 0;
+    double t0 = wire_now(), t;
+    do {
+        const uint8_t *mat = w->w + (size_t)(iters % w->copies) * w->mat_bytes;
+        kern_matmul(pool, out, mat, w->row_bytes, w->wt, x, m, w->n, w->d, work);
+        iters++;
+        t = wire_now() - t0;
+    } while (t < g_seconds);
+    return t / iters;
+}
+
+static const kern_type_t gemv_types[] = {
+    KERN_F32,  KERN_F16,  KERN_BF16, KERN_Q8_0, KERN_Q4_0, KERN_Q4_1,
+    KERN_Q5_0, KERN_Q5_1, KERN_Q4_K, KERN_Q5_K, KERN_Q6_K,
+};
+
+static const struct {
+    int64_t m, d, n;
+    const char *what;
+} gemv_shapes[] = {
+    {1, 2048, 768, "OLMoE expert up"},
+    {1, 768, 2048, "OLMoE expert down"},
+    {1, 4096, 14336, "Mixtral expert down"},
+    {8, 14336, 4096, "Mixtral expert up, 8 tokens"},
+};
+
+static int usage(void)
+{
+    fprintf(stderr, "usage: moemesh-bench kernels [--threads N] [--seconds S] [--types Q8_0,Q4_K,...]\n");
+    return 2;
+}
+
+int bench_kernels_main(int argc, char **argv)
+{
+    int nthreads = 2;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
+            nthreads = atoi(argv[++i]);
+            if (nthreads < 1 || nthreads > 64) return usage();
+        } else if (strcmp(argv[i], "--seconds") == 0 && i + 1 < argc) {
+            g_seconds = atof(argv[++i]);
+            if (!(g_seconds > 0 && g_seconds < 60)) return usage();
+        } else if (strcmp(argv[i], "--types") == 0 && i + 1 < argc) {
+            g_types = argv[++i];
+        } else {
+            return usage();
+        }
+    }
+    kern_pool_t *pools[2] = {kern_pool_new(1), kern_pool_new(nthreads)};
+    printf("moemesh-bench kernels: ISA %s, threads 1 and %d, %.2f s per figure\n\n",
+           kern_isa_name(kern_set_isa(kern_isa_best())), nthreads, g_seconds);
+
+    const size_t bw_bytes = (size_t)1 << 30;
+    uint64_t *buf = xmalloc_aligned(64, bw_bytes);
+    memset(buf, 1, bw_bytes);
+    double bw[2];
+    for (int p = 0; p < 2; p++) bw[p] = read_bandwidth(pools[p], buf, bw_bytes);
+    free(buf);
+    printf("read bandwidth (sum of 1 GiB, best of 4): %.1f GB/s on 1 thread, %.1f GB/s on %d\n",
+           bw[0], bw[1], nthreads);
+    printf("pool dispatch (empty run): %.2f us on %d threads\n\n", dispatch_us(pools[1]),
+           nthreads);
+
+    printf("GEMV / small batch: weight GB/s, GFLOP/s, %% of read bandwidth\n");
+    printf("%-6s %-30s | %8s %8s %5s | %8s %8s %5s\n", "type", "m x d x n", "1t GB/s", "GFLOP/s",
+           "%bw", "Nt GB/s", "GFLOP/s", "%bw");
+    for (size_t s = 0; s < sizeof(gemv_shapes) / sizeof(gemv_shapes[0]); s++) {
+        const int64_t m = gemv_shapes[s].m, d = gemv_shapes[s].d, n = gemv_shapes[s].n;
+        float *x = xmalloc((size_t)(m * n) * sizeof(float));
+        float *out = xmalloc((size_t)(m * d) * sizeof(float));
+        for (int64_t i = 0; i < m * n; i++) x[i] = (float)(i % 17) / 8.f - 1.f;
+        for (size_t t = 0; t < sizeof(gemv_types) / sizeof(gemv_types[0]); t++) {
+            if (!wanted(gemv_types[t])) continue;
+            weights_t w;
+            weights_init(&w, gemv_types[t], n, d, true);
+            void *work = xmalloc_aligned(64, kern_matmul_work_size(w.wt, m, n));
+            char shape[64];
+            snprintf(shape, sizeof shape, "%ldx%ldx%ld %s", (long)m, (long)d, (long)n,
+                     gemv_shapes[s].what);
+            printf("%-6s %-30.30s |", kern_type_info(w.wt)->name, shape);
+            for (int p = 0; p < 2; p++) {
+                double sec = time_matmul(pools[p], &w, m, x, out, work);
+                double gbs = (double)w.mat_bytes / sec / 1e9;
+                printf(" %8.2f %8.2f %4.0f%%%s", gbs, 2.0 * m * n * d / sec / 1e9,
+                       100 * gbs / bw[p], p == 0 ? " |" : "\n");
+            }
+            fflush(stdout);
+            free(work);
+            free(w.w);
+        }
+        free(x);
+        free(out);
+    }
+
+    printf("\nGEMM 4096 x 4096 weights: GFLOP/s (m < 16 dot path, m >= 16 BLAS on tiles)\n");
+    const kern_type_t gemm_types[] = {KERN_F32, KERN_Q8_0, KERN_Q4_K};
+    const int64_t gemm_m[] = {8, 16, 64, 512}, n = 4096, d = 4096;
+    printf("%-6s", "type");
+    for (size_t j = 0; j < 4; j++) printf(" | m=%-4ld 1t  %dt", (long)gemm_m[j], nthreads);
+    printf("\n");
+    float *x = xmalloc((size_t)(512 * n) * sizeof(float));
+    float *out = xmalloc((size_t)(512 * d) * sizeof(float));
+    for (int64_t i = 0; i < 512 * n; i++) x[i] = (float)(i % 23) / 11.f - 1.f;
+    for (size_t t = 0; t < 3; t++) {
+        if (!wanted(gemm_types[t])) continue;
+        weights_t w;
+        weights_init(&w, gemm_types[t], n, d, false);
+        printf("%-6s", kern_type_info(w.wt)->name);
+        for (size_t j = 0; j < 4; j++) {
+            void *work = xmalloc_aligned(64, kern_matmul_work_size(w.wt, gemm_m[j], n));
+            printf(" |");
+            for (int p = 0; p < 2; p++) {
+                double sec = time_matmul(pools[p], &w, gemm_m[j], x, out, work);
+                printf(" %6.1f", 2.0 * gemm_m[j] * n * d / sec / 1e9);
+            }
+            fflush(stdout);
+            free(work);
+        }
+        printf("\n");
+        free(w.w);
+    }
+    free(x);
+    free(out);
+    kern_pool_free(pools[0]);
+    kern_pool_free(pools[1]);
+    return 0;
+}
