@@ -43,7 +43,8 @@ enum { TOK_NORMAL = 1, TOK_UNKNOWN = 2, TOK_CONTROL = 3, TOK_BYTE = 6 };
 
 typedef struct {
     int32_t dim, hidden, n_layers, n_heads, n_kv_heads, vocab, seq_len;
-    bool shared_cls; /* classifier tied to the token embedding (positive vocab in the header) */
+    bool shared_cls;   /* classifier tied to the token embedding (positive vocab in the header) */
+    int32_t raw_vocab; /* as in the file, for messages */
 } header_t;
 
 /* Where one output tensor's floats come from: n_copies back-to-back copies of src (n floats),
@@ -71,7 +72,7 @@ static int check_header(const char *path, const header_t *h, uint64_t size, uint
         LOG_ERR("%s: header values out of range (dim %d, hidden_dim %d, n_layers %d, n_heads %d, "
                 "n_kv_heads %d, vocab_size %d, seq_len %d)",
                 path, h->dim, h->hidden, h->n_layers, h->n_heads, h->n_kv_heads,
-                h->shared_cls ? vocab : -vocab, h->seq_len);
+                h->raw_vocab, h->seq_len);
         return MODEL_E_LIMIT;
     }
     if (h->dim % h->n_heads || h->n_heads % h->n_kv_heads || (h->dim / h->n_heads) % 2) {
@@ -141,7 +142,7 @@ static int open_checkpoint(const char *path, header_t *h, void **map, size_t *ma
         rc = MODEL_E_VERSION;
         goto out;
     }
-    *h = (header_t){raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], raw[6], raw[5] > 0};
+    *h = (header_t){raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], raw[6], raw[5] > 0, raw[5]};
     /* A negative vocab_size flags an untied classifier; INT32_MIN has no positive twin. */
     h->vocab = raw[5] == INT32_MIN ? 0 : raw[5] < 0 ? -raw[5] : raw[5];
     uint64_t n_floats;
