@@ -213,13 +213,17 @@ static bool penalties_on(const coord_sampler_params_t *p)
 /* Draws from softmax(c / temp) with one uniform number. Sums run in double so that a 152k-entry
  * tail does not lose the small probabilities; dividing the difference to the maximum (never the
  * logit itself) by temp keeps a tiny temperature from overflowing. */
-static int32_t draw(coord_sampler_t *s, const cand_t *c, int n, float max, double temp)
+static int32_t draw(coord_sampler_t *s, cand_t *c, int n, float max, double temp)
 {
+    /* The weights replace the logits in place so that exp runs once per candidate. */
     double sum = 0;
-    for (int i = 0; i < n; i++) sum += exp(((double)c[i].logit - max) / temp);
+    for (int i = 0; i < n; i++) {
+        c[i].logit = (float)exp(((double)c[i].logit - max) / temp);
+        sum += c[i].logit;
+    }
     double u = rng_uniform(s->rng) * sum, cum = 0;
     for (int i = 0; i < n; i++) {
-        cum += exp(((double)c[i].logit - max) / temp);
+        cum += c[i].logit;
         if (u < cum) return c[i].id;
     }
     /* Rounding can leave u just above the final cum: the last candidate owns that sliver. */
@@ -280,12 +284,12 @@ int32_t coord_sampler_sample(coord_sampler_t *s, const float *logits)
     }
 
     if (p->min_p > 0.0f && n > 1) {
-        /* p_i >= min_p * p_max  <=>  exp(l_i - l_max) >= min_p; the maximum always stays. */
+        /* p_i >= min_p * p_max  <=>  l_i >= l_max + log(min_p): one comparison per candidate,
+         * no exp. The maximum always stays, even for min_p > 1. */
+        double thr = (double)max + log((double)p->min_p);
         int keep = 0;
-        for (int i = 0; i < n; i++) {
-            bool is_max = c[i].logit == max;
-            if (is_max || exp((double)c[i].logit - max) >= p->min_p) c[keep++] = c[i];
-        }
+        for (int i = 0; i < n; i++)
+            if (c[i].logit == max || (double)c[i].logit >= thr) c[keep++] = c[i];
         /* A sorted prefix loses only its tail, since the threshold is monotone in the logit. */
         if (sorted > keep) sorted = keep;
         n = keep;
