@@ -353,14 +353,30 @@ static int fill(void *arg, int tensor, uint64_t off, void *buf, size_t len)
     return 0;
 }
 
-static void add(model_gguf_writer_t *w, plan_t *plans, int *n_plans, const char *name, int n_dims,
-                int64_t ne0, int64_t ne1, int64_t ne2, plan_t plan)
+typedef struct {
+    model_gguf_writer_t *w;
+    plan_t *plans; /* (capacity fixed by the caller from the layer count) */
+    int n_plans;
+    int rc;        /* first refusal; later adds are skipped */
+    const char *out;
+} adder_t;
+
+static void add(adder_t *a, const char *name, int n_dims, int64_t ne0, int64_t ne1, int64_t ne2,
+                plan_t plan)
 {
+    if (a->rc) return;
     int64_t ne[3] = {ne0, ne1, ne2};
-    int idx = model_gguf_writer_add_tensor(w, name, KERN_F32, n_dims, ne);
-    /* Names and shapes are ours and bounded by check_header: a refusal is a bug here. */
-    CHECK(idx == *n_plans);
-    plans[(*n_plans)++] = plan;
+    /* Shapes come from the checkpoint and the expert count; the writer has the last word on
+     * what a GGUF can hold, so its refusal is an error, not a bug. */
+    int idx = model_gguf_writer_add_tensor(a->w, name, KERN_F32, n_dims, ne);
+    if (idx < 0) {
+        LOG_ERR("%s: cannot add tensor %s [%lld, %lld, %lld]: %s", a->out, name, (long long)ne0,
+                (long long)ne1, (long long)ne2, model_strerror(idx));
+        a->rc = idx;
+        return;
+    }
+    CHECK(idx == a->n_plans);
+    a->plans[a->n_plans++] = plan;
 }
 
 model_upcycle_params_t model_upcycle_params_default(void)
@@ -440,6 +456,8 @@ int model_upcycle(const char *checkpoint, const char *tokenizer, const char *out
         scales = xmalloc((size_t)E * sizeof(*scales));
         for (int e = 0; e < E; e++)
             scales[e] = p->scales ? p->scales[e] : model_upcycle_default_scale(e, E);
+        /* L * D floats are the checkpoint's rms_att, so the router is at most E / (3 * hidden)
+         * times the checkpoint's size: bounded by the input, not by a header's claims. */
         router = xmalloc((size_t)L * (size_t)D * (size_t)E * sizeof(*router));
         uint64_t state = p->seed;
         fill_router(router, (size_t)L * (size_t)D * (size_t)E, 2.0 / sqrt((double)D), &state);
@@ -486,50 +504,50 @@ int model_upcycle(const char *checkpoint, const char *tokenizer, const char *out
     const float *rms_final = w3 + L * F * D;
     const float *wcls = h.shared_cls ? emb : rms_final + D + (int64_t)h.seq_len * head;
 
-    int n_tensors = 3 + L * (E > 0 ? 10 : 9), n_plans = 0;
-    plan_t *plans = xmalloc((size_t)n_tensors * sizeof(*plans));
+    int n_tensors = 3 + L * (E > 0 ? 10 : 9);
+    adder_t ad = {w, xmalloc((size_t)n_tensors * sizeof(plan_t)), 0, 0, out};
 #define ONE(src, n) ((plan_t){(src), (size_t)(n), 1, NULL})
-    add(w, plans, &n_plans, "token_embd.weight", 2, D, V, 1, ONE(emb, V * D));
-    add(w, plans, &n_plans, "output_norm.weight", 1, D, 1, 1, ONE(rms_final, D));
-    add(w, plans, &n_plans, "output.weight", 2, D, V, 1, ONE(wcls, V * D));
+    add(&ad, "token_embd.weight", 2, D, V, 1, ONE(emb, V * D));
+    add(&ad, "output_norm.weight", 1, D, 1, 1, ONE(rms_final, D));
+    add(&ad, "output.weight", 2, D, V, 1, ONE(wcls, V * D));
     for (int l = 0; l < L; l++) {
         char nm[64];
 #define NAME(what) (snprintf(nm, sizeof(nm), "blk.%d.%s.weight", l, (what)), nm)
-        add(w, plans, &n_plans, NAME("attn_q"), 2, D, D, 1, ONE(wq + l * D * D, D * D));
-        add(w, plans, &n_plans, NAME("attn_k"), 2, D, KV, 1, ONE(wk + l * KV * D, KV * D));
-        add(w, plans, &n_plans, NAME("attn_v"), 2, D, KV, 1, ONE(wv + l * KV * D, KV * D));
-        add(w, plans, &n_plans, NAME("attn_output"), 2, D, D, 1, ONE(wo + l * D * D, D * D));
-        add(w, plans, &n_plans, NAME("attn_norm"), 1, D, 1, 1, ONE(rms_att + l * D, D));
+        add(&ad, NAME("attn_q"), 2, D, D, 1, ONE(wq + l * D * D, D * D));
+        add(&ad, NAME("attn_k"), 2, D, KV, 1, ONE(wk + l * KV * D, KV * D));
+        add(&ad, NAME("attn_v"), 2, D, KV, 1, ONE(wv + l * KV * D, KV * D));
+        add(&ad, NAME("attn_output"), 2, D, D, 1, ONE(wo + l * D * D, D * D));
+        add(&ad, NAME("attn_norm"), 1, D, 1, 1, ONE(rms_att + l * D, D));
         const float *g = w1 + l * F * D, *dn = w2 + l * D * F, *u = w3 + l * F * D;
         if (E > 0) {
-            add(w, plans, &n_plans, NAME("ffn_gate_inp"), 2, D, E, 1,
+            add(&ad, NAME("ffn_gate_inp"), 2, D, E, 1,
                 ONE(router + (size_t)l * (size_t)(D * E), D * E));
-            add(w, plans, &n_plans, NAME("ffn_gate_exps"), 3, D, F, E,
+            add(&ad, NAME("ffn_gate_exps"), 3, D, F, E,
                 (plan_t){g, (size_t)(F * D), E, NULL});
-            add(w, plans, &n_plans, NAME("ffn_down_exps"), 3, F, D, E,
+            add(&ad, NAME("ffn_down_exps"), 3, F, D, E,
                 (plan_t){dn, (size_t)(D * F), E, scales});
-            add(w, plans, &n_plans, NAME("ffn_up_exps"), 3, D, F, E,
+            add(&ad, NAME("ffn_up_exps"), 3, D, F, E,
                 (plan_t){u, (size_t)(F * D), E, NULL});
         } else {
-            add(w, plans, &n_plans, NAME("ffn_gate"), 2, D, F, 1, ONE(g, F * D));
-            add(w, plans, &n_plans, NAME("ffn_down"), 2, F, D, 1, ONE(dn, D * F));
-            add(w, plans, &n_plans, NAME("ffn_up"), 2, D, F, 1, ONE(u, F * D));
+            add(&ad, NAME("ffn_gate"), 2, D, F, 1, ONE(g, F * D));
+            add(&ad, NAME("ffn_down"), 2, F, D, 1, ONE(dn, D * F));
+            add(&ad, NAME("ffn_up"), 2, D, F, 1, ONE(u, F * D));
         }
-        add(w, plans, &n_plans, NAME("ffn_norm"), 1, D, 1, 1, ONE(rms_ffn + l * D, D));
+        add(&ad, NAME("ffn_norm"), 1, D, 1, 1, ONE(rms_ffn + l * D, D));
 #undef NAME
     }
 #undef ONE
-    CHECK(n_plans == n_tensors);
+    CHECK(ad.rc || ad.n_plans == n_tensors);
 
-    fill_ctx_t ctx = {plans};
-    rc = model_gguf_writer_write(w, out, fill, &ctx);
+    fill_ctx_t ctx = {ad.plans};
+    rc = ad.rc ? ad.rc : model_gguf_writer_write(w, out, fill, &ctx);
     if (rc == 0)
         LOG_INFO("%s: %s model, %d layers, dim %lld, vocab %lld%s", out,
                  E ? "MoE" : "dense", L, (long long)D, (long long)V,
                  E ? " (experts copied from the dense FFN)" : "");
 
     model_gguf_writer_free(w);
-    free(plans);
+    free(ad.plans);
     free(name);
     free(router);
     free(scales);

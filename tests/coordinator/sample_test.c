@@ -91,7 +91,8 @@ static void ref_probs(const coord_sampler_params_t *p, const float *logits, int 
     }
     memset(prob, 0, n * sizeof(*prob));
     sum = 0;
-    for (int i = 0; i < keep; i++) sum += prob[order[i]] = exp((l[order[i]] - max) / p->temperature);
+    for (int i = 0; i < keep; i++)
+        sum += prob[order[i]] = exp((l[order[i]] - max) / p->temperature);
     for (int i = 0; i < keep; i++) prob[order[i]] /= sum;
     free(l);
     free(order);
