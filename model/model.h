@@ -171,6 +171,36 @@ typedef int (*model_gguf_fill_cb)(void *arg, int tensor, uint64_t off, void *buf
 int model_gguf_writer_write(model_gguf_writer_t *w, const char *path, model_gguf_fill_cb fill,
                             void *arg);
 
+/* ---- llama2.c upcycling (model/upcycle.c, model/cli_upcycle.c; owner: demo) ----
+ * Converts a llama2.c legacy (version 0) checkpoint and its tokenizer.bin into a GGUF in
+ * llama.cpp's `llama` layout: dense as llama.cpp's llama2c converter writes it, or a Mixtral-
+ * style MoE whose experts are copies of the dense FFN with expert e's down projection scaled by
+ * scales[e], plus a seeded random F32 router (sd 2/sqrt(dim)). */
+typedef struct {
+    int n_experts;          /* 0: write the dense model */
+    int n_used;             /* experts per token, 1..n_experts (ignored when dense) */
+    uint64_t seed;          /* router generator seed */
+    const double *scales;   /* (n_experts) down-projection factors; NULL: the defaults */
+    const char *name;       /* general.name; NULL: "llama" dense, "<checkpoint stem>-moe" MoE */
+    int64_t context_length; /* llama.context_length; 0: the checkpoint's seq_len */
+} model_upcycle_params_t;
+
+/* 4 experts, top 2, seed 1, default scales, default name and context. */
+model_upcycle_params_t model_upcycle_params_default(void);
+/* Default down-projection factor of expert e of n: 0.9/0.97/1.03/1.1 for n = 4, otherwise
+ * spread evenly over [0.9, 1.1] (1.0 for n = 1). */
+double model_upcycle_default_scale(int e, int n);
+/* Writes out from checkpoint and tokenizer. Returns 0 or, with the reason logged naming the
+ * file: -errno (I/O), -EINVAL (bad parameters), MODEL_E_VERSION (a llama2.c version-1+ export),
+ * MODEL_E_LIMIT (header values absurd or inconsistent), MODEL_E_TRUNCATED (file shorter than
+ * its header says), MODEL_E_LAYOUT (file longer than its header says), MODEL_E_VOCAB (tokenizer
+ * malformed or not matching the checkpoint's vocabulary). No output file is left on failure. */
+int model_upcycle(const char *checkpoint, const char *tokenizer, const char *out,
+                  const model_upcycle_params_t *p);
+/* `moemesh-model upcycle ...`: argv[0] is "upcycle". Returns the process exit code: 0 done,
+ * 1 conversion failed (reason logged), 2 usage error (usage printed to stderr). */
+int model_cli_upcycle(int argc, char **argv);
+
 /* ---- tokenizer (model/tok*.c) ----
  * Built from a GGUF file's tokenizer.* metadata: SentencePiece (`llama`) and byte-level BPE
  * (`gpt2`, with the pre-tokenizer named by tokenizer.ggml.pre). Matches llama.cpp's
