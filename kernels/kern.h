@@ -112,4 +112,28 @@ void kern_swiglu(float *out, const float *gate, const float *up, int64_t n);
 /* Indices of the k largest of x (n) into idx (k), largest first; ties keep the lower index. */
 void kern_topk(const float *x, int n, int k, int *idx);
 
+/* ---- grouped expert FFN (kernels/moe.c) ----
+ * The routed-expert step on one machine: tokens are grouped by expert so each expert's three
+ * matrices are read once per call and multiplied with all its tokens in one batched product;
+ * each token's expert outputs are then weighted and summed in top-k order, so the result does
+ * not depend on which order experts are visited in. */
+typedef struct {
+    kern_type_t gate_type, up_type, down_type;
+    const void *gate;   /* (n_ff rows of n_embd) */
+    const void *up;     /* (n_ff rows of n_embd) */
+    const void *down;   /* (n_embd rows of n_ff) */
+} kern_expert_t;
+
+/* Scratch bytes kern_moe_ffn needs for up to max_tok tokens and top-k k with experts of these
+ * types (the largest over all experts the caller will pass). */
+size_t kern_moe_work_size(const kern_expert_t *types, int n_embd, int n_ff, int max_tok, int k);
+/* out (n_tok, n_embd) = for each token t, the sum over j < k in order of
+ * w[t*k+j] * down(silu(gate x_t) * up x_t) of expert ids[t*k+j]; entries with id < 0 are skipped
+ * (experts held elsewhere). experts (n_expert) may hold NULL weights for absent experts; every
+ * id >= 0 must be < n_expert and present (CHECKed: callers validate outside input first).
+ * work: kern_moe_work_size bytes, 64-byte aligned. */
+void kern_moe_ffn(kern_pool_t *pool, const kern_expert_t *experts, int n_expert, int n_embd,
+                  int n_ff, int n_tok, int k, const float *x, const int32_t *ids, const float *w,
+                  float *out, void *work, size_t work_size);
+
 #endif
