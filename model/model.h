@@ -123,6 +123,54 @@ int model_gguf_tensor_count(const model_gguf_t *g);
 const model_tensor_t *model_gguf_tensor(const model_gguf_t *g, int i); /* borrowed */
 const model_tensor_t *model_gguf_find_tensor(const model_gguf_t *g, const char *name);
 
+/* ---- GGUF writer (model/gguf_write.c) ----
+ * Builds a GGUF v3 file the way llama.cpp's gguf writer lays it out: metadata in the order it
+ * was set, tensor infos in the order added, data section and every tensor's data aligned to
+ * general.alignment (32 unless set as a u32 power of two), zero padding after each tensor.
+ * Tensor bytes are either copied in at add time (small tensors) or pulled from a callback at
+ * write time in whole rows, so a multi-gigabyte model is written with bounded memory. */
+typedef struct model_gguf_writer model_gguf_writer_t;
+
+model_gguf_writer_t *model_gguf_writer_new(void);
+void model_gguf_writer_free(model_gguf_writer_t *w); /* NULL-safe */
+
+/* Metadata setters: key and values are copied; setting a key again replaces its value in place.
+ * set_arr takes n elements packed as the file stores them (uint32_t for UINT32, float for
+ * FLOAT32, one byte per BOOL...), elem one of the numeric types or BOOL. set_value copies any
+ * value, nested arrays included (e.g. one read with model_gguf_get). */
+void model_gguf_writer_set_u32(model_gguf_writer_t *w, const char *key, uint32_t v);
+void model_gguf_writer_set_i32(model_gguf_writer_t *w, const char *key, int32_t v);
+void model_gguf_writer_set_u64(model_gguf_writer_t *w, const char *key, uint64_t v);
+void model_gguf_writer_set_f32(model_gguf_writer_t *w, const char *key, float v);
+void model_gguf_writer_set_bool(model_gguf_writer_t *w, const char *key, bool v);
+void model_gguf_writer_set_str(model_gguf_writer_t *w, const char *key, const char *v);
+void model_gguf_writer_set_arr(model_gguf_writer_t *w, const char *key, model_gguf_type_t elem,
+                               const void *data, size_t n);
+void model_gguf_writer_set_arr_str(model_gguf_writer_t *w, const char *key,
+                                   const char *const *v, size_t n);
+void model_gguf_writer_set_value(model_gguf_writer_t *w, const char *key,
+                                 const model_gguf_value_t *v);
+
+/* Declares a tensor whose bytes the fill callback of model_gguf_writer_write provides.
+ * ne: n_dims (1..4) sizes, ne[0] a multiple of type's block. Returns its index (0, 1, ...) or
+ * MODEL_E_TYPE (unknown type), MODEL_E_LIMIT (bad dims, overflow), MODEL_E_LAYOUT (ne[0] not
+ * whole blocks), MODEL_E_DUPLICATE (name taken). Nothing is logged. */
+int model_gguf_writer_add_tensor(model_gguf_writer_t *w, const char *name, kern_type_t type,
+                                 int n_dims, const int64_t *ne);
+/* The same with its kern_row_bytes(type, ne[0]) * ne[1] * ne[2] * ne[3] bytes copied now. */
+int model_gguf_writer_add_tensor_data(model_gguf_writer_t *w, const char *name,
+                                      kern_type_t type, int n_dims, const int64_t *ne,
+                                      const void *data);
+/* Asked for the bytes of tensor (its index) from byte offset off (bytes into the tensor),
+ * len bytes, always whole rows, in order. Fills buf (len) and returns 0, or a negative code
+ * that aborts the write and is returned by it. */
+typedef int (*model_gguf_fill_cb)(void *arg, int tensor, uint64_t off, void *buf, size_t len);
+/* Writes the file to path (through path.part, renamed on success, removed on failure). fill
+ * may be NULL when every tensor was added with data. Returns 0, -errno (I/O, logged with the
+ * path), MODEL_E_LAYOUT (bad general.alignment) or the fill callback's code. */
+int model_gguf_writer_write(model_gguf_writer_t *w, const char *path, model_gguf_fill_cb fill,
+                            void *arg);
+
 /* ---- tokenizer (model/tok*.c) ----
  * Built from a GGUF file's tokenizer.* metadata: SentencePiece (`llama`) and byte-level BPE
  * (`gpt2`, with the pre-tokenizer named by tokenizer.ggml.pre). Matches llama.cpp's
