@@ -1,8 +1,7 @@
 /* tok_spm.c — SentencePiece BPE (tokenizer.ggml.model "llama"), as llama.cpp's
  * llm_tokenizer_spm does it. The caller has already put the "▁" (U+2581) escapes in place of
  * spaces and the optional leading space.
- *   1. the fragment starts as one symbol per UTF-8 character (lengths from the lead byte, so a
- *      broken sequence is one odd symbol, never an out-of-bounds read);
+ *   1. the fragment starts as one symbol per UTF-8 character (each invalid byte alone);
  *   2. repeatedly, the adjacent pair whose concatenation is a token with the highest score is
  *      merged (ties: leftmost);
  *   3. each final symbol is its token, or else its bytes as byte-fallback tokens <0xNN>; a
@@ -32,8 +31,12 @@ void model__spm_encode(const model_tok_t *t, const char *text, size_t len, model
     model__sym_t *sym = xmalloc(len * sizeof(*sym));
     int32_t n_sym = 0;
     for (size_t o = 0; o < len;) {
-        size_t k = model__utf8_len((unsigned char)text[o]);
-        if (k > len - o) k = len - o;
+        /* Valid sequences are one symbol each, as in llama.cpp. An invalid byte is a symbol of
+         * its own: llama.cpp would let a stray lead byte swallow the next bytes, including the
+         * escaped "▁" of a space, and byte fallback would then emit the escape's bytes instead
+         * of the space. Valid UTF-8 is unaffected. */
+        size_t k = model__utf8_valid((const unsigned char *)text + o, len - o);
+        if (k == 0) k = 1;
         sym[n_sym] = (model__sym_t){.prev = n_sym - 1, .next = -1, .off = (uint32_t)o,
                                     .n = (uint32_t)k};
         if (n_sym > 0) sym[n_sym - 1].next = n_sym;

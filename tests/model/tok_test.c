@@ -392,3 +392,151 @@ Test(model_tok_vocab, llama_spm_matches_reference)
     run_vocab_file("ggml-vocab-llama-spm.gguf", true);
 }
 Test(model_tok_vocab, phi3_spm_matches_reference) { run_vocab_file("ggml-vocab-phi-3.gguf", true); }
+
+/* ---- golden prompts ---- */
+
+#include <glob.h>
+#include <jansson.h>
+
+Test(model_tok_vocab, golden_prompts_tokenize_exactly)
+{
+    glob_t gl;
+    cr_assert_eq(glob(SHARED "golden/*.golden", 0, NULL, &gl), 0);
+    cr_assert_geq(gl.gl_pathc, 20);
+    for (size_t f = 0; f < gl.gl_pathc; f++) {
+        char *txt = slurp(gl.gl_pathv[f], NULL);
+        /* Header lines only: the logits that follow are not needed. */
+        char *pt = strstr(txt, "\nprompt_text ");
+        char *pi = strstr(txt, "\nprompt_ids ");
+        cr_assert(pt && pi, "%s", gl.gl_pathv[f]);
+        *strchr(pt + 1, '\n') = 0;
+        *strchr(pi + 1, '\n') = 0;
+        json_error_t jerr;
+        json_t *js = json_loads(pt + 13, JSON_DECODE_ANY, &jerr);
+        cr_assert(json_is_string(js), "%s: prompt_text", gl.gl_pathv[f]);
+        char *end;
+        long n_want = strtol(pi + 12, &end, 10);
+        int32_t want[256];
+        for (long i = 0; i < n_want && i < 256; i++) want[i] = (int32_t)strtol(end, &end, 10);
+
+        char gguf[512];
+        snprintf(gguf, sizeof(gguf), "%.*s.gguf", (int)(strlen(gl.gl_pathv[f]) - 7),
+                 gl.gl_pathv[f]);
+        model_tok_t *t = load(gguf);
+        int64_t n;
+        int32_t *ids = enc(t, json_string_value(js), json_string_length(js),
+                           model_tok_wants_bos(t), false, &n);
+        bool same = n == n_want;
+        for (int64_t i = 0; same && i < n; i++) same = ids[i] == want[i];
+        cr_expect(same, "%s: prompt ids differ (%lld vs %ld)", gguf, (long long)n, n_want);
+        free(ids);
+        model_tok_free(t);
+        json_decref(js);
+        free(txt);
+    }
+    globfree(&gl);
+}
+
+/* ---- fuzz ---- */
+
+static uint64_t rng_state;
+static uint32_t rnd(void)
+{
+    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+    return (uint32_t)(rng_state >> 33);
+}
+
+/* Random text: either raw bytes, or UTF-8 drawn from ASCII, whitespace, digits, Latin, CJK,
+ * emoji and the specials' brackets. U+2581 is left out: SentencePiece decodes it as a space. */
+static size_t random_text(char *s, size_t cap, bool raw)
+{
+    size_t n = rnd() % (cap / 4);
+    if (raw) {
+        for (size_t i = 0; i < n; i++) s[i] = (char)rnd();
+        return n;
+    }
+    static const uint32_t pool[] = {' ', ' ', '\n', '\t', 'a', 'Z', '7', '\'', '<', '|', '>',
+                                    '[', '.', 0xE9, 0x3B1, 0x4E2D, 0x1F999, 0x200D, 0x3000,
+                                    0xFF01, 0xAC00};
+    size_t o = 0;
+    for (size_t i = 0; i < n && o + 4 < cap; i++) {
+        uint32_t cp = rnd() % 3 ? pool[rnd() % (sizeof(pool) / sizeof(pool[0]))]
+                                : 0x20 + rnd() % 0x2FFF;
+        if (cp == 0x2581 || (cp >= 0xD800 && cp <= 0xDFFF)) cp = 'x';
+        if (cp < 0x80) {
+            s[o++] = (char)cp;
+        } else if (cp < 0x800) {
+            s[o++] = (char)(0xC0 | (cp >> 6));
+            s[o++] = (char)(0x80 | (cp & 0x3F));
+        } else if (cp < 0x10000) {
+            s[o++] = (char)(0xE0 | (cp >> 12));
+            s[o++] = (char)(0x80 | ((cp >> 6) & 0x3F));
+            s[o++] = (char)(0x80 | (cp & 0x3F));
+        } else {
+            s[o++] = (char)(0xF0 | (cp >> 18));
+            s[o++] = (char)(0x80 | ((cp >> 12) & 0x3F));
+            s[o++] = (char)(0x80 | ((cp >> 6) & 0x3F));
+            s[o++] = (char)(0x80 | (cp & 0x3F));
+        }
+    }
+    return o;
+}
+
+static void fuzz_vocab(const char *path, bool spm, bool no_high_bytes)
+{
+    model_tok_t *t = load(path);
+    rng_state = 12345;
+    char s[512];
+    for (int it = 0; it < 600; it++) {
+        size_t len = random_text(s, sizeof(s), it % 2 == 0);
+        bool special = it % 3 == 0;
+        int64_t n;
+        int32_t *ids = enc(t, s, len, it % 5 == 0, special, &n);
+        for (int64_t i = 0; i < n; i++)
+            cr_assert(ids[i] >= 0 && ids[i] < model_tok_n_vocab(t));
+        int64_t skip = (it % 5 == 0 && model_tok_bos(t) >= 0) ? 1 : 0;
+        size_t blen;
+        char *back = dec(t, ids + skip, n - skip, true, &blen);
+        const char *b = back;
+        if (spm && blen == len + 1 && b[0] == ' ') b++, blen--;
+        /* DeepSeek's vocabulary has no byte tokens for C0, C1 and F5..FF (bytes valid UTF-8
+         * never holds); their byte characters are placeholders that decode as text. */
+        bool representable = true;
+        for (size_t i = 0; no_high_bytes && i < len; i++) {
+            unsigned char c = (unsigned char)s[i];
+            if (c == 0xC0 || c == 0xC1 || c >= 0xF5) representable = false;
+        }
+        if (!representable) {
+            free(back);
+            free(ids);
+            continue;
+        }
+        size_t d = 0;
+        while (d < len && d < blen && b[d] == s[d]) d++;
+        cr_expect(blen == len && d == len,
+                  "%s: iteration %d does not round-trip (%zu vs %zu bytes, first difference at "
+                  "%zu: %02x vs %02x)",
+                  path, it, blen, len, d, d < blen ? (unsigned char)b[d] : 0,
+                  d < len ? (unsigned char)s[d] : 0);
+        free(back);
+        free(ids);
+    }
+    model_tok_free(t);
+}
+
+Test(model_tok_fuzz, gpt2_any_bytes_round_trip)
+{
+    fuzz_vocab(SHARED "tokenizer/ggml-vocab-gpt-2.gguf", false, false);
+}
+Test(model_tok_fuzz, deepseek_any_bytes_round_trip)
+{
+    fuzz_vocab(SHARED "tokenizer/ggml-vocab-deepseek-llm.gguf", false, true);
+}
+Test(model_tok_fuzz, llama_spm_any_bytes_round_trip)
+{
+    fuzz_vocab(SHARED "tokenizer/ggml-vocab-llama-spm.gguf", true, false);
+}
+Test(model_tok_fuzz, qwen_tiny_any_bytes_round_trip)
+{
+    fuzz_vocab(SHARED "golden/qwen3moe-tiny-f32.gguf", false, false);
+}
