@@ -201,4 +201,45 @@ int64_t model_tok_encode(const model_tok_t *t, const char *text, size_t len, boo
  * Writes up to cap bytes (no terminator); returns the length needed, or -EINVAL for a bad id. */
 int model_tok_piece(const model_tok_t *t, int32_t id, bool special, char *buf, int cap);
 
+/* ---- streaming detokenizer (model/detok.c) ----
+ * Turns generated ids into text as they arrive. A token can end in the middle of a UTF-8
+ * character (byte-fallback and byte-level tokens); those bytes are held back until the character
+ * completes, so every chunk handed out is whole UTF-8 unless the model itself emits invalid
+ * bytes (which are passed through once they can no longer complete). */
+typedef struct model_detok model_detok_t;
+enum {
+    MODEL_DETOK_SPECIAL = 1,      /* render control tokens' text instead of nothing */
+    MODEL_DETOK_STRIP_SPACE = 2,  /* drop the leading space of the first piece when the
+                                     vocabulary adds one while encoding (SentencePiece), as
+                                     llama.cpp's detokenize does */
+};
+/* t is borrowed and must outlive the detokenizer. */
+model_detok_t *model_detok_new(const model_tok_t *t, unsigned flags);
+void model_detok_free(model_detok_t *d); /* NULL-safe */
+/* Appends token id. *out / *n receive the bytes now complete (possibly none), valid until the
+ * next call on d. 0 or -EINVAL for an id outside the vocabulary (nothing consumed). */
+int model_detok_push(model_detok_t *d, int32_t id, const char **out, size_t *n);
+/* Hands out whatever is held back (an incomplete character at the end of generation) and
+ * starts over; same lifetime as push. */
+void model_detok_flush(model_detok_t *d, const char **out, size_t *n);
+
+/* ---- chat templates (model/chat.c) ----
+ * llama.cpp's built-in formats, chosen by name or recognised from markers in a GGUF's
+ * tokenizer.chat_template (a Jinja text that is not interpreted). The output is text to encode
+ * with parse_special = true; BOS is the tokenizer's business (model_tok_wants_bos). */
+typedef struct {
+    const char *role;    /* "system", "user", "assistant", ... */
+    const char *content;
+} model_chat_msg_t;
+/* Built-in template name for a Jinja template (or a name, returned as is), NULL when none
+ * matches. Names: chatml, llama2, llama2-sys, mistral-v1, mistral-v3, mistral-v7, llama3,
+ * tulu (OLMoE), phi3, deepseek2, deepseek3, zephyr. Static string. */
+const char *model_chat_detect(const char *tmpl);
+/* Formats n messages with the template named, or detected from, tmpl (NULL means chatml);
+ * add_assistant appends the opening of the assistant's turn. *out is a malloc'd NUL-terminated
+ * string the caller frees. 0, or -ENOTSUP when no built-in template matches, -EINVAL for bad
+ * arguments. */
+int model_chat_apply(const char *tmpl, const model_chat_msg_t *msgs, int n, bool add_assistant,
+                     char **out);
+
 #endif

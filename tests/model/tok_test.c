@@ -540,3 +540,87 @@ Test(model_tok_fuzz, qwen_tiny_any_bytes_round_trip)
 {
     fuzz_vocab(SHARED "golden/qwen3moe-tiny-f32.gguf", false, false);
 }
+
+/* ---- streaming detokenizer ---- */
+
+Test(model_detok, holds_back_split_characters_until_complete)
+{
+    model_tok_t *t = load(SHARED "tokenizer/ggml-vocab-llama-spm.gguf");
+    model_detok_t *d = model_detok_new(t, MODEL_DETOK_STRIP_SPACE);
+    /* 你 is E4 BD A0: three byte-fallback tokens <0xE4> <0xBD> <0xA0> (ids 3 + byte). */
+    const char *out;
+    size_t n;
+    cr_assert_eq(model_detok_push(d, 3 + 0xE4, &out, &n), 0);
+    cr_expect_eq(n, 0);
+    cr_assert_eq(model_detok_push(d, 3 + 0xBD, &out, &n), 0);
+    cr_expect_eq(n, 0);
+    cr_assert_eq(model_detok_push(d, 3 + 0xA0, &out, &n), 0);
+    cr_expect_eq(n, 3);
+    cr_expect_eq(memcmp(out, "\xE4\xBD\xA0", 3), 0);
+    /* An incomplete character at the end comes out on flush. */
+    cr_assert_eq(model_detok_push(d, 3 + 0xE4, &out, &n), 0);
+    cr_expect_eq(n, 0);
+    model_detok_flush(d, &out, &n);
+    cr_expect_eq(n, 1);
+    cr_expect_eq((unsigned char)out[0], 0xE4);
+    cr_expect_eq(model_detok_push(d, -1, &out, &n), -EINVAL);
+    model_detok_free(d);
+    model_tok_free(t);
+}
+
+Test(model_detok, streams_the_same_bytes_as_pieces)
+{
+    model_tok_t *t = load(SHARED "tokenizer/ggml-vocab-gpt-2.gguf");
+    const char *s = "Hello \xF0\x9F\xA6\x99 world, \xE4\xBD\xA0\xE5\xA5\xBD!";
+    int64_t n;
+    int32_t *ids = enc(t, s, strlen(s), false, false, &n);
+    model_detok_t *d = model_detok_new(t, 0);
+    char got[256];
+    size_t used = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const char *out;
+        size_t k;
+        cr_assert_eq(model_detok_push(d, ids[i], &out, &k), 0);
+        /* Every chunk is whole UTF-8. */
+        for (size_t j = 0; j < k;) {
+            size_t v = model__utf8_valid((const unsigned char *)out + j, k - j);
+            cr_assert_gt(v, 0, "chunk after token %lld is not whole UTF-8", (long long)i);
+            j += v;
+        }
+        memcpy(got + used, out, k);
+        used += k;
+    }
+    const char *out;
+    size_t k;
+    model_detok_flush(d, &out, &k);
+    cr_expect_eq(k, 0);
+    cr_expect_eq(used, strlen(s));
+    cr_expect_eq(memcmp(got, s, used), 0);
+    model_detok_free(d);
+    free(ids);
+    model_tok_free(t);
+}
+
+Test(model_detok, strips_the_prefix_space_only_when_asked)
+{
+    model_tok_t *t = load(SHARED "tokenizer/ggml-vocab-llama-spm.gguf");
+    int64_t n;
+    int32_t *ids = enc(t, "Hi there", 8, false, false, &n);
+    for (int strip = 0; strip < 2; strip++) {
+        model_detok_t *d = model_detok_new(t, strip ? MODEL_DETOK_STRIP_SPACE : 0);
+        char got[64];
+        size_t used = 0;
+        for (int64_t i = 0; i < n; i++) {
+            const char *out;
+            size_t k;
+            model_detok_push(d, ids[i], &out, &k);
+            memcpy(got + used, out, k);
+            used += k;
+        }
+        got[used] = 0;
+        cr_expect_str_eq(got, strip ? "Hi there" : " Hi there");
+        model_detok_free(d);
+    }
+    free(ids);
+    model_tok_free(t);
+}
