@@ -171,6 +171,54 @@ typedef int (*model_gguf_fill_cb)(void *arg, int tensor, uint64_t off, void *buf
 int model_gguf_writer_write(model_gguf_writer_t *w, const char *path, model_gguf_fill_cb fill,
                             void *arg);
 
+/* ---- memory planner (model/plan.c) ----
+ * Accounts a model's weights (routed experts apart from everything else) and spreads the
+ * routed experts of every MoE layer over expert nodes, balanced by bytes within each node's
+ * memory. The coordinator keeps the rest (embeddings, attention, routers, shared experts,
+ * norms, head) and the KV cache. */
+typedef struct {
+    const char *arch;         /* general.architecture; borrowed from the gguf */
+    int n_layers;             /* <arch>.block_count (0 when absent) */
+    int n_expert;             /* routed experts per MoE layer; 0 for a dense model */
+    int n_expert_used;        /* top-k */
+    int64_t n_ctx;            /* <arch>.context_length (0 when absent) */
+    uint64_t kv_bytes_per_token; /* f16 K and V over all layers */
+    uint64_t total_params, expert_params; /* elements; expert = routed `*_exps` tensors */
+    uint64_t active_params;   /* non-expert + expert * n_expert_used / n_expert */
+    uint64_t total_bytes, expert_bytes;
+} model_weights_t;
+
+/* Fills *out from g's metadata and tensors. Never fails: missing keys give zeros. */
+void model_weights_info(const model_gguf_t *g, model_weights_t *out);
+
+typedef struct {
+    int n_nodes;
+    int n_layers, n_expert;
+    int *owner;              /* (n_layers, n_expert) node serving expert e of layer l; -1 when
+                                layer l has no routed experts */
+    uint64_t *expert_bytes;  /* (n_layers, n_expert) bytes of expert e of layer l */
+    uint64_t *node_bytes;    /* (n_nodes) expert bytes each node holds */
+    int *node_experts;       /* (n_nodes) number of (layer, expert) pairs each node serves */
+    uint64_t coord_weight_bytes; /* everything that is not a routed expert */
+    uint64_t coord_kv_bytes;     /* f16 KV cache for n_ctx tokens */
+    int64_t n_ctx;
+} model_plan_t;
+
+/* Plans n_nodes (>= 1) expert nodes for g. node_mem: (n_nodes) bytes each node may use for
+ * experts, or NULL for no limit. n_ctx: tokens of KV cache (<= 0: the model's context length).
+ * Returns 0 and *out (owned; model_plan_free), or -EINVAL (bad arguments) or -ENOSPC (the
+ * experts do not fit; the reason is logged with the sizes involved). */
+int model_plan_new(const model_gguf_t *g, int n_nodes, const uint64_t *node_mem, int64_t n_ctx,
+                   model_plan_t **out);
+void model_plan_free(model_plan_t *p); /* NULL-safe */
+
+/* ---- moemesh-model subcommands (model/cli*.c) ----
+ * Each takes the arguments after the command name (argv[0] is the command) and returns the
+ * process exit status: 0 success, 1 failure (reported on stderr), 2 usage error. */
+int model_cli_inspect(int argc, char **argv);
+int model_cli_plan(int argc, char **argv);
+int model_cli_gen(int argc, char **argv);
+
 /* ---- tokenizer (model/tok*.c) ----
  * Built from a GGUF file's tokenizer.* metadata: SentencePiece (`llama`) and byte-level BPE
  * (`gpt2`, with the pre-tokenizer named by tokenizer.ggml.pre). Matches llama.cpp's

@@ -1,0 +1,183 @@
+/* Matrix products out (m, d) = x (m, n) @ w^T for weights in any compute type, split across the
+ * pool's threads. Two paths give the same math up to float summation order:
+ *
+ *   dot path (m < BLAS_MIN_M): each x row is rounded to the weight type's dot_type (as
+ *     llama.cpp does), then threads take chunks of weight rows and dot each row with all m
+ *     activation rows while it is hot in cache, so every weight byte is read from memory once.
+ *   BLAS path (m >= BLAS_MIN_M): the rounded activations are dequantized back to f32 (so the
+ *     numbers multiplied are exactly those of the dot path), each thread dequantizes tiles of
+ *     TILE_ROWS weight rows into its scratch and calls single-threaded cblas_sgemm on them.
+ *     F32 weights skip both conversions. OpenBLAS is told once to use one thread: it must never
+ *     spawn its own threads next to our pool (STYLE.md "Threads").
+ *
+ * BLAS_MIN_M was measured with moemesh-bench kernels (4096 x 4096 Q8_0/Q4_K, one thread): at
+ * m = 16 sgemm on dequantized tiles already beats the AVX2 dot path, whose cost grows linearly
+ * with m, while below ~8 the dequantization of w costs more than it saves.
+ *
+ * work layout (kern_matmul_work_size): m rounded rows of kern_row_bytes(dot_type, n), each
+ * 64-byte aligned; on the BLAS path then m * n f32 rounded activations and thread 0's weight
+ * tile (other threads take theirs from kern__pool_scratch, so warm runs never allocate).
+ */
+#include <cblas.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <string.h>
+
+#include "kernels/kern-int.h"
+#include "wire/wire.h"
+
+#define BLAS_MIN_M 16
+#define TILE_ROWS 64
+
+static size_t align64(size_t b) { return (b + 63) & ~(size_t)63; }
+
+static bool use_blas(int64_t m) { return m >= BLAS_MIN_M; }
+
+size_t kern_matmul_work_size(kern_type_t wt, int64_t m, int64_t n)
+{
+    const kern_type_info_t *ti = kern_type_info(wt);
+    CHECK(ti != NULL && ti->compute && m >= 0 && n >= 0);
+    if (wt == KERN_F32) return 64; /* both paths read x directly */
+    size_t bytes = (size_t)m * align64(kern_row_bytes(ti->dot_type, n));
+    if (use_blas(m)) bytes += align64((size_t)m * n * sizeof(float)) +
+                              align64((size_t)TILE_ROWS * n * sizeof(float));
+    return bytes ? bytes : 64;
+}
+
+typedef struct {
+    float *out;         /* (m, d) */
+    const uint8_t *w;   /* (d rows, w_stride bytes apart) */
+    size_t w_stride;
+    kern_type_t wt;
+    const float *x;     /* (m, n) */
+    const uint8_t *xq;  /* (m rows, xq_stride bytes apart) in dot_type */
+    size_t xq_stride;
+    float *xr;          /* (m, n) rounded activations as f32: BLAS path only */
+    float *tile0;       /* (TILE_ROWS, n): thread 0's weight tile */
+    kern__dot_fn dot;   /* resolved once: kern_vec_dot's dispatch per row would cost more */
+    kern_pool_t *pool;
+    int64_t m, n, d;
+    int64_t chunk;      /* weight rows per grab */
+    atomic_llong next;  /* first weight row not yet taken */
+} task_t;
+
+/* Rows are handed out in chunks from a shared counter rather than split evenly up front: the
+ * cores are shared (other processes, the loop thread), and a thread that got descheduled then
+ * simply takes fewer chunks. */
+static bool grab(task_t *t, int64_t *r0, int64_t *r1)
+{
+    int64_t r = atomic_fetch_add_explicit(&t->next, t->chunk, memory_order_relaxed);
+    if (r >= t->d) return false;
+    *r0 = r;
+    *r1 = r + t->chunk < t->d ? r + t->chunk : t->d;
+    return true;
+}
+
+/* Rows of x split evenly: quantizing is uniform work on data the thread just reads once. */
+static void quantize_cb(void *arg, int ith, int nth)
+{
+    task_t *t = arg;
+    const kern_type_t dt = kern_type_info(t->wt)->dot_type;
+    for (int64_t i = t->m * ith / nth; i < t->m * (ith + 1) / nth; i++) {
+        uint8_t *q = (uint8_t *)t->xq + i * t->xq_stride;
+        kern_quantize_act(dt, t->x + i * t->n, q, t->n);
+        if (t->xr) kern_dequantize(dt, q, t->xr + i * t->n, t->n);
+    }
+}
+
+static void dot_cb(void *arg, int ith, int nth)
+{
+    (void)ith, (void)nth;
+    task_t *t = arg;
+    int64_t r0, r1;
+    while (grab(t, &r0, &r1)) {
+        for (int64_t r = r0; r < r1; r++) {
+            const uint8_t *wr = t->w + r * t->w_stride;
+            /* All m activation rows against one weight row while it is in L1/L2. */
+            for (int64_t i = 0; i < t->m; i++)
+                t->out[i * t->d + r] = t->dot(t->n, wr, t->xq + i * t->xq_stride);
+        }
+    }
+}
+
+static void blas_cb(void *arg, int ith, int nth)
+{
+    (void)nth;
+    task_t *t = arg;
+    float *tile = NULL;
+    int64_t r0, r1;
+    while (grab(t, &r0, &r1)) {
+        const float *b;
+        int ldb;
+        if (t->wt == KERN_F32) {
+            b = (const float *)(t->w + r0 * t->w_stride);
+            ldb = (int)(t->w_stride / sizeof(float));
+        } else {
+            if (!tile)
+                tile = ith == 0 ? t->tile0
+                                : kern__pool_scratch(t->pool, ith,
+                                                     (size_t)TILE_ROWS * t->n * sizeof(float));
+            for (int64_t r = r0; r < r1; r++)
+                kern_dequantize(t->wt, t->w + r * t->w_stride, tile + (r - r0) * t->n, t->n);
+            b = tile;
+            ldb = (int)t->n;
+        }
+        const float *a = t->xr ? t->xr : t->x;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)t->m, (int)(r1 - r0),
+                    (int)t->n, 1.0f, a, (int)t->n, b, ldb, 0.0f, t->out + r0, (int)t->d);
+    }
+}
+
+static pthread_once_t blas_once = PTHREAD_ONCE_INIT;
+static void blas_single_thread(void) { openblas_set_num_threads(1); }
+
+void kern_matmul(kern_pool_t *pool, float *out, const void *w, size_t w_stride, kern_type_t wt,
+                 const float *x, int64_t m, int64_t n, int64_t d, void *work)
+{
+    const kern_type_info_t *ti = kern_type_info(wt);
+    CHECK(ti != NULL && ti->compute && n % ti->block == 0 && m >= 0 && d >= 0);
+    CHECK(w_stride >= kern_row_bytes(wt, n));
+    if (m == 0 || d == 0) return;
+    const int nth = kern_pool_size(pool);
+    const bool blas = use_blas(m);
+
+    task_t t = {
+        .out = out, .w = w, .w_stride = w_stride, .wt = wt, .x = x, .pool = pool,
+        .m = m, .n = n, .d = d,
+    };
+    atomic_init(&t.next, 0);
+    /* The same choice kern_vec_dot makes (kernels/dot.c), taken once per product. */
+    t.dot = kern__isa >= KERN_ISA_AVX2 && kern__dot_avx2[wt] ? kern__dot_avx2[wt]
+                                                              : kern__dot_scalar[wt];
+    CHECK(t.dot != NULL);
+    if (wt == KERN_F32) {
+        /* F32's dot type is F32 itself: x is already "rounded". */
+        t.xq = (const uint8_t *)x;
+        t.xq_stride = (size_t)n * sizeof(float);
+    } else {
+        uint8_t *p = work;
+        t.xq = p;
+        t.xq_stride = align64(kern_row_bytes(ti->dot_type, n));
+        p += (size_t)m * t.xq_stride;
+        if (blas) {
+            t.xr = (float *)p;
+            p += align64((size_t)m * n * sizeof(float));
+            t.tile0 = (float *)p;
+        }
+        /* One activation row is too little work to be worth a second dispatch. */
+        if (m >= 2 * nth && nth > 1) kern_pool_run(pool, quantize_cb, &t);
+        else quantize_cb(&t, 0, 1);
+    }
+
+    if (blas) {
+        pthread_once(&blas_once, blas_single_thread);
+        t.chunk = TILE_ROWS;
+        kern_pool_run(pool, blas_cb, &t);
+    } else {
+        /* About eight chunks per thread balance well; at least 16 rows keep the counter's
+         * cache line from bouncing per row. */
+        t.chunk = d / (8 * nth);
+        if (t.chunk < 16) t.chunk = 16;
+        kern_pool_run(pool, dot_cb, &t);
+    }
+}
