@@ -290,4 +290,8 @@ const char *model_chat_detect(const char *tmpl);
 int model_chat_apply(const char *tmpl, const model_chat_msg_t *msgs, int n, bool add_assistant,
                      char **out);
 
+/* ---- tokenizer subcommands (model/cli_tok.c), argv[0] the command name; exit status ---- */
+int model_cli_tokenize(int argc, char **argv);
+int model_cli_detokenize(int argc, char **argv);
+
 #endif
