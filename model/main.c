@@ -14,6 +14,8 @@ static const struct {
     {"inspect", model_cli_inspect, "FILE [--json]: metadata, tensors, parameter counts"},
     {"plan", model_cli_plan, "FILE --nodes N [--node-mem GiB,...]: experts per node"},
     {"gen", model_cli_gen, "--arch A ... -o FILE: deterministic synthetic MoE model"},
+    {"tokenize", model_cli_tokenize, "FILE [--ids-only] [--special] [--bos] < text: token ids"},
+    {"detokenize", model_cli_detokenize, "FILE [--special] [ID ...]: text of ids (args or stdin)"},
 };
 
 int main(int argc, char **argv)
