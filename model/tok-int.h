@@ -150,6 +150,9 @@ struct model_tok {
     char *piece;        /* decoded bytes of every token (special form), concatenated */
     uint32_t *piece_off; /* (n_vocab + 1) token i's bytes: piece[piece_off[i]..piece_off[i+1]) */
     int32_t byte_tok[256]; /* SPM: token for byte fallback of each byte, -1 when none */
+    uint64_t *pairs;       /* SPM: set of adjacent character pairs inside tokens (spm_pair_key) */
+    uint32_t pairs_mask;   /* table size - 1 */
+    bool pairs_zero;       /* the key 0 (two NUL characters) is in the set */
     char bl_char[256][3];  /* BPE: GPT-2 bytes_to_unicode of each byte, UTF-8, NUL-ended */
     uint8_t bl_len[256];
 };
@@ -175,6 +178,9 @@ typedef struct {
 
 /* Builds a tokenizer from spec. 0 or MODEL_E_VOCAB with the reason logged. */
 int model__tok_build(const model__tok_spec_t *spec, model_tok_t **out);
+
+/* Builds t->pairs from the token texts (SentencePiece only). */
+void model__spm_init(model_tok_t *t);
 
 /* Tokenizes one raw fragment (no special tokens inside) and appends ids. */
 void model__spm_encode(const model_tok_t *t, const char *text, size_t len, model__ids_t *out);

@@ -377,6 +377,8 @@ int model__tok_build(const model__tok_spec_t *sp, model_tok_t **out)
         t->byte_tok[b] = spm ? id : -1;
     }
 
+    if (spm) model__spm_init(t);
+
     t->piece_off = xmalloc(((size_t)t->n_vocab + 1) * sizeof(*t->piece_off));
     for (int32_t i = 0; i < t->n_vocab; i++) {
         if (pieces.n > UINT32_MAX / 2) {
@@ -415,6 +417,7 @@ void model_tok_free(model_tok_t *t)
     free(t->eog);
     free(t->piece);
     free(t->piece_off);
+    free(t->pairs);
     free(t);
 }
 
