@@ -108,9 +108,32 @@ int model__bpe_encode(const model_tok_t *t, const char *text, size_t len, model_
     model__spans_t words = {0};
     int rc = model__pre_split(t->pre, text, len, &words);
     if (rc == 0) {
+        /* Words repeat a lot in real text, and a word's ids depend on the word alone: each
+         * distinct word is merged once per call. The cache's keys are spans of text itself. */
         scratch_t s = {0};
-        for (size_t i = 0; i < words.n; i++)
-            encode_word(t, &s, text + words.v[i].off, words.v[i].len, out);
+        model__map_t seen;
+        model__map_init(&seen, text, (uint32_t)(words.n < (1u << 30) ? words.n : (1u << 30)));
+        model__span_t *where = xmalloc((words.n ? words.n : 1) * sizeof(*where)); /* ids in out */
+        size_t n_where = 0;
+        for (size_t i = 0; i < words.n; i++) {
+            const char *w = text + words.v[i].off;
+            size_t wl = words.v[i].len;
+            int32_t c = model__map_get(&seen, w, wl);
+            if (c >= 0) {
+                for (size_t k = 0; k < where[c].len; k++)
+                    model__ids_push(out, out->v[where[c].off + k]);
+                continue;
+            }
+            int64_t before = out->n;
+            encode_word(t, &s, w, wl, out);
+            if (seen.n + 1 <= seen.mask / 2) {
+                where[n_where] = (model__span_t){(size_t)before, (size_t)(out->n - before)};
+                model__map_put(&seen, (uint32_t)words.v[i].off, (uint32_t)wl,
+                               (int32_t)n_where++, false);
+            }
+        }
+        free(where);
+        model__map_deinit(&seen);
         free(s.w);
         free(s.sym);
         free(s.heap.v);
