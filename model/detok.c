@@ -79,10 +79,12 @@ static void emit(model_detok_t *d, size_t k, const char **out, size_t *n)
         d->ocap = k;
         d->out = xrealloc(d->out, d->ocap);
     }
-    memcpy(d->out, d->buf, k);
-    memmove(d->buf, d->buf + k, d->n - k);
-    d->n -= k;
-    *out = d->out;
+    if (k > 0) {
+        memcpy(d->out, d->buf, k);
+        memmove(d->buf, d->buf + k, d->n - k);
+        d->n -= k;
+    }
+    *out = d->out ? d->out : "";
     *n = k;
 }
 
@@ -97,7 +99,7 @@ int model_detok_push(model_detok_t *d, int32_t id, const char **out, size_t *n)
         d->cap = d->n + (size_t)len + 16;
         d->buf = xrealloc(d->buf, d->cap);
     }
-    model_tok_piece(d->t, id, special, d->buf + d->n, len);
+    if (len > 0) model_tok_piece(d->t, id, special, d->buf + d->n, len);
     /* llama.cpp's detokenize strips one leading space from the first token only, whatever
      * that token is (an empty control piece uses up the chance). */
     if (d->first && (d->flags & MODEL_DETOK_STRIP_SPACE) && d->t->add_space_prefix && len > 0 &&

@@ -439,7 +439,8 @@ int model_tok_piece(const model_tok_t *t, int32_t id, bool special, char *buf, i
     if (id < 0 || id >= t->n_vocab || cap < 0 || (cap > 0 && !buf)) return -EINVAL;
     if (!special && (t->attr[id] & (MODEL__A_UNKNOWN | MODEL__A_CONTROL))) return 0;
     uint32_t n = t->piece_off[id + 1] - t->piece_off[id];
-    memcpy(buf ? buf : (char *)"", t->piece + t->piece_off[id], n < (uint32_t)cap ? n : (uint32_t)cap);
+    uint32_t k = n < (uint32_t)cap ? n : (uint32_t)cap;
+    if (k > 0) memcpy(buf, t->piece + t->piece_off[id], k);
     return (int)n;
 }
 
