@@ -243,7 +243,8 @@ int model__tok_build(const model__tok_spec_t *sp, model_tok_t **out)
     t->text = arena.v;
     arena.v = NULL;
     model__map_init(&t->by_text, t->text, (uint32_t)t->n_vocab);
-    for (int32_t i = 0; i < t->n_vocab; i++) model__map_put(&t->by_text, t->off[i], t->len[i], i, true);
+    for (int32_t i = 0; i < t->n_vocab; i++)
+        model__map_put(&t->by_text, t->off[i], t->len[i], i, true);
 
     t->score = xcalloc((size_t)t->n_vocab, sizeof(*t->score));
     if (sp->scores) memcpy(t->score, sp->scores, (size_t)t->n_vocab * sizeof(*t->score));

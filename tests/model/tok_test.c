@@ -116,8 +116,8 @@ static model_tok_t *tiny_spm(bool with_bytes)
 Test(model_tok_spm, merges_highest_score_first_and_prefixes_a_space)
 {
     model_tok_t *t = tiny_spm(true);
-    /* "▁abc": candidates ▁a(-4) ab(-3) bc(-1): bc wins, then ▁a (-4), giving ▁a + bc; abc is
-     * never reachable because ab lost to bc. */
+    /* "▁abc": candidates ▁a(-4) ab(-3) bc(-1): bc wins, then ▁a (-4), giving ▁a + bc;
+     * abc is never reachable because ab lost to bc. */
     expect_ids(t, "abc", false, false, (int32_t[]){12, 11}, 2);
     /* With BOS, and the default add_space_prefix of SentencePiece vocabularies. */
     expect_ids(t, "ab", true, false, (int32_t[]){1, 13}, 2);
