@@ -201,6 +201,54 @@ int model_upcycle(const char *checkpoint, const char *tokenizer, const char *out
  * 1 conversion failed (reason logged), 2 usage error (usage printed to stderr). */
 int model_cli_upcycle(int argc, char **argv);
 
+/* ---- memory planner (model/plan.c) ----
+ * Accounts a model's weights (routed experts apart from everything else) and spreads the
+ * routed experts of every MoE layer over expert nodes, balanced by bytes within each node's
+ * memory. The coordinator keeps the rest (embeddings, attention, routers, shared experts,
+ * norms, head) and the KV cache. */
+typedef struct {
+    const char *arch;         /* general.architecture; borrowed from the gguf */
+    int n_layers;             /* <arch>.block_count (0 when absent) */
+    int n_expert;             /* routed experts per MoE layer; 0 for a dense model */
+    int n_expert_used;        /* top-k */
+    int64_t n_ctx;            /* <arch>.context_length (0 when absent) */
+    uint64_t kv_bytes_per_token; /* f16 K and V over all layers */
+    uint64_t total_params, expert_params; /* elements; expert = routed `*_exps` tensors */
+    uint64_t active_params;   /* non-expert + expert * n_expert_used / n_expert */
+    uint64_t total_bytes, expert_bytes;
+} model_weights_t;
+
+/* Fills *out from g's metadata and tensors. Never fails: missing keys give zeros. */
+void model_weights_info(const model_gguf_t *g, model_weights_t *out);
+
+typedef struct {
+    int n_nodes;
+    int n_layers, n_expert;
+    int *owner;              /* (n_layers, n_expert) node serving expert e of layer l; -1 when
+                                layer l has no routed experts */
+    uint64_t *expert_bytes;  /* (n_layers, n_expert) bytes of expert e of layer l */
+    uint64_t *node_bytes;    /* (n_nodes) expert bytes each node holds */
+    int *node_experts;       /* (n_nodes) number of (layer, expert) pairs each node serves */
+    uint64_t coord_weight_bytes; /* everything that is not a routed expert */
+    uint64_t coord_kv_bytes;     /* f16 KV cache for n_ctx tokens */
+    int64_t n_ctx;
+} model_plan_t;
+
+/* Plans n_nodes (>= 1) expert nodes for g. node_mem: (n_nodes) bytes each node may use for
+ * experts, or NULL for no limit. n_ctx: tokens of KV cache (<= 0: the model's context length).
+ * Returns 0 and *out (owned; model_plan_free), or -EINVAL (bad arguments) or -ENOSPC (the
+ * experts do not fit; the reason is logged with the sizes involved). */
+int model_plan_new(const model_gguf_t *g, int n_nodes, const uint64_t *node_mem, int64_t n_ctx,
+                   model_plan_t **out);
+void model_plan_free(model_plan_t *p); /* NULL-safe */
+
+/* ---- moemesh-model subcommands (model/cli*.c) ----
+ * Each takes the arguments after the command name (argv[0] is the command) and returns the
+ * process exit status: 0 success, 1 failure (reported on stderr), 2 usage error. */
+int model_cli_inspect(int argc, char **argv);
+int model_cli_plan(int argc, char **argv);
+int model_cli_gen(int argc, char **argv);
+
 /* ---- tokenizer (model/tok*.c) ----
  * Built from a GGUF file's tokenizer.* metadata: SentencePiece (`llama`) and byte-level BPE
  * (`gpt2`, with the pre-tokenizer named by tokenizer.ggml.pre). Matches llama.cpp's
@@ -299,5 +347,49 @@ const char *model_arch_name(model_arch_t a);
 const char *model_arch_supported(void);
 /* Bytes of one expert's slice of a 3-D expert tensor (row bytes times rows per expert). */
 size_t model_expert_stride(const model_tensor_t *t);
+/* ---- streaming detokenizer (model/detok.c) ----
+ * Turns generated ids into text as they arrive. A token can end in the middle of a UTF-8
+ * character (byte-fallback and byte-level tokens); those bytes are held back until the character
+ * completes, so every chunk handed out is whole UTF-8 unless the model itself emits invalid
+ * bytes (which are passed through once they can no longer complete). */
+typedef struct model_detok model_detok_t;
+enum {
+    MODEL_DETOK_SPECIAL = 1,      /* render control tokens' text instead of nothing */
+    MODEL_DETOK_STRIP_SPACE = 2,  /* drop the leading space of the first piece when the
+                                     vocabulary adds one while encoding (SentencePiece), as
+                                     llama.cpp's detokenize does */
+};
+/* t is borrowed and must outlive the detokenizer. */
+model_detok_t *model_detok_new(const model_tok_t *t, unsigned flags);
+void model_detok_free(model_detok_t *d); /* NULL-safe */
+/* Appends token id. *out / *n receive the bytes now complete (possibly none), valid until the
+ * next call on d. 0 or -EINVAL for an id outside the vocabulary (nothing consumed). */
+int model_detok_push(model_detok_t *d, int32_t id, const char **out, size_t *n);
+/* Hands out whatever is held back (an incomplete character at the end of generation) and
+ * starts over; same lifetime as push. */
+void model_detok_flush(model_detok_t *d, const char **out, size_t *n);
+
+/* ---- chat templates (model/chat.c) ----
+ * llama.cpp's built-in formats, chosen by name or recognised from markers in a GGUF's
+ * tokenizer.chat_template (a Jinja text that is not interpreted). The output is text to encode
+ * with parse_special = true; BOS is the tokenizer's business (model_tok_wants_bos). */
+typedef struct {
+    const char *role;    /* "system", "user", "assistant", ... */
+    const char *content;
+} model_chat_msg_t;
+/* Built-in template name for a Jinja template (or a name, returned as is), NULL when none
+ * matches. Names: chatml, llama2, llama2-sys, mistral-v1, mistral-v3, mistral-v7, llama3,
+ * tulu (OLMoE), phi3, deepseek2, deepseek3, zephyr. Static string. */
+const char *model_chat_detect(const char *tmpl);
+/* Formats n messages with the template named, or detected from, tmpl (NULL means chatml);
+ * add_assistant appends the opening of the assistant's turn. *out is a malloc'd NUL-terminated
+ * string the caller frees. 0, or -ENOTSUP when no built-in template matches, -EINVAL for bad
+ * arguments. */
+int model_chat_apply(const char *tmpl, const model_chat_msg_t *msgs, int n, bool add_assistant,
+                     char **out);
+
+/* ---- tokenizer subcommands (model/cli_tok.c), argv[0] the command name; exit status ---- */
+int model_cli_tokenize(int argc, char **argv);
+int model_cli_detokenize(int argc, char **argv);
 
 #endif

@@ -1,0 +1,171 @@
+/* Tests for model/plan.c: weight accounting against a direct count over the tensors, and expert
+ * placement invariants (every expert placed once, balance, memory limits, refusals). */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "model/model.h"
+#include "wire/wire.h"
+
+static model_gguf_t *open_golden(const char *name)
+{
+    char path[256];
+    snprintf(path, sizeof(path), "../shared/golden/%s.gguf", name);
+    model_gguf_t *g;
+    cr_assert_eq(model_gguf_open(path, &g), 0, "%s", path);
+    return g;
+}
+
+Test(model_plan, weights_info_matches_a_direct_count)
+{
+    static const char *const files[] = {"qwen2moe-tiny-q8_0", "mixtral-tiny-f32",
+                                        "deepseek2-tiny-f32", "qwen3moe-kq-q4_k_m"};
+    for (int k = 0; k < 4; k++) {
+        model_gguf_t *g = open_golden(files[k]);
+        model_weights_t w;
+        model_weights_info(g, &w);
+        uint64_t total = 0, exp_b = 0, exp_p = 0, total_p = 0;
+        for (int i = 0; i < model_gguf_tensor_count(g); i++) {
+            const model_tensor_t *t = model_gguf_tensor(g, i);
+            uint64_t n = (uint64_t)(t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3]);
+            total += t->nbytes;
+            total_p += n;
+            if (strstr(t->name, "_exps")) exp_b += t->nbytes, exp_p += n;
+        }
+        cr_assert_eq(w.total_bytes, total);
+        cr_assert_eq(w.total_params, total_p);
+        cr_assert_eq(w.expert_bytes, exp_b, "%s", files[k]);
+        cr_assert_eq(w.expert_params, exp_p);
+        cr_assert_eq(w.n_expert, 8);
+        cr_assert_eq(w.n_expert_used, 2);
+        cr_assert_eq(w.active_params, total_p - exp_p + exp_p / 4);
+        model_gguf_free(g);
+    }
+}
+
+Test(model_plan, kv_cache_uses_key_and_value_lengths)
+{
+    model_gguf_t *g = open_golden("qwen3moe-tiny-f32");
+    int64_t layers, kvh, kl, vl;
+    cr_assert(model_gguf_get_int(g, "qwen3moe.block_count", &layers));
+    cr_assert(model_gguf_get_int(g, "qwen3moe.attention.head_count_kv", &kvh));
+    cr_assert(model_gguf_get_int(g, "qwen3moe.attention.key_length", &kl));
+    cr_assert(model_gguf_get_int(g, "qwen3moe.attention.value_length", &vl));
+    model_plan_t *p;
+    cr_assert_eq(model_plan_new(g, 2, NULL, 101, &p), 0);
+    cr_assert_eq(p->coord_kv_bytes, (uint64_t)(layers * kvh * (kl + vl) * 2 * 101));
+    cr_assert_eq(p->n_ctx, 101);
+    model_plan_free(p);
+    cr_assert_eq(model_plan_new(g, 1, NULL, 0, &p), 0);
+    int64_t ctx;
+    cr_assert(model_gguf_get_int(g, "qwen3moe.context_length", &ctx));
+    cr_assert_eq(p->n_ctx, ctx, "defaults to the model's context");
+    model_plan_free(p);
+    model_gguf_free(g);
+}
+
+/* Every (layer, expert) once, bytes add up, each node within its limit, and with unlimited
+ * nodes the per-layer counts differ by at most one and node bytes by at most one expert. */
+static void check_plan(const model_gguf_t *g, const model_plan_t *p, const uint64_t *cap)
+{
+    model_weights_t w;
+    model_weights_info(g, &w);
+    uint64_t sum = 0, placed = 0;
+    for (int n = 0; n < p->n_nodes; n++) {
+        sum += p->node_bytes[n];
+        if (cap) cr_assert_leq(p->node_bytes[n], cap[n]);
+    }
+    cr_assert_eq(sum, w.expert_bytes);
+    cr_assert_eq(p->coord_weight_bytes, w.total_bytes - w.expert_bytes);
+    uint64_t max_expert = 0;
+    for (int l = 0; l < p->n_layers; l++) {
+        int count[16] = {0};
+        for (int e = 0; e < p->n_expert; e++) {
+            int o = p->owner[l * p->n_expert + e];
+            uint64_t b = p->expert_bytes[l * p->n_expert + e];
+            if (b == 0) {
+                cr_assert_eq(o, -1);
+                continue;
+            }
+            cr_assert(o >= 0 && o < p->n_nodes);
+            count[o]++;
+            placed += b;
+            if (b > max_expert) max_expert = b;
+        }
+        if (!cap) {
+            int lo = 1 << 30, hi = 0;
+            for (int n = 0; n < p->n_nodes; n++) {
+                lo = count[n] < lo ? count[n] : lo;
+                hi = count[n] > hi ? count[n] : hi;
+            }
+            cr_assert_leq(hi - lo, 1, "layer %d spread", l);
+        }
+    }
+    cr_assert_eq(placed, sum);
+    if (!cap) {
+        uint64_t lo = UINT64_MAX, hi = 0;
+        for (int n = 0; n < p->n_nodes; n++) {
+            lo = p->node_bytes[n] < lo ? p->node_bytes[n] : lo;
+            hi = p->node_bytes[n] > hi ? p->node_bytes[n] : hi;
+        }
+        cr_assert_leq(hi - lo, max_expert);
+    }
+}
+
+Test(model_plan, unlimited_nodes_are_balanced)
+{
+    static const char *const files[] = {"qwen3moe-tiny-f32", "deepseek2-tiny-f32",
+                                        "stories-moe-f32", "qwen3moe-kq-q5_k_m"};
+    for (int k = 0; k < 4; k++) {
+        model_gguf_t *g = open_golden(files[k]);
+        for (int nodes = 1; nodes <= 7; nodes += 2) {
+            model_plan_t *p;
+            cr_assert_eq(model_plan_new(g, nodes, NULL, 0, &p), 0);
+            check_plan(g, p, NULL);
+            model_plan_free(p);
+        }
+        model_gguf_free(g);
+    }
+}
+
+Test(model_plan, memory_limits_are_honoured_or_refused)
+{
+    wire__log_level = -1;
+    model_gguf_t *g = open_golden("qwen3moe-kq-q4_k_m"); /* experts of mixed types and sizes */
+    model_weights_t w;
+    model_weights_info(g, &w);
+    /* Room for everything, split 3:1: the big node takes about three quarters. */
+    uint64_t cap[2] = {w.expert_bytes * 3 / 4 + w.expert_bytes / 16,
+                       w.expert_bytes / 4 + w.expert_bytes / 16};
+    model_plan_t *p;
+    cr_assert_eq(model_plan_new(g, 2, cap, 0, &p), 0);
+    check_plan(g, p, cap);
+    cr_assert_gt(p->node_bytes[0], 2 * p->node_bytes[1]);
+    model_plan_free(p);
+
+    /* Not enough in total. */
+    uint64_t small[2] = {w.expert_bytes / 2, w.expert_bytes / 2 - 1};
+    cr_assert_eq(model_plan_new(g, 2, small, 0, &p), -ENOSPC);
+    cr_assert_null(p);
+    /* Enough in total, but the second node cannot hold a single expert. */
+    uint64_t frag[2] = {w.expert_bytes - w.expert_bytes / 64, w.expert_bytes / 32};
+    cr_assert_eq(model_plan_new(g, 2, frag, 0, &p), -ENOSPC);
+    cr_assert_eq(model_plan_new(g, 0, NULL, 0, &p), -EINVAL);
+    model_gguf_free(g);
+}
+
+Test(model_plan, dense_model_keeps_everything_on_the_coordinator)
+{
+    model_gguf_t *g = open_golden("stories260k-f32");
+    model_plan_t *p;
+    cr_assert_eq(model_plan_new(g, 3, NULL, 0, &p), 0);
+    cr_assert_eq(p->n_expert, 0);
+    model_weights_t w;
+    model_weights_info(g, &w);
+    cr_assert_eq(w.active_params, w.total_params);
+    cr_assert_eq(p->coord_weight_bytes, w.total_bytes);
+    for (int n = 0; n < 3; n++) cr_assert_eq(p->node_bytes[n], 0);
+    model_plan_free(p);
+    model_gguf_free(g);
+}
