@@ -183,6 +183,7 @@ int coord_cmd_run(int argc, char **argv)
     }
     double t2 = wire_now();
     if (!ids_out) printf("\n");
+    fflush(stdout);
     coord_sampler_free(smp);
     if (err) {
         fprintf(stderr, "run: forward pass failed: %s\n", model_strerror(err));

@@ -191,7 +191,8 @@ static void add_eog(model_tok_t *t, int32_t id)
 static int32_t special_id(const model_tok_t *t, int64_t given, int32_t dflt, const char *what)
 {
     if (given >= 0 && given < t->n_vocab) return (int32_t)given;
-    if (given >= 0)
+    /* llama.cpp's converters write -1 stored as u32 (0xFFFFFFFF) for "no such token". */
+    if (given >= 0 && given != 0xFFFFFFFFll)
         LOG_WARN("%s id %lld is outside the vocabulary of %d tokens; using the default", what,
                  (long long)given, t->n_vocab);
     return dflt < t->n_vocab ? dflt : -1;
