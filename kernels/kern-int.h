@@ -57,4 +57,9 @@ extern const kern__quant_fn kern__quant_act_avx2[KERN_TYPE_COUNT];
 /* The ISA in force (kern_set_isa); read on every dispatch. */
 extern kern_isa_t kern__isa;
 
+/* Per-thread scratch owned by the pool (kernels/pool.c): a 64-byte aligned buffer of at least
+ * bytes for thread ith, valid until the next call for the same ith or kern_pool_free. Only thread
+ * ith may call it during a run; it grows on first use of a shape, so warm runs never allocate. */
+void *kern__pool_scratch(kern_pool_t *pool, int ith, size_t bytes);
+
 #endif
