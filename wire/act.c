@@ -6,6 +6,7 @@
 #include "wire/wire.h"
 
 #include <errno.h>
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -68,7 +69,7 @@ static bool in_range(const float *x, size_t n, float max)
 {
     for (size_t i = 0; i < n; i++) {
         /* Written so NaN fails the test too. */
-        if (!(fabsf(x[i]) <= max)) return false;
+        if (!isfinite(x[i]) || !(fabsf(x[i]) <= max)) return false;
     }
     return true;
 }
@@ -81,7 +82,7 @@ int wire_act_pack(wire_dtype_t dt, const float *x, uint32_t n_rows, uint32_t row
     size_t n = (size_t)n_rows * row_len;
     switch (dt) {
     case WIRE_DTYPE_F32:
-        if (!in_range(x, n, INFINITY)) return -ERANGE;
+        if (!in_range(x, n, FLT_MAX)) return -ERANGE;
         memcpy(dst, x, n * sizeof(float));
         break;
     case WIRE_DTYPE_F16: {
