@@ -22,9 +22,9 @@
 
 #include "wire/proto/moemesh.pb-c.h"
 
-/* protobuf-c's unpack allocates about the header size times a small factor (see the .proto);
- * the budget makes that a hard limit instead of an argument. */
-#define BUDGET_PER_HEADER_BYTE 32
+/* protobuf-c's unpack allocates the header size times a factor that depends on the field
+ * mix (see the .proto); the budget makes the bound a hard limit instead of an argument. */
+#define BUDGET_PER_HEADER_BYTE 16
 #define BUDGET_BASE (64 * 1024)
 
 typedef struct {

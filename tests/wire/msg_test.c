@@ -499,6 +499,30 @@ Test(wire_msg, hostile_field_values_are_refused)
     pair_close(&p);
 }
 
+/* Thousands of empty Tensor sub-messages cost protobuf-c 1.4 ~44 bytes per header byte; the
+ * budgeted allocator stops the unpack (without it this would unpack and fail later, on the
+ * frame count). */
+Test(wire_msg, header_that_unpacks_large_is_refused_by_the_budget)
+{
+    pair_t p;
+    pair_open(&p, "inproc://wire-msg-budget", NULL);
+    enum { N = 20000 };
+    unsigned char *h = xmalloc(2 + 2 * N + 3);
+    h[0] = 0x08, h[1] = 0x01;
+    for (int i = 0; i < N; i++) h[2 + 2 * i] = 0x12, h[3 + 2 * i] = 0x00;
+    memcpy(h + 2 + 2 * N, "\x8a\x01\x00", 3); /* heartbeat {} */
+    const void *d[1] = {h};
+    size_t l[1] = {2 + 2 * N + 3};
+    expect_refused(&p, NULL, 1, d, l, WIRE_E_PROTO);
+    /* The same shape at a hundredth of the count fits the budget and fails where it should. */
+    l[0] = 2 + 2 * (N / 100);
+    memcpy(h + l[0], "\x8a\x01\x00", 3);
+    l[0] += 3;
+    expect_refused(&p, NULL, 1, d, l, WIRE_E_FRAMES);
+    free(h);
+    pair_close(&p);
+}
+
 Test(wire_msg, error_of_another_version_is_still_read)
 {
     pair_t p;
@@ -540,5 +564,35 @@ Test(wire_msg, version_mismatch_in_hello_is_answered_with_error)
     cr_assert_eq(r.u.error.code, WIRE_E_VERSION);
     cr_assert_str_eq(r.u.error.message, "protocol version mismatch");
     wire_msg_close(&r);
+    pair_close(&p);
+}
+
+/* The largest FORWARD the default limits allow in tokens (1024 tokens x 16 experts with ids
+ * that take 2-byte varints) fits the header limit and the unpack budget. */
+Test(wire_msg, largest_default_forward_header_is_accepted)
+{
+    pair_t p;
+    pair_open(&p, "inproc://wire-msg-large", NULL);
+    wire_limits_t lim = wire_limits_default();
+    enum { T = 1024, K = 16, C = 32 };
+    cr_assert_eq(lim.max_tokens, T);
+    uint32_t *n_sel = xmalloc(sizeof(uint32_t) * T), *ex = xmalloc(sizeof(uint32_t) * T * K);
+    float *gate = xmalloc(sizeof(float) * T * K), *x = xcalloc(T * C, sizeof(float));
+    for (int i = 0; i < T; i++) n_sel[i] = K;
+    for (int i = 0; i < T * K; i++) ex[i] = 128 + (uint32_t)i % 896, gate[i] = 1.0f / K;
+    wire_msg_t m;
+    wire_msg_init(&m, WIRE_KIND_FORWARD);
+    m.u.forward = (wire_forward_t){1, 0, 0, T, n_sel, T * K, ex, gate, WIRE_DTYPE_F32};
+    cr_assert_eq(wire_msg_add_act(&m, WIRE_DTYPE_BF16, x, T, C), 0);
+    cr_assert_eq(wire_msg_send(p.coord, &m), 0);
+    int rc = wire_msg_recv(p.node, &lim, &m);
+    cr_assert_eq(rc, 0, "%s", wire_strerror(rc));
+    cr_assert_eq(m.u.forward.n_total, T * K);
+    cr_assert_arr_eq(m.u.forward.expert, ex, sizeof(uint32_t) * T * K);
+    wire_msg_close(&m);
+    free(n_sel);
+    free(ex);
+    free(gate);
+    free(x);
     pair_close(&p);
 }
