@@ -124,4 +124,7 @@ int wire_curve_client_setup(void *sock, const wire_keypair_t *kp, const char *se
     return 0;
 }
 
-void wire_keypair_wipe(wire_keypair_t *kp) { explicit_bzero(kp->secret_z85, sizeof(kp->secret_z85)); }
+void wire_keypair_wipe(wire_keypair_t *kp)
+{
+    explicit_bzero(kp->secret_z85, sizeof(kp->secret_z85));
+}

@@ -112,7 +112,7 @@ void wire_msg_init(wire_msg_t *m, wire_kind_t kind)
     m->kind = kind;
 }
 
-void wire_msg_close(wire_msg_t *m)
+void wire_msg_deinit(wire_msg_t *m)
 {
     if (!m) return;
     wire__msg_own_t *o = m->own;
@@ -578,7 +578,7 @@ int wire_msg_send(void *sock, wire_msg_t *m)
     bool router = is_router(sock);
     if (!err && router && m->route.len == 0) err = WIRE_E_ROUTE;
     if (err) {
-        wire_msg_close(m);
+        wire_msg_deinit(m);
         return err;
     }
 
@@ -599,7 +599,7 @@ int wire_msg_send(void *sock, wire_msg_t *m)
         rc = zmq_msg_send(&m->own->frames[i], sock, i + 1 < m->n_tensors ? ZMQ_SNDMORE : 0);
     err = rc < 0 ? -zmq_errno() : 0;
     zmq_msg_close(&hdr);
-    wire_msg_close(m); /* closes the frames not sent; sent ones are already empty */
+    wire_msg_deinit(m); /* closes the frames not sent; sent ones are already empty */
     return err;
 }
 
@@ -739,7 +739,7 @@ int wire_msg_recv(void *sock, const wire_limits_t *lim, wire_msg_t *out)
         uint64_t request_id = out->kind == WIRE_KIND_FORWARD  ? out->u.forward.request_id
                               : out->kind == WIRE_KIND_RESULT ? out->u.result.request_id
                                                               : 0;
-        wire_msg_close(out);
+        wire_msg_deinit(out);
         out->route = route;
         out->u.error.code = err;
         out->u.error.request_id = request_id;

@@ -168,7 +168,7 @@ typedef enum {
 const char *wire_kind_name(int kind);
 
 /* Array and string fields below are borrowed: on send, from the caller for the duration of
- * wire_msg_send; on receive, from the message until wire_msg_close. */
+ * wire_msg_send; on receive, from the message until wire_msg_deinit. */
 
 /* HELLO (coordinator -> node) and WELCOME (node -> coordinator): who the sender is. */
 typedef struct {
@@ -252,7 +252,7 @@ typedef struct {
 #define WIRE_MAX_TENSORS 2 /* tensor frames one message may carry */
 
 /* A view of one tensor frame: data is rows * wire_dtype_row_bytes(dtype, cols) bytes, aligned
- * for dtype; valid until wire_msg_close (received) or owned by the message (to send). */
+ * for dtype; valid until wire_msg_deinit (received) or owned by the message (to send). */
 typedef struct {
     wire_dtype_t dtype;
     uint32_t rows, cols;
@@ -291,7 +291,7 @@ typedef struct {
 void wire_msg_init(wire_msg_t *m, wire_kind_t kind);
 /* Releases the frames, header and copies m owns (received or attached, never sent) and
  * empties it. NULL-safe, idempotent. */
-void wire_msg_close(wire_msg_t *m);
+void wire_msg_deinit(wire_msg_t *m);
 
 /* Frees a tensor buffer; runs on a ZeroMQ I/O thread, so it only frees. */
 typedef void(wire_free_cb)(void *data, void *hint);
@@ -318,7 +318,7 @@ int wire_msg_send(void *sock, wire_msg_t *m);
  * every frame of the multipart message, then validates the header and each frame against it
  * and lim (NULL: defaults). Blocks as ZMQ_RCVTIMEO says (0: non-blocking). On 0, *out owns the
  * frames; tensors are in place unless misaligned for their dtype (then copied); release with
- * wire_msg_close. On error *out owns nothing, kind is WIRE_KIND_NONE, and it holds what an
+ * wire_msg_deinit. On error *out owns nothing, kind is WIRE_KIND_NONE, and it holds what an
  * ERROR reply needs: out->route (ROUTER: the sender), out->u.error.code (the error) and
  * out->u.error.request_id (when the header got that far, else 0). The whole multipart message
  * has been consumed either way, so the socket is ready for the next one.

@@ -136,7 +136,7 @@ Test(wire_zap, allowed_key_gets_through_and_unknown_key_is_refused, .timeout = 2
     cr_assert_eq(wire_msg_recv(node, NULL, &m), 0);
     cr_assert_eq(m.kind, WIRE_KIND_HEARTBEAT);
     cr_assert_eq(m.u.heartbeat.seq, 42);
-    wire_msg_close(&m);
+    wire_msg_deinit(&m);
     wire_zap_counts(zap, &acc, &den);
     cr_assert_geq(acc, 1);
 

@@ -85,7 +85,7 @@ Test(wire_sock, maxmsgsize_drops_an_oversized_tcp_sender, .timeout = 20)
     zmq_setsockopt(node, ZMQ_RCVTIMEO, &ms, sizeof(ms));
     cr_assert_eq(wire_msg_recv(node, &lim, &m), 0);
     cr_assert_eq(m.u.heartbeat.seq, 5);
-    wire_msg_close(&m);
+    wire_msg_deinit(&m);
 
     int zero = 0;
     zmq_setsockopt(bad, ZMQ_LINGER, &zero, sizeof(zero));
