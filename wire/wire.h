@@ -314,7 +314,7 @@ int wire_msg_add_act(wire_msg_t *m, wire_dtype_t dtype, const float *x, uint32_t
  * peer), or another negated zmq errno. */
 int wire_msg_send(void *sock, wire_msg_t *m);
 
-/* Receives one message into *out (which need not be initialised and is overwritten): reads
+/* Receives one message into *out (overwritten: need not be initialised, must own nothing): reads
  * every frame of the multipart message, then validates the header and each frame against it
  * and lim (NULL: defaults). Blocks as ZMQ_RCVTIMEO says (0: non-blocking). On 0, *out owns the
  * frames; tensors are in place unless misaligned for their dtype (then copied); release with
