@@ -27,6 +27,9 @@ AVX512_FLAGS := $(AVX2_FLAGS) -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx51
 LIBS := -lzmq -lprotobuf-c -luv -lopenblas -lpcre2-8 -ljansson -lpthread -lm
 
 LIB_SRC   := $(filter-out %/main.c,$(wildcard model/*.c kernels/*.c wire/*.c))
+# protobuf-c: wire/proto/x.proto -> $(B)/gen/wire/proto/x.pb-c.{c,h}; the .c joins the library.
+PROTO_C   := $(patsubst %.proto,$(B)/gen/%.pb-c.c,$(wildcard wire/proto/*.proto))
+LIB_SRC   += $(PROTO_C)
 COORD_SRC := $(filter-out %/main.c,$(wildcard coordinator/*.c))
 XNODE_SRC := $(filter-out %/main.c,$(wildcard expert-node/*.c))
 BENCH_SRC := $(filter-out %/main.c,$(wildcard bench/*.c))
@@ -54,6 +57,15 @@ $(B)/obj/%.o: %.c | $(B)/.deps-ok
 	@mkdir -p $(@D)
 	@echo "  CC    $<"
 	@$(CC) $(REQ_CFLAGS) $(CFLAGS) $(if $(findstring _avx512,$<),$(AVX512_FLAGS),$(if $(findstring _avx2,$<),$(AVX2_FLAGS))) -c $< -o $@
+
+$(B)/gen/%.pb-c.c $(B)/gen/%.pb-c.h: %.proto | $(B)/.deps-ok
+	@mkdir -p $(B)/gen
+	@echo "  PROTOC $<"
+	@protoc-c --c_out=$(B)/gen $<
+# Keep the generated .c (make would delete it as an intermediate of the .o).
+.SECONDARY: $(PROTO_C)
+# The first build has no .d files yet: wire objects wait for the generated headers explicitly.
+$(call obj,$(filter wire/%,$(LIB_SRC))): $(PROTO_C:.c=.h)
 
 $(LIB): $(call obj,$(LIB_SRC))
 	@echo "  AR    $@"

@@ -62,12 +62,6 @@ _Noreturn void wire__check_failed(const char *file, int line, const char *what)
     abort();
 }
 
-const char *wire_strerror(int err)
-{
-    /* strerror's buffer is static; the negated errnos used here all have fixed texts. */
-    return strerror(err < 0 ? -err : err);
-}
-
 double wire_now(void)
 {
     struct timespec ts;
