@@ -17,6 +17,18 @@ static const char *arch_names[MODEL_ARCH_COUNT] = {"llama", "qwen2moe", "qwen3mo
 const char *model_arch_name(model_arch_t a) { return a < MODEL_ARCH_COUNT ? arch_names[a] : "?"; }
 const char *model_arch_supported(void) { return "llama (dense or Mixtral), qwen2moe, qwen3moe, olmoe"; }
 
+void model_fingerprint(const model_gguf_t *g, char *out, size_t cap)
+{
+    /* The header names every tensor with its type, shape and offset, and the file size pins
+     * the data length: enough to tell files apart without reading gigabytes of weights. */
+    const model_tensor_t *t0 = model_gguf_tensor_count(g) ? model_gguf_tensor(g, 0) : NULL;
+    const uint8_t *base = t0 ? (const uint8_t *)t0->data - t0->offset - model_gguf_data_offset(g)
+                             : NULL;
+    uint32_t crc = 0;
+    if (base) crc = wire_crc32c(0, base, (size_t)model_gguf_data_offset(g));
+    snprintf(out, cap, "%08x-%zu", crc, model_gguf_file_size(g));
+}
+
 size_t model_expert_stride(const model_tensor_t *t)
 {
     return kern_row_bytes(t->type, t->ne[0]) * (size_t)t->ne[1];

@@ -345,6 +345,10 @@ void model_free(model_t *m); /* NULL-safe */
 const char *model_arch_name(model_arch_t a);
 /* Comma-separated names of the supported architectures, for messages. */
 const char *model_arch_supported(void);
+/* A stable identity of a model file for the cluster: "<hex crc32c of the GGUF header (every
+ * byte before the data section)>-<file size>". Two files with equal fingerprints hold the same
+ * tensors at the same offsets. Writes a NUL-terminated string into out (cap >= 40). */
+void model_fingerprint(const model_gguf_t *g, char *out, size_t cap);
 /* Bytes of one expert's slice of a 3-D expert tensor (row bytes times rows per expert). */
 size_t model_expert_stride(const model_tensor_t *t);
 /* ---- streaming detokenizer (model/detok.c) ----
