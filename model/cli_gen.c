@@ -16,7 +16,7 @@ static int usage(void)
             "         --heads H --kv-heads K [--head-dim HD] --experts E --top-k K\n"
             "         --expert-ff F [--shared-ff S] --vocab V\n"
             "         --type f32|f16|bf16|q8_0|q4_0|q4_1|q5_0|q5_1|q4_k|q5_k|q6_k\n"
-            "         [--seed S] [--ctx C] [--name NAME] -o FILE\n"
+            "         [--seed S] [--ctx C] [--name NAME] [--threads N] -o FILE\n"
             "  Deterministic random-weight MoE model; --shared-ff only (and always) for qwen2moe.\n");
     return 2;
 }
@@ -49,6 +49,7 @@ int model_cli_gen(int argc, char **argv)
         {"--expert-ff", offsetof(model_gen_params_t, expert_ff)},
         {"--shared-ff", offsetof(model_gen_params_t, shared_ff)},
         {"--vocab", offsetof(model_gen_params_t, n_vocab)},
+        {"--threads", offsetof(model_gen_params_t, n_threads)},
     };
     for (int i = 1; i < argc; i++) {
         if (i + 1 >= argc) return usage();

@@ -7,7 +7,7 @@
  * row is generated from a PRNG seeded by (seed, tensor name, row), which also lets rows be made
  * in any chunking the writer asks for. Weights are uniform with the variance of a 1/sqrt(fan_in)
  * init, so activations keep their scale through the layers and logits are well-conditioned.
- * Memory is one row of floats plus the writer's chunk, whatever the model size.
+ * Memory is one row of floats per thread plus the writer's chunk, whatever the model size.
  */
 #include "model/model.h"
 #include "wire/wire.h"
@@ -305,7 +305,8 @@ typedef struct {
     gtensor_t *t;
     int n, cap;
     uint64_t seed;
-    float *row; /* (max ne0) scratch */
+    kern_pool_t *pool; /* splits each chunk's rows across threads */
+    float **row;       /* (pool size) scratch rows of (max ne0) floats, one per thread */
 } gen_t;
 
 static void add(gen_t *g, const char *name, kern_type_t type, init_t init, int n_dims,
@@ -385,15 +386,33 @@ static void gen_row(const gen_t *g, const gtensor_t *t, int64_t r, float *out)
     }
 }
 
+typedef struct {
+    const gen_t *g;
+    const gtensor_t *t;
+    int64_t row0, n_rows; /* rows of the tensor this chunk holds */
+    size_t row_bytes;
+    unsigned char *buf;   /* (n_rows * row_bytes) */
+} chunk_job_t;
+
+/* Thread ith of nth makes rows ith, ith + nth, ...: any split gives the same bytes, since a
+ * row depends only on its index. */
+static void chunk_rows(void *arg, int ith, int nth)
+{
+    const chunk_job_t *j = arg;
+    for (int64_t r = ith; r < j->n_rows; r += nth) {
+        gen_row(j->g, j->t, j->row0 + r, j->g->row[ith]);
+        kern_quantize(j->t->type, j->g->row[ith], j->buf + (size_t)r * j->row_bytes,
+                      j->t->ne[0]);
+    }
+}
+
 static int fill_cb(void *arg, int idx, uint64_t off, void *buf, size_t len)
 {
     const gen_t *g = arg;
     const gtensor_t *t = &g->t[idx];
     size_t rb = kern_row_bytes(t->type, t->ne[0]);
-    for (size_t at = 0; at < len; at += rb) {
-        gen_row(g, t, (int64_t)((off + at) / rb), g->row);
-        kern_quantize(t->type, g->row, (unsigned char *)buf + at, t->ne[0]);
-    }
+    chunk_job_t j = {g, t, (int64_t)(off / rb), (int64_t)(len / rb), rb, buf};
+    kern_pool_run(g->pool, chunk_rows, &j);
     return 0;
 }
 
@@ -453,6 +472,7 @@ static int check_params(const model_gen_params_t *p, const arch_t **arch, int *h
     RANGE(p->n_vocab, 256 + (*arch)->n_special, 1 << 22);
     RANGE(p->n_ctx, 0, (int64_t)1 << 30);
     RANGE(p->head_dim, 0, 1 << 16);
+    RANGE(p->n_threads, 0, 256);
 #undef RANGE
     *head_dim = p->head_dim ? p->head_dim : p->n_embd / p->n_head;
     if (!p->head_dim && p->n_embd % p->n_head) {
@@ -559,9 +579,14 @@ int model_gen_write(const model_gen_params_t *p, const char *path)
         CHECK(idx == i); /* shapes were validated above */
         if (t->ne[0] > max_row) max_row = t->ne[0];
     }
-    g.row = xmalloc((size_t)max_row * sizeof(float));
+    g.pool = kern_pool_new(p->n_threads > 1 ? p->n_threads : 1);
+    int nth = kern_pool_size(g.pool);
+    g.row = xmalloc((size_t)nth * sizeof(float *));
+    for (int i = 0; i < nth; i++) g.row[i] = xmalloc((size_t)max_row * sizeof(float));
     err = model_gguf_writer_write(w, path, fill_cb, &g);
+    for (int i = 0; i < nth; i++) free(g.row[i]);
     free(g.row);
+    kern_pool_free(g.pool);
     free(g.t);
     model_gguf_writer_free(w);
     return err;

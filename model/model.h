@@ -228,6 +228,8 @@ typedef struct {
     kern_type_t type;   /* type of every matrix; norms, biases and routers are F32 */
     uint64_t seed;
     int64_t n_ctx;      /* <arch>.context_length; 0: 4096 */
+    int n_threads;      /* threads generating and quantizing rows (0 or 1: the caller's only);
+                           the bytes do not depend on it */
 } model_gen_params_t;
 
 /* The matrix type named "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k",

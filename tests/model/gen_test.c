@@ -212,6 +212,12 @@ Test(model_gen, same_parameters_same_bytes)
     cr_assert_eq(la, lb);
     cr_assert_eq(memcmp(x, y, la), 0);
     free(y);
+    p.n_threads = 3; /* rows split across threads: same bytes */
+    cr_assert_eq(model_gen_write(&p, b), 0);
+    y = slurp(b, &lb);
+    cr_assert_eq(la, lb);
+    cr_assert_eq(memcmp(x, y, la), 0, "threads do not change the bytes");
+    free(y);
     p.seed = 8;
     cr_assert_eq(model_gen_write(&p, b), 0);
     y = slurp(b, &lb);
