@@ -17,7 +17,8 @@ static int usage(void)
             "         --expert-ff F [--shared-ff S] --vocab V\n"
             "         --type f32|f16|bf16|q8_0|q4_0|q4_1|q5_0|q5_1|q4_k|q5_k|q6_k\n"
             "         [--seed S] [--ctx C] [--name NAME] [--threads N] -o FILE\n"
-            "  Deterministic random-weight MoE model; --shared-ff only (and always) for qwen2moe.\n");
+            "  Deterministic random-weight MoE model; --shared-ff only (and always) for "
+            "qwen2moe.\n");
     return 2;
 }
 

@@ -565,7 +565,8 @@ int model_gen_write(const model_gen_params_t *p, const char *path)
                                   (size_t)v.n_merges);
     model_gguf_writer_set_u32(w, "tokenizer.ggml.bos_token_id", (uint32_t)v.bos);
     model_gguf_writer_set_u32(w, "tokenizer.ggml.eos_token_id", (uint32_t)v.eos);
-    if (v.pad >= 0) model_gguf_writer_set_u32(w, "tokenizer.ggml.padding_token_id", (uint32_t)v.pad);
+    if (v.pad >= 0)
+        model_gguf_writer_set_u32(w, "tokenizer.ggml.padding_token_id", (uint32_t)v.pad);
     model_gguf_writer_set_bool(w, "tokenizer.ggml.add_bos_token", a->add_bos);
     if (a->chat_template) model_gguf_writer_set_str(w, "tokenizer.chat_template", a->chat_template);
     vocab_free(&v);

@@ -287,3 +287,31 @@ Test(model_gen, large_vocab_is_padded_with_unused_tokens)
     model_gguf_free(g);
     unlink(path);
 }
+
+Test(model_gen, cli_parses_every_option)
+{
+    wire__log_level = -1;
+    char path[128];
+    tmp_path(path, sizeof(path), "cli");
+    char *argv[] = {"gen", "--arch", "qwen2moe", "--layers", "2", "--dim", "64", "--heads", "2",
+                    "--kv-heads", "1", "--head-dim", "48", "--experts", "3", "--top-k", "1",
+                    "--expert-ff", "32", "--shared-ff", "96", "--vocab", "290", "--type", "Q8_0",
+                    "--seed", "5", "--ctx", "777", "--name", "cli-test", "--threads", "2", "-o",
+                    path, NULL};
+    cr_assert_eq(model_cli_gen(sizeof(argv) / sizeof(argv[0]) - 1, argv), 0);
+    model_gguf_t *g;
+    cr_assert_eq(model_gguf_open(path, &g), 0);
+    cr_assert_str_eq(model_gguf_get_str(g, "general.name"), "cli-test");
+    cr_assert_eq(get_int(g, "qwen2moe", "context_length"), 777);
+    cr_assert_eq(get_int(g, "qwen2moe", "attention.key_length"), 48);
+    expect_shape(g, "blk.1.attn_q.weight", KERN_Q8_0, 2, 64, 96, 1);
+    expect_shape(g, "blk.1.ffn_down_shexp.weight", KERN_Q8_0, 2, 96, 64, 1);
+    model_gguf_free(g);
+    unlink(path);
+    char *bad_type[] = {"gen", "--arch", "llama", "--type", "q9_9", "-o", path, NULL};
+    cr_assert_eq(model_cli_gen(7, bad_type), 2);
+    char *no_out[] = {"gen", "--arch", "llama", NULL};
+    cr_assert_eq(model_cli_gen(3, no_out), 2);
+    char *bad_model[] = {"gen", "--arch", "llama", "--type", "f32", "-o", path, NULL};
+    cr_assert_eq(model_cli_gen(7, bad_model), 1, "all sizes missing: refused by the generator");
+}
