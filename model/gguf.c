@@ -436,13 +436,11 @@ static void index_tensors(model_gguf_t *g)
 
 static int parse(model_gguf_t *g)
 {
-    rd_t r = {.g = g, .pos = 0};
-    char magic[4];
     if (g->size < 4 || memcmp(g->base, "GGUF", 4) != 0) {
         LOG_ERR("%s: not a GGUF file (bad magic)", g->name);
         return MODEL_E_MAGIC;
     }
-    rd_bytes(&r, magic, 4, "magic");
+    rd_t r = {.g = g, .pos = 4};
     int err = rd_u32(&r, &g->version, "version");
     if (err) return err;
     if (g->version != 2 && g->version != 3) {

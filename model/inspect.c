@@ -25,7 +25,9 @@ static void print_scalar(FILE *f, const model_gguf_value_t *v)
     switch (v->type) {
     case MODEL_GGUF_FLOAT32: case MODEL_GGUF_FLOAT64: fprintf(f, "%g", v->f); break;
     case MODEL_GGUF_BOOL: fputs(v->b ? "true" : "false", f); break;
-    case MODEL_GGUF_STRING: fprintf(f, "\"%.60s%s\"", v->str.s, v->str.len > 60 ? "..." : ""); break;
+    case MODEL_GGUF_STRING:
+        fprintf(f, "\"%.60s%s\"", v->str.s, v->str.len > 60 ? "..." : "");
+        break;
     case MODEL_GGUF_INT8: case MODEL_GGUF_INT16: case MODEL_GGUF_INT32: case MODEL_GGUF_INT64:
         fprintf(f, "%lld", (long long)v->i);
         break;
@@ -91,7 +93,8 @@ static void print_text(FILE *f, const model_gguf_t *g)
     fprintf(f, "architecture  %s", *w.arch ? w.arch : "(none)");
     if (name) fprintf(f, " (%s)", name);
     int64_t ft;
-    if (model_gguf_get_int(g, "general.file_type", &ft)) fprintf(f, ", file type %lld", (long long)ft);
+    if (model_gguf_get_int(g, "general.file_type", &ft))
+        fprintf(f, ", file type %lld", (long long)ft);
     fputs("\nhyper-parameters\n", f);
     for (int i = 0; i < model_gguf_kv_count(g); i++) {
         const model_gguf_kv_t *kv = model_gguf_kv(g, i);
@@ -131,8 +134,8 @@ static void print_text(FILE *f, const model_gguf_t *g)
             fprintf(f, " %14zu\n", t->nbytes);
         }
     }
-    fprintf(f, "parameters    total %llu, active per token %llu", (unsigned long long)w.total_params,
-            (unsigned long long)w.active_params);
+    fprintf(f, "parameters    total %llu, active per token %llu",
+            (unsigned long long)w.total_params, (unsigned long long)w.active_params);
     if (w.n_expert) fprintf(f, " (%d of %d experts)", w.n_expert_used, w.n_expert);
     fprintf(f, "\nweights       %llu bytes: routed experts %llu (%.1f%%), other %llu\n",
             (unsigned long long)w.total_bytes, (unsigned long long)w.expert_bytes,
@@ -212,7 +215,8 @@ static void print_json(FILE *f, const model_gguf_t *g)
         json_object_set_new(t, "pre", pre ? jstr(pre, strlen(pre)) : json_null());
         json_object_set_new(t, "vocab_size",
                             json_integer((json_int_t)arr_len(g, "tokenizer.ggml.tokens")));
-        json_object_set_new(t, "merges", json_integer((json_int_t)arr_len(g, "tokenizer.ggml.merges")));
+        json_object_set_new(t, "merges",
+                            json_integer((json_int_t)arr_len(g, "tokenizer.ggml.merges")));
         int64_t id;
         json_object_set_new(t, "bos", model_gguf_get_int(g, "tokenizer.ggml.bos_token_id", &id)
                                           ? json_integer(id) : json_null());
@@ -247,7 +251,8 @@ static void print_json(FILE *f, const model_gguf_t *g)
     json_t *b = json_object();
     json_object_set_new(b, "total", json_integer((json_int_t)w.total_bytes));
     json_object_set_new(b, "expert", json_integer((json_int_t)w.expert_bytes));
-    json_object_set_new(b, "non_expert", json_integer((json_int_t)(w.total_bytes - w.expert_bytes)));
+    json_object_set_new(b, "non_expert",
+                        json_integer((json_int_t)(w.total_bytes - w.expert_bytes)));
     json_object_set_new(o, "bytes", b);
 
     json_dumpf(o, f, JSON_INDENT(1) | JSON_PRESERVE_ORDER);

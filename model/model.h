@@ -242,6 +242,34 @@ int model_plan_new(const model_gguf_t *g, int n_nodes, const uint64_t *node_mem,
                    model_plan_t **out);
 void model_plan_free(model_plan_t *p); /* NULL-safe */
 
+/* ---- synthetic model generator (model/gen.c) ----
+ * Deterministic random-weight MoE models in the layouts llama.cpp loads (metadata keys, tensor
+ * names, shapes and types as its converters write them), with an embedded byte-level BPE
+ * vocabulary learned from a built-in English text. Tensors are generated and quantized row by
+ * row while being written, so memory stays bounded whatever the model size. */
+typedef struct {
+    const char *arch;   /* "qwen3moe", "qwen2moe", "llama" (Mixtral layout) or "olmoe" */
+    const char *name;   /* general.name; NULL: "<arch>-synthetic" */
+    int n_layers, n_embd, n_head, n_head_kv;
+    int head_dim;       /* 0: n_embd / n_head */
+    int n_expert, n_expert_used, expert_ff;
+    int shared_ff;      /* qwen2moe's shared expert width (required there, refused elsewhere) */
+    int n_vocab;        /* >= 256 bytes + the architecture's special tokens */
+    kern_type_t type;   /* type of every matrix; norms, biases and routers are F32 */
+    uint64_t seed;
+    int64_t n_ctx;      /* <arch>.context_length; 0: 4096 */
+    int n_threads;      /* threads generating and quantizing rows (0 or 1: the caller's only);
+                           the bytes do not depend on it */
+} model_gen_params_t;
+
+/* The matrix type named "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k",
+ * "q5_k" or "q6_k" (case-insensitive), or -1. */
+int model_gen_type_from_name(const char *name);
+/* Writes the model p describes to path. Returns 0, -EINVAL (parameters that do not make a
+ * model of that architecture, e.g. a row length that is not whole blocks of the type; the reason
+ * is logged) or the writer's error. Same parameters give the same bytes. */
+int model_gen_write(const model_gen_params_t *p, const char *path);
+
 /* ---- moemesh-model subcommands (model/cli*.c) ----
  * Each takes the arguments after the command name (argv[0] is the command) and returns the
  * process exit status: 0 success, 1 failure (reported on stderr), 2 usage error. */

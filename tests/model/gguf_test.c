@@ -183,8 +183,8 @@ Test(model_gguf, quantized_tensor_sizes)
 Test(model_gguf, llama2_spm_facts)
 {
     model_gguf_t *g;
-    cr_assert_eq(model_gguf_open("../shared/models/llama2-tiny-random-gguf/llama-2-tiny-random.gguf",
-                                 &g), 0);
+    const char *path = "../shared/models/llama2-tiny-random-gguf/llama-2-tiny-random.gguf";
+    cr_assert_eq(model_gguf_open(path, &g), 0);
     cr_assert_eq(model_gguf_data_offset(g), 724416);
     const model_gguf_value_t *tok = model_gguf_get_arr(g, "tokenizer.ggml.tokens",
                                                        MODEL_GGUF_STRING);
