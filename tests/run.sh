@@ -3,6 +3,9 @@
 # "N passed, N failed", that CI reads. Exits non-zero when any test failed or crashed, or when
 # a binary could not run at all.
 passed=0; failed=0; status=0
+# Sanitizer builds: report everything of ours, nothing of Criterion's own runner.
+LSAN_OPTIONS="suppressions=$(dirname "$0")/lsan.supp${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
+export LSAN_OPTIONS
 for t in "$@"; do
     echo "== $t"
     out=$(mktemp)
