@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "wire/wire.h"
 
@@ -16,6 +17,48 @@ static const char *arch_names[MODEL_ARCH_COUNT] = {"llama", "qwen2moe", "qwen3mo
 
 const char *model_arch_name(model_arch_t a) { return a < MODEL_ARCH_COUNT ? arch_names[a] : "?"; }
 const char *model_arch_supported(void) { return "llama (dense or Mixtral), qwen2moe, qwen3moe, olmoe"; }
+
+static void progress(uint64_t done, uint64_t total)
+{
+    int pct = total ? (int)(done * 100 / total) : 100;
+    char bar[41];
+    for (int i = 0; i < 40; i++) bar[i] = i < pct * 40 / 100 ? '#' : '.';
+    bar[40] = 0;
+    fprintf(stderr, "\rloading [%s] %3d%% %.1f/%.1f GiB", bar, pct, done / 1073741824.0,
+            total / 1073741824.0);
+}
+
+uint64_t model_prefault(const model_t *m, bool with_experts)
+{
+    const model_gguf_t *g = m->gguf;
+    uint64_t total = 0, done = 0;
+    const int n = model_gguf_tensor_count(g);
+    for (int i = 0; i < n; i++) {
+        const model_tensor_t *t = model_gguf_tensor(g, i);
+        if (with_experts || !strstr(t->name, "_exps.")) total += t->nbytes;
+    }
+    const bool bar = total >= (256u << 20) && isatty(STDERR_FILENO);
+    const long page = sysconf(_SC_PAGESIZE) > 0 ? sysconf(_SC_PAGESIZE) : 4096;
+    volatile uint8_t sink = 0;
+    uint64_t next_report = 0;
+    for (int i = 0; i < n; i++) {
+        const model_tensor_t *t = model_gguf_tensor(g, i);
+        if (!with_experts && strstr(t->name, "_exps.")) continue;
+        const volatile uint8_t *p = t->data;
+        for (size_t off = 0; off < t->nbytes; off += (size_t)page) sink ^= p[off];
+        done += t->nbytes;
+        if (bar && done >= next_report) {
+            progress(done, total);
+            next_report = done + total / 100;
+        }
+    }
+    if (bar) {
+        progress(total, total);
+        fputc('\n', stderr);
+    }
+    (void)sink;
+    return done;
+}
 
 void model_fingerprint(const model_gguf_t *g, char *out, size_t cap)
 {

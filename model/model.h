@@ -373,6 +373,10 @@ void model_free(model_t *m); /* NULL-safe */
 const char *model_arch_name(model_arch_t a);
 /* Comma-separated names of the supported architectures, for messages. */
 const char *model_arch_supported(void);
+/* Reads one byte of every page of the model's tensors (routed experts only when with_experts)
+ * so the first forward pass does not stall on page faults; shows a progress bar on stderr when
+ * it is a terminal and the tensors are large. Returns the bytes touched. */
+uint64_t model_prefault(const model_t *m, bool with_experts);
 /* A stable identity of a model file for the cluster: "<hex crc32c of the GGUF header (every
  * byte before the data section)>-<file size>". Two files with equal fingerprints hold the same
  * tensors at the same offsets. Writes a NUL-terminated string into out (cap >= 40). */
