@@ -231,7 +231,7 @@ int bench_kernels_main(int argc, char **argv)
         free(out);
     }
 
-    printf("\nGEMM 4096 x 4096 weights: GFLOP/s (BLAS on tiles from m = 16, Q8_0/Q4_K from 128)\n");
+    printf("\nGEMM 4096 x 4096 weights: GFLOP/s (BLAS on tiles from m = 16; Q8_0/Q4_K/Q6_K from 128)\n");
     const kern_type_t gemm_types[] = {KERN_F32, KERN_Q8_0, KERN_Q4_K};
     const int64_t gemm_m[] = {8, 16, 64, 512}, n = 4096, d = 4096;
     printf("%-6s", "type");

@@ -12,7 +12,7 @@
  *
  * The threshold, measured with `moemesh-bench kernels` (4096 x 4096, GFLOP/s, one thread, on a
  * loaded 2-core Zen 3 VM so only the ranking is trustworthy): for types with a multi-row AVX2
- * kernel (kern__dotn_avx2: Q8_0, Q4_K) the dot path gave 36/37/32/18 (Q8_0) and 46/53/60/44
+ * kernel (kern__dotn_avx2: Q8_0, Q4_K, Q6_K) the dot path gave 36/37/32/18 (Q8_0) and 46/53/60/44
  * (Q4_K) at m = 8/16/64/512, the BLAS path 13/20/18 and 11/26/32 at m = 16/64/512, so those
  * switch at BLAS_MIN_M_MULTI = 128. Types without one dot each activation row separately, their
  * cost grows with m at the single-row rate, and switch at BLAS_MIN_M = 16.
