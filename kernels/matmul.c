@@ -18,8 +18,9 @@
  * cost grows with m at the single-row rate, and switch at BLAS_MIN_M = 16.
  *
  * work layout (kern_matmul_work_size): m rounded rows of kern_row_bytes(dot_type, n), each
- * 64-byte aligned; on the BLAS path then m * n f32 rounded activations and thread 0's weight
- * tile (other threads take theirs from kern__pool_scratch, so warm runs never allocate).
+ * 64-byte aligned; from m = 16 on (either path may then run) m * n f32 rounded activations and
+ * pool part 0's weight tile (other parts take theirs from kern__pool_scratch, so warm runs
+ * never allocate).
  */
 #include <cblas.h>
 #include <pthread.h>
@@ -63,7 +64,7 @@ typedef struct {
     const uint8_t *xq;  /* (m rows, xq_stride bytes apart) in dot_type */
     size_t xq_stride;
     float *xr;          /* (m, n) rounded activations as f32: BLAS path only */
-    float *tile0;       /* (TILE_ROWS, n): thread 0's weight tile */
+    float *tile0;       /* (TILE_ROWS, n): pool part 0's weight tile */
     kern__dot_fn dot;   /* resolved once: kern_vec_dot's dispatch per row would cost more */
     kern__dotn_fn dotn; /* several activation rows per weight row, or NULL */
     kern_pool_t *pool;

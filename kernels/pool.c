@@ -15,7 +15,7 @@
  * fn and arg are written before gen is bumped (release) and read after a claim (acquire).
  * Scratch slot ith is touched only by whoever runs part ith, one at a time.
  *
- * This file is the one place in kernels/ that allocates: the pool itself and per-thread scratch,
+ * This file is the one place in kernels/ that allocates: the pool itself and per-part scratch,
  * which grows on first use for a shape and is then reused, so warm runs never allocate.
  */
 #include "kernels/kern-int.h"
@@ -35,7 +35,7 @@
  * a wake-up syscall, yet an idle pool stops burning the core quickly. */
 #define SPIN_NS 100000
 
-/* One per thread, each on its own cache line so growing one never disturbs another's. */
+/* One per part (and worker thread), each on its own cache line. */
 typedef struct {
     _Alignas(64) void *p; /* scratch, 64-byte aligned, cap bytes */
     size_t cap;
@@ -51,7 +51,7 @@ struct kern_pool {
     _Alignas(64) atomic_uint gen;      /* futex word: bumped once per run */
     _Atomic uint64_t next;             /* gen << 32 | next unclaimed part (>= n: none left) */
     atomic_uint n_sleeping;            /* workers asleep (or about to be) on gen */
-    _Alignas(64) atomic_uint pending;  /* futex word: workers still inside the current run */
+    _Alignas(64) atomic_uint pending;  /* futex word: parts 1..n-1 of the run not yet finished */
     atomic_uint caller_sleeping;       /* the caller is asleep (or about to be) on pending */
 };
 
