@@ -1,6 +1,6 @@
 /* moemesh-bench kernels: how close the matrix kernels get to the machine's memory bandwidth.
  *
- *   1. read bandwidth: summing a 1 GiB buffer, best of a few passes, 1 and N threads;
+ *   1. read bandwidth: summing a 1 GiB buffer, best of 8 passes, 1 and N threads;
  *   2. pool dispatch: microseconds per empty kern_pool_run;
  *   3. GEMV (m = 1, plus an expert-sized batch) on shapes of real models, per weight type:
  *      weight GB/s, GFLOP/s and % of the read bandwidth with the same thread count;
@@ -67,7 +67,7 @@ static double read_bandwidth(kern_pool_t *pool, const uint64_t *buf, size_t byte
 {
     bw_task_t t = {.buf = buf, .words = bytes / 8};
     double best = 0;
-    for (int pass = 0; pass < 4; pass++) {
+    for (int pass = 0; pass < 8; pass++) {
         double t0 = wire_now();
         kern_pool_run(pool, bw_cb, &t);
         double gbs = (double)bytes / (wire_now() - t0) / 1e9;
@@ -195,7 +195,7 @@ int bench_kernels_main(int argc, char **argv)
     double bw[2];
     for (int p = 0; p < 2; p++) bw[p] = read_bandwidth(pools[p], buf, bw_bytes);
     free(buf);
-    printf("read bandwidth (sum of 1 GiB, best of 4): %.1f GB/s on 1 thread, %.1f GB/s on %d\n",
+    printf("read bandwidth (sum of 1 GiB, best of 8): %.1f GB/s on 1 thread, %.1f GB/s on %d\n",
            bw[0], bw[1], nthreads);
     printf("pool dispatch (empty run): %.2f us on %d threads\n\n", dispatch_us(pools[1]),
            nthreads);
