@@ -1,6 +1,8 @@
 /* AVX2/FMA/F16C dot products of one weight row with rounded activations, and the activation
  * rounding to Q8_0/Q8_1/F16, filling kern__dot_avx2 and kern__quant_act_avx2 (dot.c dispatches
- * through them only after its run-time CPU check, so this file may use AVX2 freely).
+ * through them only after its run-time CPU check, so this file may use AVX2 freely), plus
+ * kern__dotn_avx2, one weight row against up to four activation rows, for kern_matmul's small
+ * batches (Q8_0, Q4_K, Q6_K).
  *
  * Integer types follow the technique of ggml's x86 kernels: widen the weight quants to one byte
  * per element in a 256-bit register, multiply with the 8-bit activations by
