@@ -1,6 +1,8 @@
 /* AVX2/FMA/F16C dot products of one weight row with rounded activations, and the activation
  * rounding to Q8_0/Q8_1/F16, filling kern__dot_avx2 and kern__quant_act_avx2 (dot.c dispatches
- * through them only after its run-time CPU check, so this file may use AVX2 freely).
+ * through them only after its run-time CPU check, so this file may use AVX2 freely), plus
+ * kern__dotn_avx2, one weight row against up to four activation rows, for kern_matmul's small
+ * batches (Q8_0, Q4_K, Q6_K).
  *
  * Integer types follow the technique of ggml's x86 kernels: widen the weight quants to one byte
  * per element in a 256-bit register, multiply with the 8-bit activations by
@@ -142,30 +144,44 @@ static float dot_bf16(int64_t n, const void *wv, const void *xv)
 
 /* ---- legacy blocks of 32 ---- */
 
+/* Four fp16 fields 34 bytes apart (the d of four consecutive Q8_0 blocks) as floats: one
+ * conversion instead of four. */
+static inline __m128 d4_q8_0(const kern_block_q8_0 *b)
+{
+    return _mm_cvtph_ps(_mm_setr_epi16((short)b[0].d, (short)b[1].d, (short)b[2].d,
+                                       (short)b[3].d, 0, 0, 0, 0));
+}
+
 static float dot_q8_0(int64_t n, const void *wv, const void *xv)
 {
     const kern_block_q8_0 *w = wv, *x = xv;
     const int64_t nb = n / QK;
-    /* Two accumulators halve the FMA dependency chain; blocks are independent. */
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+    /* Four blocks per pass: their scale products are formed in one vector and spilled so each
+     * is broadcast by a load, and four accumulators keep the FMA chains independent. */
+    __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                   _mm256_setzero_ps()};
+    _Alignas(16) float dd[4];
     int64_t i = 0;
-    for (; i + 2 <= nb; i += 2) {
-        __m256i p0 = dot_i8_i8(_mm256_loadu_si256((const __m256i *)w[i].qs),
-                               _mm256_loadu_si256((const __m256i *)x[i].qs));
-        __m256i p1 = dot_i8_i8(_mm256_loadu_si256((const __m256i *)w[i + 1].qs),
-                               _mm256_loadu_si256((const __m256i *)x[i + 1].qs));
-        a0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(w[i].d) * h2f(x[i].d)), _mm256_cvtepi32_ps(p0),
-                             a0);
-        a1 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(w[i + 1].d) * h2f(x[i + 1].d)),
-                             _mm256_cvtepi32_ps(p1), a1);
+    for (; i + 4 <= nb; i += 4) {
+        /* The kernel runs near the memory rate, leaving the hardware prefetcher little slack;
+         * asking for the lines ~1 KiB ahead keeps the next blocks in flight. */
+        _mm_prefetch((const char *)(w + i) + 1024, _MM_HINT_T0);
+        _mm_prefetch((const char *)(w + i) + 1088, _MM_HINT_T0);
+        _mm_store_ps(dd, _mm_mul_ps(d4_q8_0(w + i), d4_q8_0(x + i)));
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; k++) {
+            __m256i p = dot_i8_i8(_mm256_loadu_si256((const __m256i *)w[i + k].qs),
+                                  _mm256_loadu_si256((const __m256i *)x[i + k].qs));
+            a[k] = _mm256_fmadd_ps(_mm256_broadcast_ss(&dd[k]), _mm256_cvtepi32_ps(p), a[k]);
+        }
     }
     for (; i < nb; i++) {
         __m256i p = dot_i8_i8(_mm256_loadu_si256((const __m256i *)w[i].qs),
                               _mm256_loadu_si256((const __m256i *)x[i].qs));
-        a0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(w[i].d) * h2f(x[i].d)), _mm256_cvtepi32_ps(p),
-                             a0);
+        a[0] = _mm256_fmadd_ps(_mm256_set1_ps(h2f(w[i].d) * h2f(x[i].d)), _mm256_cvtepi32_ps(p),
+                               a[0]);
     }
-    return hsum_ps(_mm256_add_ps(a0, a1));
+    return hsum_ps(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
 }
 
 static float dot_q4_0(int64_t n, const void *wv, const void *xv)
@@ -297,6 +313,9 @@ static float dot_q4_k(int64_t n, const void *wv, const void *xv)
     __m256 acc = _mm256_setzero_ps();
     __m128 acc_m = _mm_setzero_ps();
     for (int64_t i = 0; i < nb; i++) {
+        /* See dot_q8_0: the lines ~1 KiB ahead (a 144-byte block spans up to 3). */
+        for (int l = 0; l < 3; l++)
+            _mm_prefetch((const char *)(w + i) + 1024 + 64 * l, _MM_HINT_T0);
         const float d = x[i].d * h2f(w[i].d);
         const float dmin = x[i].d * h2f(w[i].dmin);
         uint32_t sc[2], m[2];
@@ -335,6 +354,8 @@ static float dot_q5_k(int64_t n, const void *wv, const void *xv)
     __m256 acc = _mm256_setzero_ps();
     __m128 acc_m = _mm_setzero_ps();
     for (int64_t i = 0; i < nb; i++) {
+        for (int l = 0; l < 3; l++)
+            _mm_prefetch((const char *)(w + i) + 1024 + 64 * l, _MM_HINT_T0);
         const float d = x[i].d * h2f(w[i].d);
         const float dmin = x[i].d * h2f(w[i].dmin);
         uint32_t sc[2], m[2];
@@ -369,58 +390,78 @@ static float dot_q5_k(int64_t n, const void *wv, const void *xv)
 }
 
 /* Q6_K: q = (4 low bits | 2 high bits << 4) - 32 with a signed 8-bit scale per 16 elements.
- * maddubs takes the unsigned 0..63 form; the -32 offset is removed once per super-block as
- * 32 * sum_g scale_g * bsum_g, since 16-element group g of the activations is exactly the
- * group that scale g covers. */
-static float dot_q6_k(int64_t n, const void *wv, const void *xv)
+ * maddubs takes the unsigned 0..63 form; the -32 offset is removed as 32 * scale_g * bsum_g,
+ * since 16-element group g of the activations is exactly the group that scale g covers; that
+ * correction stays a vector and joins the block's integer sum before the one conversion.
+ * Written for NX activation rows at once (see the multi-row section below); the single-row
+ * table entry is the NX = 1 instance. */
+static inline __attribute__((always_inline)) void dotn_q6_k(int64_t n, const void *wv,
+                                                             const void *xv, size_t xs, float *out,
+                                                             size_t os, const int NX)
 {
     const kern_block_q6_k *w = wv;
-    const kern_block_q8_k *x = xv;
     const int64_t nb = n / QK_K;
     const __m256i low4 = _mm256_set1_epi8(0x0F), low2 = _mm256_set1_epi8(0x03);
-    __m256 acc = _mm256_setzero_ps();
+    __m256 acc[4];
+    for (int r = 0; r < NX; r++) acc[r] = _mm256_setzero_ps();
     for (int64_t i = 0; i < nb; i++) {
-        const float d = x[i].d * h2f(w[i].d);
+        /* See dot_q8_0: ~1 KiB ahead, the four lines a 210-byte block mostly spans. */
+        for (int l = 0; l < 4; l++)
+            _mm_prefetch((const char *)(w + i) + 1024 + 64 * l, _MM_HINT_T0);
         const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)w[i].scales));
-        const __m256i bs = _mm256_loadu_si256((const __m256i *)x[i].bsums);
-        const int offset = 32 * hsum_epi32(_mm256_madd_epi16(sc16, bs));
-
+        __m256i sumi[4];
+        for (int r = 0; r < NX; r++) {
+            const kern_block_q8_k *x = (const kern_block_q8_k *)((const uint8_t *)xv + r * xs) + i;
+            const __m256i bs = _mm256_loadu_si256((const __m256i *)x->bsums);
+            sumi[r] = _mm256_sub_epi32(_mm256_setzero_si256(),
+                                       _mm256_slli_epi32(_mm256_madd_epi16(sc16, bs), 5));
+        }
         const uint8_t *ql = w[i].ql, *qh = w[i].qh;
-        const int8_t *q8 = x[i].qs;
-        const int8_t *sc = w[i].scales;
-        __m256i sumi = _mm256_setzero_si256();
+#pragma GCC unroll 2
         for (int half = 0; half < 2; half++) {
             /* 128 elements: ql[0..31] low/high nibbles give elements 0..31 / 64..95, ql[32..63]
              * give 32..63 / 96..127; qh[0..31] bits 2k..2k+1 are the top bits of quarter k. */
-            __m256i l0 = _mm256_loadu_si256((const __m256i *)ql);
-            __m256i l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
-            __m256i h = _mm256_loadu_si256((const __m256i *)qh);
-            __m256i q[4];
-            q[0] = _mm256_or_si256(_mm256_and_si256(l0, low4),
-                                   _mm256_slli_epi16(_mm256_and_si256(h, low2), 4));
-            q[1] = _mm256_or_si256(
-                _mm256_and_si256(l1, low4),
-                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2), low2), 4));
-            q[2] = _mm256_or_si256(
-                _mm256_and_si256(_mm256_srli_epi16(l0, 4), low4),
-                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 4), low2), 4));
-            q[3] = _mm256_or_si256(
-                _mm256_and_si256(_mm256_srli_epi16(l1, 4), low4),
-                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 6), low2), 4));
+            const __m256i l0 = _mm256_loadu_si256((const __m256i *)ql);
+            const __m256i l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
+            const __m256i h = _mm256_loadu_si256((const __m256i *)qh);
+            /* Scales 8*half .. 8*half+7 in both 128-bit halves, for in-lane shuffles. */
+            const __m256i sch = _mm256_permute4x64_epi64(sc16, half ? 0xEE : 0x44);
+#pragma GCC unroll 4
             for (int k = 0; k < 4; k++) {
-                __m256i x8 = _mm256_loadu_si256((const __m256i *)(q8 + 32 * k));
-                __m256i p = _mm256_maddubs_epi16(q[k], x8);
+                const __m256i lo = k & 1 ? l1 : l0;
+                const __m256i nib = k < 2 ? lo : _mm256_srli_epi16(lo, 4);
+                const __m256i top = _mm256_and_si256(_mm256_srli_epi16(h, 2 * k), low2);
+                const __m256i q =
+                    _mm256_or_si256(_mm256_and_si256(nib, low4), _mm256_slli_epi16(top, 4));
                 /* Pair sums 0..7 cover elements 0..15 (scale 2k), 8..15 elements 16..31. */
-                __m256i s = _mm256_set_m128i(_mm_set1_epi16(sc[2 * k + 1]),
-                                             _mm_set1_epi16(sc[2 * k]));
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, s));
+                const __m256i idx = _mm256_set_m128i(_mm_set1_epi16((short)(0x0302 + 0x0404 * k)),
+                                                     _mm_set1_epi16((short)(0x0100 + 0x0404 * k)));
+                const __m256i s = _mm256_shuffle_epi8(sch, idx);
+                for (int r = 0; r < NX; r++) {
+                    const kern_block_q8_k *x =
+                        (const kern_block_q8_k *)((const uint8_t *)xv + r * xs) + i;
+                    const int8_t *q8 = x->qs + 128 * half + 32 * k;
+                    __m256i p = _mm256_maddubs_epi16(q, _mm256_loadu_si256((const __m256i *)q8));
+                    sumi[r] = _mm256_add_epi32(sumi[r], _mm256_madd_epi16(p, s));
+                }
             }
-            ql += 64, qh += 32, q8 += 128, sc += 8;
+            ql += 64, qh += 32;
         }
-        sumi = _mm256_sub_epi32(sumi, _mm256_setr_epi32(offset, 0, 0, 0, 0, 0, 0, 0));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+        const float dw = h2f(w[i].d);
+        for (int r = 0; r < NX; r++) {
+            const kern_block_q8_k *x = (const kern_block_q8_k *)((const uint8_t *)xv + r * xs) + i;
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(x->d * dw), _mm256_cvtepi32_ps(sumi[r]),
+                                     acc[r]);
+        }
     }
-    return hsum_ps(acc);
+    for (int r = 0; r < NX; r++) out[r * os] = hsum_ps(acc[r]);
+}
+
+static float dot_q6_k(int64_t n, const void *wv, const void *xv)
+{
+    float out;
+    dotn_q6_k(n, wv, xv, 0, &out, 0, 1);
+    return out;
 }
 
 /* ---- one weight row against several activation rows ----
@@ -513,6 +554,7 @@ static inline __attribute__((always_inline)) void dotn_q4_k(int64_t n, const voi
 _Static_assert(KERN__DOTN_MAX == 4, "DOTN_INSTANCES covers 1..4 rows");
 DOTN_INSTANCES(dotn_q8_0)
 DOTN_INSTANCES(dotn_q4_k)
+DOTN_INSTANCES(dotn_q6_k)
 
 /* ---- activation rounding ---- */
 
@@ -592,4 +634,5 @@ const kern__quant_fn kern__quant_act_avx2[KERN_TYPE_COUNT] = {
 const kern__dotn_fn kern__dotn_avx2[KERN_TYPE_COUNT] = {
     [KERN_Q8_0] = dotn_q8_0_n,
     [KERN_Q4_K] = dotn_q4_k_n,
+    [KERN_Q6_K] = dotn_q6_k_n,
 };

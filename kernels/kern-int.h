@@ -65,9 +65,10 @@ typedef void (*kern__dotn_fn)(int64_t n, const void *w, const void *xq, size_t x
                               float *out, size_t out_stride);
 extern const kern__dotn_fn kern__dotn_avx2[KERN_TYPE_COUNT];
 
-/* Per-thread scratch owned by the pool (kernels/pool.c): a 64-byte aligned buffer of at least
- * bytes for thread ith, valid until the next call for the same ith or kern_pool_free. Only thread
- * ith may call it during a run; it grows on first use of a shape, so warm runs never allocate. */
+/* Per-part scratch owned by the pool (kernels/pool.c): a 64-byte aligned buffer of at least
+ * bytes for part ith of a run, valid until the next call for the same ith or kern_pool_free.
+ * Only the thread running part ith may call it; it grows on first use of a shape, so warm runs
+ * never allocate. */
 void *kern__pool_scratch(kern_pool_t *pool, int ith, size_t bytes);
 
 #endif

@@ -1,22 +1,26 @@
 /* Matrix products out (m, d) = x (m, n) @ w^T for weights in any compute type, split across the
  * pool's threads. Two paths give the same math up to float summation order:
  *
- *   dot path (m < BLAS_MIN_M): each x row is rounded to the weight type's dot_type (as
+ *   dot path (m below the BLAS threshold): each x row is rounded to the weight type's dot_type (as
  *     llama.cpp does), then threads take chunks of weight rows and dot each row with all m
  *     activation rows while it is hot in cache, so every weight byte is read from memory once.
- *   BLAS path (m >= BLAS_MIN_M): the rounded activations are dequantized back to f32 (so the
+ *   BLAS path (m at or above it): the rounded activations are dequantized back to f32 (so the
  *     numbers multiplied are exactly those of the dot path), each thread dequantizes tiles of
  *     TILE_ROWS weight rows into its scratch and calls single-threaded cblas_sgemm on them.
  *     F32 weights skip both conversions. OpenBLAS is told once to use one thread: it must never
  *     spawn its own threads next to our pool (STYLE.md "Threads").
  *
- * BLAS_MIN_M was measured with moemesh-bench kernels (4096 x 4096 Q8_0/Q4_K, one thread): at
- * m = 16 sgemm on dequantized tiles already beats the AVX2 dot path, whose cost grows linearly
- * with m, while below ~8 the dequantization of w costs more than it saves.
+ * The threshold, measured with `moemesh-bench kernels` (4096 x 4096, GFLOP/s, one thread, on a
+ * loaded 2-core Zen 3 VM so only the ranking is trustworthy): for types with a multi-row AVX2
+ * kernel (kern__dotn_avx2: Q8_0, Q4_K, Q6_K) the dot path gave 36/37/32/18 (Q8_0) and 46/53/60/44
+ * (Q4_K) at m = 8/16/64/512, the BLAS path 13/20/18 and 11/26/32 at m = 16/64/512, so those
+ * switch at BLAS_MIN_M_MULTI = 128. Types without one dot each activation row separately, their
+ * cost grows with m at the single-row rate, and switch at BLAS_MIN_M = 16.
  *
  * work layout (kern_matmul_work_size): m rounded rows of kern_row_bytes(dot_type, n), each
- * 64-byte aligned; on the BLAS path then m * n f32 rounded activations and thread 0's weight
- * tile (other threads take theirs from kern__pool_scratch, so warm runs never allocate).
+ * 64-byte aligned; from m = 16 on (either path may then run) m * n f32 rounded activations and
+ * pool part 0's weight tile (other parts take theirs from kern__pool_scratch, so warm runs
+ * never allocate).
  */
 #include <cblas.h>
 #include <pthread.h>
@@ -27,11 +31,16 @@
 #include "wire/wire.h"
 
 #define BLAS_MIN_M 16
+#define BLAS_MIN_M_MULTI 128
 #define TILE_ROWS 64
 
 static size_t align64(size_t b) { return (b + 63) & ~(size_t)63; }
 
-static bool use_blas(int64_t m) { return m >= BLAS_MIN_M; }
+static bool use_blas(kern_type_t wt, int64_t m)
+{
+    const bool multi = kern__isa >= KERN_ISA_AVX2 && kern__dotn_avx2[wt] != NULL;
+    return m >= (multi ? BLAS_MIN_M_MULTI : BLAS_MIN_M);
+}
 
 size_t kern_matmul_work_size(kern_type_t wt, int64_t m, int64_t n)
 {
@@ -39,7 +48,9 @@ size_t kern_matmul_work_size(kern_type_t wt, int64_t m, int64_t n)
     CHECK(ti != NULL && ti->compute && m >= 0 && n >= 0);
     if (wt == KERN_F32) return 64; /* both paths read x directly */
     size_t bytes = (size_t)m * align64(kern_row_bytes(ti->dot_type, n));
-    if (use_blas(m)) bytes += align64((size_t)m * n * sizeof(float)) +
+    /* Sized for the BLAS path from the lower threshold on, whatever the ISA: kern_set_isa may
+     * change between this call and kern_matmul. */
+    if (m >= BLAS_MIN_M) bytes += align64((size_t)m * n * sizeof(float)) +
                               align64((size_t)TILE_ROWS * n * sizeof(float));
     return bytes ? bytes : 64;
 }
@@ -53,7 +64,7 @@ typedef struct {
     const uint8_t *xq;  /* (m rows, xq_stride bytes apart) in dot_type */
     size_t xq_stride;
     float *xr;          /* (m, n) rounded activations as f32: BLAS path only */
-    float *tile0;       /* (TILE_ROWS, n): thread 0's weight tile */
+    float *tile0;       /* (TILE_ROWS, n): pool part 0's weight tile */
     kern__dot_fn dot;   /* resolved once: kern_vec_dot's dispatch per row would cost more */
     kern__dotn_fn dotn; /* several activation rows per weight row, or NULL */
     kern_pool_t *pool;
@@ -149,7 +160,7 @@ void kern_matmul(kern_pool_t *pool, float *out, const void *w, size_t w_stride, 
     CHECK(w_stride >= kern_row_bytes(wt, n));
     if (m == 0 || d == 0) return;
     const int nth = kern_pool_size(pool);
-    const bool blas = use_blas(m);
+    const bool blas = use_blas(wt, m);
 
     task_t t = {
         .out = out, .w = w, .w_stride = w_stride, .wt = wt, .x = x, .pool = pool,

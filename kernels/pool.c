@@ -1,15 +1,21 @@
-/* Thread pool: a fixed set of persistent worker threads that run one function on all threads at
- * once, the caller being thread 0. Decode dispatches a run per matrix product, thousands per
+/* Thread pool: a fixed set of persistent worker threads that run one function as nth parts at
+ * once, the caller running part 0. Decode dispatches a run per matrix product, thousands per
  * second, so a run must cost microseconds: workers spin briefly on a generation counter before
  * sleeping on it with a futex, and the caller spins on a pending count before sleeping likewise.
  * A sleeper count on each side lets the waker skip the futex syscall when nobody sleeps.
  *
- * Invariants: one run at a time (the caller's thread); gen only grows, and a new run starts only
- * after every worker has decremented pending for the previous one; fn and arg are written before
- * gen is bumped (release) and read after it is seen (acquire). Each thread's scratch slot is
- * touched only by that thread (or by kern_pool_free after the workers are joined).
+ * Parts 1..nth-1 are claimed, not assigned: whoever is awake takes the next unclaimed part from
+ * a counter tagged with the run's generation, and the caller takes what is left after its own
+ * part. The cores are shared (other processes, the event loop), so a worker that is not
+ * scheduled must not hold up a run; its part is simply done by someone else.
  *
- * This file is the one place in kernels/ that allocates: the pool itself and per-thread scratch,
+ * Invariants: one run at a time (the caller's thread); gen only grows; each part of a run is
+ * claimed exactly once (compare-and-swap on the tagged counter, which a stale claimer cannot
+ * win), and a new run starts only after pending, the count of unfinished parts 1..nth-1, is 0;
+ * fn and arg are written before gen is bumped (release) and read after a claim (acquire).
+ * Scratch slot ith is touched only by whoever runs part ith, one at a time.
+ *
+ * This file is the one place in kernels/ that allocates: the pool itself and per-part scratch,
  * which grows on first use for a shape and is then reused, so warm runs never allocate.
  */
 #include "kernels/kern-int.h"
@@ -29,7 +35,7 @@
  * a wake-up syscall, yet an idle pool stops burning the core quickly. */
 #define SPIN_NS 100000
 
-/* One per thread, each on its own cache line so growing one never disturbs another's. */
+/* One per part (and worker thread), each on its own cache line. */
 typedef struct {
     _Alignas(64) void *p; /* scratch, 64-byte aligned, cap bytes */
     size_t cap;
@@ -43,15 +49,11 @@ struct kern_pool {
     void *arg;
     atomic_bool stop;
     _Alignas(64) atomic_uint gen;      /* futex word: bumped once per run */
+    _Atomic uint64_t next;             /* gen << 32 | next unclaimed part (>= n: none left) */
     atomic_uint n_sleeping;            /* workers asleep (or about to be) on gen */
-    _Alignas(64) atomic_uint pending;  /* futex word: workers still inside the current run */
+    _Alignas(64) atomic_uint pending;  /* futex word: parts 1..n-1 of the run not yet finished */
     atomic_uint caller_sleeping;       /* the caller is asleep (or about to be) on pending */
 };
-
-typedef struct {
-    kern_pool_t *pool;
-    int ith;
-} worker_arg_t;
 
 static void futex_wait(atomic_uint *word, unsigned expected)
 {
@@ -96,11 +98,28 @@ static unsigned spin_while(atomic_uint *word, unsigned val, bool equal)
     }
 }
 
+/* Claims and runs parts of run g until none is left; returns how many it ran. The tag makes a
+ * claim for an older run fail once the counter has moved on to a newer one. */
+static int run_parts(kern_pool_t *pool, unsigned g)
+{
+    int done = 0;
+    uint64_t v = atomic_load_explicit(&pool->next, memory_order_acquire);
+    while ((unsigned)(v >> 32) == g && (int)(uint32_t)v < pool->n) {
+        if (!atomic_compare_exchange_weak_explicit(&pool->next, &v, v + 1, memory_order_acq_rel,
+                                                   memory_order_acquire))
+            continue;
+        pool->fn(pool->arg, (int)(uint32_t)v, pool->n);
+        done++;
+        if (atomic_fetch_sub(&pool->pending, 1) == 1 && atomic_load(&pool->caller_sleeping))
+            futex_wake(&pool->pending, 1);
+        v = atomic_load_explicit(&pool->next, memory_order_acquire);
+    }
+    return done;
+}
+
 static void *worker_main(void *p)
 {
-    worker_arg_t wa = *(worker_arg_t *)p;
-    free(p);
-    kern_pool_t *pool = wa.pool;
+    kern_pool_t *pool = p;
     unsigned seen = 0;
     for (;;) {
         unsigned g = spin_while(&pool->gen, seen, true);
@@ -114,9 +133,7 @@ static void *worker_main(void *p)
         }
         seen = g;
         if (atomic_load_explicit(&pool->stop, memory_order_acquire)) break;
-        pool->fn(pool->arg, wa.ith, pool->n);
-        if (atomic_fetch_sub(&pool->pending, 1) == 1 && atomic_load(&pool->caller_sleeping))
-            futex_wake(&pool->pending, 1);
+        run_parts(pool, g);
     }
     return NULL;
 }
@@ -135,16 +152,14 @@ kern_pool_t *kern_pool_new(int n_threads)
     pool->arg = NULL;
     atomic_init(&pool->stop, false);
     atomic_init(&pool->gen, 0);
+    atomic_init(&pool->next, (uint64_t)n_threads); /* run 0: nothing to claim */
     atomic_init(&pool->n_sleeping, 0);
     atomic_init(&pool->pending, 0);
     atomic_init(&pool->caller_sleeping, 0);
     for (int i = 1; i < n_threads; i++) {
-        worker_arg_t *wa = xmalloc(sizeof(*wa));
-        wa->pool = pool;
-        wa->ith = i;
         /* Thread creation failing (resource limits) is treated like out of memory: there is no
          * useful degraded mode for a pool that was asked for n threads. */
-        CHECK(pthread_create(&pool->slots[i].tid, NULL, worker_main, wa) == 0);
+        CHECK(pthread_create(&pool->slots[i].tid, NULL, worker_main, pool) == 0);
     }
     return pool;
 }
@@ -169,13 +184,17 @@ void kern_pool_run(kern_pool_t *pool, kern_pool_fn_cb fn, void *arg)
         fn(arg, 0, 1);
         return;
     }
+    const unsigned g = atomic_load_explicit(&pool->gen, memory_order_relaxed) + 1;
     pool->fn = fn;
     pool->arg = arg;
     atomic_store_explicit(&pool->pending, (unsigned)(pool->n - 1), memory_order_relaxed);
-    atomic_fetch_add(&pool->gen, 1); /* seq_cst: publishes fn, arg and pending */
+    atomic_store_explicit(&pool->next, (uint64_t)g << 32 | 1, memory_order_relaxed);
+    atomic_store(&pool->gen, g); /* seq_cst: publishes fn, arg, pending and next */
     if (atomic_load(&pool->n_sleeping)) futex_wake(&pool->gen, INT_MAX);
 
     fn(arg, 0, pool->n);
+    /* Parts no awake worker has claimed yet are cheaper to run here than to wait for. */
+    run_parts(pool, g);
 
     unsigned v = spin_while(&pool->pending, 0, false);
     if (v != 0) {

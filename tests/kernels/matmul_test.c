@@ -1,7 +1,7 @@
 /* Tests for kernels/matmul.c against a naive product of the dequantized weights with the
  * dequantized rounded activations (what both paths multiply), summed in double, for every
- * compute type, m on both sides of the BLAS threshold (16), pools of 1 and 2 threads and a
- * NULL pool, strided weight rows.
+ * compute type, m on both sides of the BLAS thresholds (16, and 128 for types with a multi-row
+ * kernel), pools of 1 and 2 threads and a NULL pool, strided weight rows.
  *
  * Bound: the dot path sums n/block block terms in f32, sgemm n products in f32; each is within
  * (n + 16) * u * B of the exact sum, u = 2^-24, B = sum |terms| <= sum 4 * amax(block of w) *
@@ -77,9 +77,9 @@ static void check_type(kern_type_t wt, int64_t m, kern_pool_t *pool)
 static void check_all(kern_pool_t *pool)
 {
     rng_state = 21;
-    const int64_t ms[] = {1, 3, 7, 40};
+    const int64_t ms[] = {1, 3, 7, 40, 130};
     for (size_t t = 0; t < sizeof(types) / sizeof(types[0]); t++)
-        for (size_t j = 0; j < 4; j++) check_type(types[t], ms[j], pool);
+        for (size_t j = 0; j < 5; j++) check_type(types[t], ms[j], pool);
 }
 
 Test(kern_matmul, matches_naive_without_pool) { check_all(NULL); }
