@@ -48,7 +48,7 @@ typedef float (*kern__dot_fn)(int64_t n, const void *w, const void *xq);
 typedef void (*kern__quant_fn)(const float *x, void *dst, int64_t n);
 
 /* Tables indexed by kern_type_t; NULL where that ISA has no special path (fall back to the
- * next lower ISA). Defined in quant.c (scalar), dot_avx2.c, dot_avx512.c. */
+ * next lower ISA). Defined in dot.c (scalar) and dot_avx2.c. */
 extern const kern__dot_fn kern__dot_scalar[KERN_TYPE_COUNT];
 extern const kern__dot_fn kern__dot_avx2[KERN_TYPE_COUNT];
 extern const kern__quant_fn kern__quant_act_scalar[KERN_TYPE_COUNT];

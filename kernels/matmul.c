@@ -17,6 +17,12 @@
  * switch at BLAS_MIN_M_MULTI = 128. Types without one dot each activation row separately, their
  * cost grows with m at the single-row rate, and switch at BLAS_MIN_M = 16.
  *
+ * Except Q4_1 and Q5_1: their dot type Q8_1 carries s = fp16(d * sum(q)), and llama.cpp's
+ * min term m_w * s uses that rounded s. Dequantized tiles would use the exact sum instead, a
+ * systematic difference (relative 2^-11 on the min term) rather than a summation-order one,
+ * which moved teacher-forced logits of the golden Q4_1/Q5_1 files by up to 0.08 sd and added
+ * outlier positions. They always take the dot path.
+ *
  * work layout (kern_matmul_work_size): m rounded rows of kern_row_bytes(dot_type, n), each
  * 64-byte aligned; from m = 16 on (either path may then run) m * n f32 rounded activations and
  * pool part 0's weight tile (other parts take theirs from kern__pool_scratch, so warm runs
@@ -38,6 +44,7 @@ static size_t align64(size_t b) { return (b + 63) & ~(size_t)63; }
 
 static bool use_blas(kern_type_t wt, int64_t m)
 {
+    if (kern_type_info(wt)->dot_type == KERN_Q8_1) return false;
     const bool multi = kern__isa >= KERN_ISA_AVX2 && kern__dotn_avx2[wt] != NULL;
     return m >= (multi ? BLAS_MIN_M_MULTI : BLAS_MIN_M);
 }
