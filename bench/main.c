@@ -11,6 +11,7 @@ static const struct {
     const char *help;
 } commands[] = {
     {"kernels", bench_kernels_main, "read bandwidth, pool dispatch, GEMV/GEMM per weight type"},
+    {"model", bench_model_main, "prompt and generation tokens/s of one GGUF, 1 and 2 threads"},
 };
 
 static void usage(FILE *f)

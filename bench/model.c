@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bench/bench.h"
 #include "coordinator/coord.h"
 #include "wire/wire.h"
 
@@ -62,11 +63,11 @@ static int run_once(const model_t *m, int threads, int pp, int tg, int reps, dou
     return err;
 }
 
-int bench_cmd_model(int argc, char **argv)
+int bench_model_main(int argc, char **argv)
 {
     const char *path = NULL, *threads = "1,2";
     int pp = 512, tg = 128, reps = 2;
-    for (int i = 2; i < argc; i++) {
+    for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "-m") && v) path = v, i++;
         else if (!strcmp(a, "-p") && v) pp = atoi(v), i++;
