@@ -118,4 +118,78 @@ void coord_opts_usage(const coord_opt_t *opts, int n_opts, const char *cmd);
 int coord_cmd_run(int argc, char **argv);
 int coord_cmd_eval(int argc, char **argv);
 
+/* ---- scheduler (coordinator/sched.c) ----
+ * Continuous batching over a fixed number of sequence slots: a thread of its own runs the
+ * engine step after step; each step decodes one token for every generating sequence and fills
+ * the rest of the batch with chunks of pending prompts. Requests join and leave between steps;
+ * a finished or cancelled sequence frees its slot at once. The queue is bounded: submit says at
+ * once when it is full. Callbacks run on the scheduler thread and must not block (hand the data
+ * to your own loop, e.g. with uv_async_send). */
+typedef struct coord_sched coord_sched_t;
+
+typedef struct {
+    int n_slots;        /* concurrent sequences (-np) */
+    int n_batch;        /* tokens per step (--batch) */
+    int n_ctx;          /* positions per slot (prompt + generated) */
+    int max_queue;      /* requests waiting for a slot before submit says -EBUSY */
+    int n_threads;      /* compute threads */
+} coord_sched_params_t;
+coord_sched_params_t coord_sched_params_default(void);
+
+typedef enum {
+    COORD_FINISH_STOP = 0,  /* end-of-generation token */
+    COORD_FINISH_LENGTH,    /* max_tokens or the slot's context reached */
+    COORD_FINISH_CANCEL,    /* coord_sched_cancel, or the token callback returned false */
+    COORD_FINISH_ERROR,     /* the forward pass failed (e.g. an expert node is gone) */
+} coord_finish_t;
+
+/* One generated token. logprob of the chosen token and the n_top best alternatives (sorted,
+ * highest first) are filled only when the request asked for logprobs. */
+typedef struct {
+    int32_t id;
+    float logprob;
+    int n_top;
+    const int32_t *top_ids;   /* (n_top), valid during the callback */
+    const float *top_logprobs;
+} coord_token_t;
+
+typedef struct {
+    int n_prompt, n_generated;
+    double t_queued, t_first_token, t_done; /* wire_now() seconds */
+    int error;                              /* 0 or the negative error when FINISH_ERROR */
+    char message[160];                      /* what failed, for the client */
+} coord_gen_stats_t;
+
+typedef struct {
+    const int32_t *prompt;  /* (n_prompt) ids, copied by submit */
+    int n_prompt;
+    int max_tokens;         /* > 0 */
+    coord_sampler_params_t sampling;
+    int top_logprobs;       /* < 0: no logprobs; 0..20: chosen token and that many best */
+    /* Called for each token; return false to stop (finish COORD_FINISH_CANCEL). */
+    bool (*on_token)(void *ud, const coord_token_t *tok);
+    /* Called exactly once at the end, after which the request is forgotten. */
+    void (*on_done)(void *ud, coord_finish_t why, const coord_gen_stats_t *st);
+    void *ud;
+} coord_gen_req_t;
+
+/* Starts the scheduler thread over an engine (borrowed, used by that thread only from now on;
+ * its n_slots/n_batch/n_ctx bound the params). NULL on bad params, logged. */
+coord_sched_t *coord_sched_new(coord_engine_t *eng, const model_t *m,
+                               const coord_sched_params_t *p);
+/* Cancels everything (on_done with FINISH_CANCEL), stops and joins the thread. NULL-safe. */
+void coord_sched_free(coord_sched_t *s);
+/* Queues a request; returns its id (> 0) or -EBUSY (queue full), -EINVAL (empty prompt,
+ * prompt + max_tokens beyond the context, bad ids). Any thread. Callbacks start later. */
+int64_t coord_sched_submit(coord_sched_t *s, const coord_gen_req_t *req);
+/* Asks request id to stop; its on_done follows (FINISH_CANCEL) unless it already finished.
+ * Any thread; unknown ids are ignored. */
+void coord_sched_cancel(coord_sched_t *s, int64_t id);
+
+typedef struct {
+    int slots_busy, queued;
+    uint64_t steps, tokens_prompt, tokens_generated;
+} coord_sched_stats_t;
+void coord_sched_stats(const coord_sched_t *s, coord_sched_stats_t *out); /* any thread */
+
 #endif
