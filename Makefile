@@ -67,7 +67,17 @@ $(B)/gen/%.pb-c.c $(B)/gen/%.pb-c.h: %.proto | $(B)/.deps-ok
 # The first build has no .d files yet: wire objects wait for the generated headers explicitly.
 $(call obj,$(filter wire/%,$(LIB_SRC))): $(PROTO_C:.c=.h)
 
-$(LIB): $(call obj,$(LIB_SRC))
+# llhttp, Node's own HTTP parser, is compiled from the C sources Debian's node-llhttp package
+# ships rather than copied into the tree; its warnings are not ours to fix.
+LLHTTP_INC := /usr/share/include/llhttp
+LLHTTP_OBJ := $(addprefix $(B)/obj/llhttp/,api.o http.o llhttp.o)
+$(B)/obj/llhttp/%.o: /usr/share/llhttp/%.c | $(B)/.deps-ok
+	@mkdir -p $(@D)
+	@echo "  CC    $<"
+	@$(CC) $(REQ_CFLAGS) $(CFLAGS) -isystem $(LLHTTP_INC) -w -c $< -o $@
+$(call obj,coordinator/http.c): REQ_CFLAGS += -isystem $(LLHTTP_INC)
+
+$(LIB): $(call obj,$(LIB_SRC)) $(LLHTTP_OBJ)
 	@echo "  AR    $@"
 	@rm -f $@ && ar rcs $@ $^
 

@@ -192,4 +192,137 @@ typedef struct {
 } coord_sched_stats_t;
 void coord_sched_stats(const coord_sched_t *s, coord_sched_stats_t *out); /* any thread */
 
+/* ---- server: the OpenAI-compatible HTTP API (coordinator/http.c, api.c, metrics.c, server.c)
+ * Everything below runs on one libuv loop thread and never blocks it; the scheduler's callbacks
+ * reach the loop through a mutex-protected queue and uv_async_send. Only coord_server_stop and
+ * coord_api_* calls marked "any thread" may be made from elsewhere. */
+struct uv_loop_s;
+
+/* -- HTTP/1.1 connections (coordinator/http.c): llhttp parsing, keep-alive, pipelining (one
+ * request at a time per connection, so responses leave in request order), limits, timeouts,
+ * chunked responses. */
+typedef struct coord_http coord_http_t;
+typedef struct coord_http_req coord_http_req_t;
+struct coord_http_req {
+    const char *method;        /* "GET", "POST", ... */
+    const char *path;          /* target without the query string, NUL-terminated */
+    const char *body;          /* (body_len) bytes, NUL-terminated; "" when none */
+    size_t body_len;
+    const char *authorization; /* header values or NULL, NUL-terminated */
+    const char *origin;
+    /* Set by the handler when it answers later: called on the loop thread if the connection
+     * dies before the response ends; req must not be used afterwards. */
+    void (*on_abort)(coord_http_req_t *req);
+    void *ud;
+    struct coord__conn *conn;  /* private */
+};
+typedef struct {
+    const char *host;          /* "127.0.0.1" */
+    int port;                  /* 0: ephemeral */
+    size_t max_header_bytes;   /* request line plus headers (431 beyond) */
+    size_t max_body_bytes;     /* 413 beyond */
+    int max_conns;             /* further connections get 503 and are closed */
+    int timeout_ms;            /* time a client has to send a whole request (408 after) */
+    const char *cors_origin;   /* Access-Control-Allow-Origin value, NULL: no CORS headers */
+    /* Called on the loop thread for every complete request; the handler answers with
+     * coord_http_respond or the stream calls, now or later. */
+    void (*on_request)(void *ud, coord_http_req_t *req);
+    void *ud;
+} coord_http_params_t;
+coord_http_params_t coord_http_params_default(void);
+
+/* Listens on host:port. NULL (reason logged) when the address cannot be bound. loop and the
+ * strings in p are borrowed and must outlive the server. */
+coord_http_t *coord_http_new(struct uv_loop_s *loop, const coord_http_params_t *p);
+int coord_http_port(const coord_http_t *h);       /* the bound port */
+int coord_http_busy(const coord_http_t *h);       /* connections with a request in progress */
+/* Stops accepting and closes idle connections; busy ones close after their response. */
+void coord_http_drain(coord_http_t *h);
+/* Closes every connection (on_abort for requests in progress) and the listener; h is freed in
+ * the last close callback. NULL-safe. */
+void coord_http_free(coord_http_t *h);
+
+/* Whole response with Content-Length. extra: more header lines, each ending "\r\n", or NULL.
+ * Ends the request: req is invalid afterwards. */
+void coord_http_respond(coord_http_req_t *req, int status, const char *content_type,
+                        const char *body, size_t len, const char *extra);
+/* A chunked response: begin once, write any number of times, end once (req invalid after). */
+void coord_http_stream_begin(coord_http_req_t *req, int status, const char *content_type,
+                             const char *extra);
+void coord_http_stream_write(coord_http_req_t *req, const char *data, size_t len);
+void coord_http_stream_end(coord_http_req_t *req);
+
+/* -- metrics (coordinator/metrics.c): counters and histograms in Prometheus text format.
+ * Loop thread only. */
+typedef enum {
+    COORD_HIST_TTFT = 0, /* time to first token, seconds */
+    COORD_HIST_ITL,      /* inter-token latency, seconds */
+    COORD_HIST_E2E,      /* end-to-end request latency, seconds */
+    COORD_HIST_COUNT
+} coord_hist_t;
+typedef struct coord_metrics coord_metrics_t;
+typedef struct {
+    int queue_length, slots_busy, slots_total;
+    bool ready;
+} coord_metrics_gauges_t;
+coord_metrics_t *coord_metrics_new(void);
+void coord_metrics_free(coord_metrics_t *m); /* NULL-safe */
+void coord_metrics_request(coord_metrics_t *m, int status);
+void coord_metrics_tokens(coord_metrics_t *m, int n_prompt, int n_generated);
+void coord_metrics_observe(coord_metrics_t *m, coord_hist_t h, double seconds);
+/* The exposition text; *out is malloc'd (caller frees), returns its length. */
+size_t coord_metrics_render(const coord_metrics_t *m, const coord_metrics_gauges_t *g,
+                            char **out);
+
+/* -- routes (coordinator/api.c): request validation, JSON responses, generation streams. */
+typedef struct coord_api coord_api_t;
+typedef struct {
+    const char *model_id;     /* name shown in /v1/models and responses */
+    const char *api_key;      /* NULL: no authentication */
+    int max_prompt_tokens;    /* 400 beyond (besides the context) */
+    int max_tokens;           /* largest max_tokens accepted; the default when absent */
+} coord_api_params_t;
+/* What the routes serve once the model is ready; all borrowed, outliving the api. */
+typedef struct {
+    const model_t *m;
+    const model_tok_t *tok;
+    coord_sched_t *sched;
+    int n_ctx, n_slots;
+} coord_api_stack_t;
+/* NULL-free (OOM aborts). p's strings are borrowed. The api owns an async handle on loop. */
+coord_api_t *coord_api_new(struct uv_loop_s *loop, const coord_api_params_t *p);
+/* Makes the generation routes live (loop thread). */
+void coord_api_set_stack(coord_api_t *a, const coord_api_stack_t *st);
+/* Health reported while there is no stack: "loading" or an error text (copied). */
+void coord_api_set_status(coord_api_t *a, const char *status);
+/* The coord_http_params_t on_request handler; ud is the api. */
+void coord_api_handle(void *ud, coord_http_req_t *req);
+int coord_api_live(const coord_api_t *a); /* generations not yet finished */
+/* Call after the scheduler is freed: finishes every generation still queued and closes the
+ * handle; a is freed in its close callback. NULL-safe. */
+void coord_api_free(coord_api_t *a);
+
+/* -- the serve command (coordinator/server.c) */
+typedef struct {
+    const char *model, *alias, *host;
+    int port, n_slots, n_ctx, n_batch, n_threads, max_queue;
+    const char *api_key, *cors_origin;
+    int max_body, max_header, max_conns, timeout_ms, grace_ms;
+    int max_tokens, max_prompt;
+    bool kv_f16;
+} coord_server_params_t;
+coord_server_params_t coord_server_params_default(void);
+typedef struct coord_server coord_server_t;
+/* Listens at once and loads the model on a thread of its own (/health says 503 until ready).
+ * NULL when the address cannot be bound (logged). p's strings are borrowed. */
+coord_server_t *coord_server_new(struct uv_loop_s *loop, const coord_server_params_t *p);
+int coord_server_port(const coord_server_t *s);
+/* Any thread: stop accepting, let running requests finish within grace_ms, then cut them and
+ * close every handle, so uv_run returns. */
+void coord_server_stop(coord_server_t *s);
+/* After uv_run has returned. Returns 0, or 1 when the model failed to load. NULL-safe. */
+int coord_server_free(coord_server_t *s);
+/* `moemesh-coordinator serve ...`; the process exit code. */
+int coord_cmd_serve(int argc, char **argv);
+
 #endif

@@ -10,6 +10,7 @@ static void usage(FILE *f)
                "commands:\n"
                "  run    generate text from a prompt (-m MODEL -p TEXT -n N)\n"
                "  eval   print teacher-forced top logits per position (-m MODEL --ids \"1 2 3\")\n"
+               "  serve  OpenAI-compatible HTTP API (-m MODEL --port 8080)\n"
                "Every command takes --help.\n");
 }
 
@@ -25,6 +26,7 @@ int main(int argc, char **argv)
     }
     if (!strcmp(argv[1], "run")) return coord_cmd_run(argc, argv);
     if (!strcmp(argv[1], "eval")) return coord_cmd_eval(argc, argv);
+    if (!strcmp(argv[1], "serve")) return coord_cmd_serve(argc, argv);
     fprintf(stderr, "moemesh-coordinator: unknown command '%s'\n", argv[1]);
     usage(stderr);
     return 2;

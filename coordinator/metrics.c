@@ -1,0 +1,144 @@
+/* Server metrics in the Prometheus text exposition format (version 0.0.4), named after vLLM's
+ * and llama-server's where they exist, with the `moemesh:` prefix. Updated and rendered on the
+ * loop thread only, so nothing here locks. Histograms use fixed bucket bounds in seconds.
+ */
+#include "coordinator/coord.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "wire/wire.h"
+
+#define N_BUCKETS 14
+static const double bounds[N_BUCKETS] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                         0.25,  0.5,    1,     2.5,  5,     10,   30};
+#define N_STATUS 16
+
+typedef struct {
+    uint64_t bucket[N_BUCKETS]; /* observations <= bounds[i] (not cumulative) */
+    uint64_t count;
+    double sum;
+} hist_t;
+
+struct coord_metrics {
+    struct {
+        int status;
+        uint64_t n;
+    } req[N_STATUS];
+    uint64_t prompt_tokens, generation_tokens;
+    hist_t hist[COORD_HIST_COUNT];
+};
+
+static const struct {
+    const char *name, *help;
+} hist_info[COORD_HIST_COUNT] = {
+    {"moemesh:time_to_first_token_seconds", "Time from request arrival to the first token."},
+    {"moemesh:inter_token_latency_seconds", "Time between consecutive generated tokens."},
+    {"moemesh:e2e_request_latency_seconds", "Time from request arrival to its last token."},
+};
+
+coord_metrics_t *coord_metrics_new(void)
+{
+    return xcalloc(1, sizeof(coord_metrics_t));
+}
+
+void coord_metrics_free(coord_metrics_t *m)
+{
+    free(m);
+}
+
+void coord_metrics_request(coord_metrics_t *m, int status)
+{
+    for (int i = 0; i < N_STATUS; i++) {
+        if (m->req[i].status == status || m->req[i].status == 0) {
+            m->req[i].status = status;
+            m->req[i].n++;
+            return;
+        }
+    }
+    /* The server sends a fixed set of statuses, fewer than N_STATUS. */
+    CHECK(!"more distinct HTTP statuses than the metrics table holds");
+}
+
+void coord_metrics_tokens(coord_metrics_t *m, int n_prompt, int n_generated)
+{
+    m->prompt_tokens += (uint64_t)(n_prompt > 0 ? n_prompt : 0);
+    m->generation_tokens += (uint64_t)(n_generated > 0 ? n_generated : 0);
+}
+
+void coord_metrics_observe(coord_metrics_t *m, coord_hist_t h, double seconds)
+{
+    CHECK(h >= 0 && h < COORD_HIST_COUNT);
+    hist_t *x = &m->hist[h];
+    if (!(seconds >= 0)) seconds = 0;
+    int i = 0;
+    while (i < N_BUCKETS && seconds > bounds[i]) i++;
+    if (i < N_BUCKETS) x->bucket[i]++;
+    x->count++;
+    x->sum += seconds;
+}
+
+typedef struct {
+    char *buf;
+    size_t len, cap;
+} sbuf_t;
+
+__attribute__((format(printf, 2, 3))) static void put(sbuf_t *s, const char *fmt, ...)
+{
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(s->buf + s->len, s->cap - s->len, fmt, ap);
+        va_end(ap);
+        CHECK(n >= 0);
+        if ((size_t)n < s->cap - s->len) {
+            s->len += (size_t)n;
+            return;
+        }
+        s->cap = s->cap * 2 + (size_t)n;
+        s->buf = xrealloc(s->buf, s->cap);
+    }
+}
+
+static void family(sbuf_t *s, const char *name, const char *type, const char *help)
+{
+    put(s, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+size_t coord_metrics_render(const coord_metrics_t *m, const coord_metrics_gauges_t *g, char **out)
+{
+    sbuf_t s = {.buf = xmalloc(4096), .cap = 4096};
+    family(&s, "moemesh:requests_total", "counter", "HTTP requests answered, by status.");
+    for (int i = 0; i < N_STATUS && m->req[i].status; i++)
+        put(&s, "moemesh:requests_total{status=\"%d\"} %llu\n", m->req[i].status,
+            (unsigned long long)m->req[i].n);
+    family(&s, "moemesh:prompt_tokens_total", "counter", "Prompt tokens processed.");
+    put(&s, "moemesh:prompt_tokens_total %llu\n", (unsigned long long)m->prompt_tokens);
+    family(&s, "moemesh:generation_tokens_total", "counter", "Tokens generated.");
+    put(&s, "moemesh:generation_tokens_total %llu\n", (unsigned long long)m->generation_tokens);
+    for (int h = 0; h < COORD_HIST_COUNT; h++) {
+        const hist_t *x = &m->hist[h];
+        const char *name = hist_info[h].name;
+        family(&s, name, "histogram", hist_info[h].help);
+        uint64_t cum = 0;
+        for (int i = 0; i < N_BUCKETS; i++) {
+            cum += x->bucket[i];
+            put(&s, "%s_bucket{le=\"%g\"} %llu\n", name, bounds[i], (unsigned long long)cum);
+        }
+        put(&s, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)x->count);
+        put(&s, "%s_sum %.6f\n%s_count %llu\n", name, x->sum, name,
+            (unsigned long long)x->count);
+    }
+    family(&s, "moemesh:queue_length", "gauge", "Requests waiting for a slot.");
+    put(&s, "moemesh:queue_length %d\n", g->queue_length);
+    family(&s, "moemesh:slots_busy", "gauge", "Sequence slots generating.");
+    put(&s, "moemesh:slots_busy %d\n", g->slots_busy);
+    family(&s, "moemesh:slots_total", "gauge", "Sequence slots (-np).");
+    put(&s, "moemesh:slots_total %d\n", g->slots_total);
+    family(&s, "moemesh:ready", "gauge", "1 when the model is loaded and serving.");
+    put(&s, "moemesh:ready %d\n", g->ready ? 1 : 0);
+    *out = s.buf;
+    return s.len;
+}
