@@ -150,8 +150,8 @@ static tc_resp_t tc_read(tc_conn_t *c)
     if (!r.headers) return r;
     const char *cl = strcasestr(r.headers, "\r\nContent-Length:");
     if (strcasestr(r.headers, "\r\nTransfer-Encoding: chunked")) {
+        /* The last chunk's read takes the empty line that ends the body. */
         while (tc_read_chunk(c, &r.body, &r.body_len) > 0) continue;
-        tc_line(c, 0), consume(c, 2); /* the empty trailer */
     } else if (cl) {
         size_t n = strtoul(cl + 17, NULL, 10);
         if (!tc_need(c, n)) n = c->len;
@@ -701,4 +701,396 @@ Test(http, serve_command_sigterm_exits_zero, .timeout = 60)
     int status;
     cr_assert_eq(waitpid(pid, &status, 0), pid);
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "status %d", status);
+}
+
+/* ---- generation (needs the scheduler, coordinator/sched.c) ---- */
+
+/* Skips the test when this build has no scheduler (the routes answer 501). */
+static void need_generation(int port)
+{
+    tc_resp_t r = post(port, "/v1/completions", "{\"prompt\":\"a\",\"max_tokens\":1}");
+    int st = r.status;
+    tc_resp_free(&r);
+    if (st == 501) cr_skip_test("no scheduler linked: generation is off in this build");
+    cr_assert_eq(st, 200);
+}
+
+typedef struct {
+    char *text;            /* concatenated content of every chunk */
+    char finish[16];
+    int n_chunks, prompt_tokens, completion_tokens; /* usage: -1 when absent */
+    bool done;             /* data: [DONE] seen */
+    bool leaked;           /* some chunk text contained the `watch` string */
+} stream_t;
+
+/* Sends a streamed request on c and reads the SSE events to the end. */
+static stream_t read_stream(tc_conn_t *c, const char *path, const char *body, bool chat,
+                            const char *watch)
+{
+    char req[4096];
+    snprintf(req, sizeof(req),
+             "POST %s HTTP/1.1\r\nHost: t\r\nContent-Length: %zu\r\n\r\n%s", path, strlen(body),
+             body);
+    tc_send(c, req);
+    tc_resp_t h = tc_read_head(c);
+    cr_assert_eq(h.status, 200);
+    cr_assert(strstr(h.headers, "text/event-stream"));
+    cr_assert(strstr(h.headers, "Transfer-Encoding: chunked"));
+    tc_resp_free(&h);
+    stream_t s = {.text = calloc(1, 1), .prompt_tokens = -1, .completion_tokens = -1};
+    size_t tlen = 0;
+    char *raw = NULL;
+    size_t rlen = 0;
+    cr_assert(tc_read_chunk(c, &raw, &rlen) > 0);
+    while (tc_read_chunk(c, &raw, &rlen) > 0) continue;
+    /* Events are "data: ...\n\n", whatever the chunking. */
+    for (char *ev = raw; ev && *ev;) {
+        char *end = strstr(ev, "\n\n");
+        cr_assert_not_null(end, "unterminated event");
+        *end = 0;
+        cr_assert(!strncmp(ev, "data: ", 6), "event '%s'", ev);
+        const char *d = ev + 6;
+        if (!strcmp(d, "[DONE]")) {
+            s.done = true;
+        } else {
+            cr_assert(!s.done, "data after [DONE]");
+            json_t *j = json_loads(d, 0, NULL);
+            cr_assert_not_null(j, "bad chunk %s", d);
+            cr_assert_str_eq(json_string_value(json_object_get(j, "object")),
+                             chat ? "chat.completion.chunk" : "text_completion");
+            json_t *u = json_object_get(j, "usage");
+            if (json_is_object(u)) {
+                s.prompt_tokens = (int)json_integer_value(json_object_get(u, "prompt_tokens"));
+                s.completion_tokens =
+                    (int)json_integer_value(json_object_get(u, "completion_tokens"));
+            }
+            json_t *ch = json_array_get(json_object_get(j, "choices"), 0);
+            if (ch) {
+                json_t *t = chat ? json_object_get(json_object_get(ch, "delta"), "content")
+                                 : json_object_get(ch, "text");
+                if (json_is_string(t)) {
+                    size_t n = json_string_length(t);
+                    if (watch && strstr(json_string_value(t), watch)) s.leaked = true;
+                    s.text = realloc(s.text, tlen + n + 1);
+                    memcpy(s.text + tlen, json_string_value(t), n + 1);
+                    tlen += n;
+                }
+                json_t *f = json_object_get(ch, "finish_reason");
+                if (json_is_string(f)) snprintf(s.finish, sizeof(s.finish), "%s",
+                                                json_string_value(f));
+            }
+            s.n_chunks++;
+            json_decref(j);
+        }
+        ev = end + 2;
+    }
+    free(raw);
+    return s;
+}
+
+typedef struct {
+    char *text;
+    char finish[16];
+    int prompt_tokens, completion_tokens;
+} whole_t;
+
+static whole_t complete(int port, const char *path, const char *body, bool chat)
+{
+    tc_resp_t r = post(port, path, body);
+    cr_assert_eq(r.status, 200, "%.*s", (int)r.body_len, r.body);
+    json_t *j = body_json(&r);
+    tc_resp_free(&r);
+    cr_assert_str_eq(json_string_value(json_object_get(j, "object")),
+                     chat ? "chat.completion" : "text_completion");
+    cr_assert(json_is_string(json_object_get(j, "id")));
+    cr_assert(json_is_integer(json_object_get(j, "created")));
+    json_t *ch = json_array_get(json_object_get(j, "choices"), 0);
+    cr_assert_eq(json_integer_value(json_object_get(ch, "index")), 0);
+    json_t *t = chat ? json_object_get(json_object_get(ch, "message"), "content")
+                     : json_object_get(ch, "text");
+    whole_t w = {.text = strdup(json_string_value(t))};
+    snprintf(w.finish, sizeof(w.finish), "%s",
+             json_string_value(json_object_get(ch, "finish_reason")));
+    json_t *u = json_object_get(j, "usage");
+    w.prompt_tokens = (int)json_integer_value(json_object_get(u, "prompt_tokens"));
+    w.completion_tokens = (int)json_integer_value(json_object_get(u, "completion_tokens"));
+    cr_assert_eq(json_integer_value(json_object_get(u, "total_tokens")),
+                 w.prompt_tokens + w.completion_tokens);
+    json_decref(j);
+    return w;
+}
+
+static int count_tokens(int port, const char *text)
+{
+    char body[512];
+    snprintf(body, sizeof(body), "{\"content\":\"%s\"}", text);
+    tc_resp_t r = post(port, "/tokenize", body);
+    json_t *j = body_json(&r);
+    int n = (int)json_array_size(json_object_get(j, "tokens"));
+    json_decref(j);
+    tc_resp_free(&r);
+    return n;
+}
+
+Test(http_gen, streamed_equals_whole_and_usage, .timeout = 120)
+{
+    srv_t x;
+    coord_server_params_t p = params();
+    srv_start(&x, &p);
+    need_generation(x.port);
+    const char *body = "{\"prompt\":\"Once upon a time\",\"max_tokens\":24,\"temperature\":0}";
+    whole_t w = complete(x.port, "/v1/completions", body, false);
+    cr_assert_str_eq(w.finish, "length");
+    cr_assert_eq(w.completion_tokens, 24);
+    cr_assert_eq(w.prompt_tokens, count_tokens(x.port, "Once upon a time"));
+    cr_assert_gt(strlen(w.text), 10);
+    tc_conn_t c = tc_connect(x.port);
+    stream_t s = read_stream(&c,
+                             "/v1/completions",
+                             "{\"prompt\":\"Once upon a time\",\"max_tokens\":24,\"temperature\":0,"
+                             "\"stream\":true,\"stream_options\":{\"include_usage\":true}}",
+                             false, NULL);
+    cr_assert(s.done);
+    cr_assert_str_eq(s.text, w.text);
+    cr_assert_str_eq(s.finish, "length");
+    cr_assert_eq(s.prompt_tokens, w.prompt_tokens);
+    cr_assert_eq(s.completion_tokens, 24);
+    cr_assert_gt(s.n_chunks, 3, "the text came in one piece");
+    free(s.text);
+    /* The connection is still usable after a stream. */
+    tc_send(&c, "GET /health HTTP/1.1\r\nHost: t\r\n\r\n");
+    tc_resp_t r = tc_read(&c);
+    cr_assert_eq(r.status, 200);
+    tc_resp_free(&r);
+    free(w.text);
+
+    /* Chat, with the model's (ChatML fallback) template. */
+    const char *chat = "{\"model\":\"x\",\"messages\":[{\"role\":\"system\",\"content\":\"Be kind.\"},"
+                       "{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"Tell a story\"}]}],"
+                       "\"max_tokens\":16,\"temperature\":0,\"user\":\"u1\",\"unknown_field\":[1]";
+    char b1[1024], b2[1024];
+    snprintf(b1, sizeof(b1), "%s}", chat);
+    snprintf(b2, sizeof(b2), "%s,\"stream\":true}", chat);
+    w = complete(x.port, "/v1/chat/completions", b1, true);
+    s = read_stream(&c, "/v1/chat/completions", b2, true, NULL);
+    cr_assert_str_eq(s.text, w.text);
+    cr_assert_str_eq(s.finish, w.finish);
+    cr_assert_eq(s.completion_tokens, -1, "usage only when asked for");
+    cr_assert(s.done);
+    free(s.text);
+    free(w.text);
+    tc_close(&c);
+    srv_stop(&x);
+}
+
+Test(http_gen, stop_string_never_leaks, .timeout = 120)
+{
+    srv_t x;
+    coord_server_params_t p = params();
+    srv_start(&x, &p);
+    need_generation(x.port);
+    whole_t w = complete(x.port, "/v1/completions",
+                         "{\"prompt\":\"Once upon a time\",\"max_tokens\":40,\"temperature\":0}",
+                         false);
+    size_t len = strlen(w.text);
+    cr_assert_gt(len, 30);
+    /* A stop string from the middle of the greedy text, likely spanning two tokens. */
+    char stop[8];
+    snprintf(stop, sizeof(stop), "%.5s", w.text + len / 2);
+    cr_assert(!strchr(stop, '"') && !strchr(stop, '\\') && !strchr(stop, '\n'));
+    size_t cut = (size_t)(strstr(w.text, stop) - w.text);
+    char body[512];
+    snprintf(body, sizeof(body),
+             "{\"prompt\":\"Once upon a time\",\"max_tokens\":40,\"temperature\":0,"
+             "\"stop\":[\"zzzz\",\"%s\"]%s}", stop, "");
+    whole_t s1 = complete(x.port, "/v1/completions", body, false);
+    cr_assert_eq(strlen(s1.text), cut, "'%s' stopped at '%s'", s1.text, stop);
+    cr_assert(!strncmp(s1.text, w.text, cut));
+    cr_assert_str_eq(s1.finish, "stop");
+    snprintf(body, sizeof(body),
+             "{\"prompt\":\"Once upon a time\",\"max_tokens\":40,\"temperature\":0,"
+             "\"stop\":\"%s\",\"stream\":true}", stop);
+    tc_conn_t c = tc_connect(x.port);
+    stream_t s = read_stream(&c, "/v1/completions", body, false, stop);
+    cr_assert_str_eq(s.text, s1.text);
+    cr_assert_str_eq(s.finish, "stop");
+    cr_assert(!s.leaked);
+    free(s.text), free(s1.text), free(w.text);
+    tc_close(&c);
+    srv_stop(&x);
+}
+
+Test(http_gen, bad_generation_fields, .timeout = 120)
+{
+    srv_t x;
+    coord_server_params_t p = params();
+    p.max_prompt = 8;
+    p.max_tokens = 50;
+    srv_start(&x, &p);
+    need_generation(x.port);
+    static const struct {
+        const char *path, *body, *param;
+    } cases[] = {
+        {"/v1/completions", "{\"prompt\":\"a\",\"n\":2}", "n"},
+        {"/v1/completions", "{\"prompt\":\"a\",\"temperature\":\"hot\"}", "temperature"},
+        {"/v1/completions", "{\"prompt\":\"a\",\"temperature\":9}", "temperature"},
+        {"/v1/completions", "{\"prompt\":\"a\",\"max_tokens\":0}", "max_tokens"},
+        {"/v1/completions", "{\"prompt\":\"a\",\"max_tokens\":51}", "max_tokens"},
+        {"/v1/completions", "{\"prompt\":\"a\",\"max_tokens\":1.5}", "max_tokens"},
+        {"/v1/completions", "{\"prompt\":\"a\",\"stop\":5}", "stop"},
+        {"/v1/completions", "{\"prompt\":\"a\",\"stop\":[\"\"]}", "stop"},
+        {"/v1/completions", "{\"prompt\":\"a\",\"top_k\":\"3\"}", "top_k"},
+        {"/v1/completions", "{\"prompt\":\"a\",\"top_p\":2}", "top_p"},
+        {"/v1/completions", "{\"prompt\":\"a\",\"seed\":\"1\"}", "seed"},
+        {"/v1/completions", "{\"prompt\":\"a\",\"stream\":1}", "stream"},
+        {"/v1/completions", "{\"prompt\":\"a\",\"stream_options\":3}", "stream_options"},
+        {"/v1/completions", "{\"prompt\":\"a\",\"logprobs\":50}", "logprobs"},
+        {"/v1/completions", "{\"prompt\":\"a\",\"presence_penalty\":3}", "presence_penalty"},
+        {"/v1/completions", "{\"prompt\":[\"a\",\"b\"]}", "prompt"},
+        {"/v1/completions", "{\"prompt\":[1,100000]}", "prompt"},
+        {"/v1/completions", "{}", "prompt"},
+        {"/v1/completions", "{\"prompt\":\"one two three four five six seven eight nine ten\"}",
+         "prompt"},
+        {"/v1/chat/completions", "{\"messages\":[]}", "messages"},
+        {"/v1/chat/completions", "{\"messages\":[{\"content\":\"hi\"}]}", "messages[0].role"},
+        {"/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":7}]}",
+         "messages[0].content"},
+        {"/v1/chat/completions",
+         "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],\"top_logprobs\":21}",
+         "top_logprobs"},
+        {"/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],\"model\":1}",
+         "model"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        tc_resp_t r = post(x.port, cases[i].path, cases[i].body);
+        expect_error(&r, 400, cases[i].param);
+        tc_resp_free(&r);
+    }
+    /* Nulls count as absent, unknown fields are ignored. */
+    whole_t w = complete(x.port, "/v1/completions",
+                         "{\"prompt\":[1,403],\"max_tokens\":3,\"temperature\":null,"
+                         "\"stop\":null,\"frobnicate\":{}}", false);
+    cr_assert_eq(w.prompt_tokens, 2);
+    free(w.text);
+    srv_stop(&x);
+}
+
+static int metric(int port, const char *name)
+{
+    tc_resp_t r = tc_request(port, "GET", "/metrics", NULL, NULL);
+    const char *p = strstr(r.body, name);
+    int v = p ? atoi(p + strlen(name)) : -1;
+    tc_resp_free(&r);
+    return v;
+}
+
+Test(http_gen, disconnect_mid_stream_frees_the_slot, .timeout = 120)
+{
+    srv_t x;
+    coord_server_params_t p = params();
+    p.n_slots = 1;
+    srv_start(&x, &p);
+    need_generation(x.port);
+    tc_conn_t c = tc_connect(x.port);
+    const char *body = "{\"prompt\":\"Once upon a time\",\"max_tokens\":120,\"stream\":true}";
+    char req[512];
+    snprintf(req, sizeof(req), "POST /v1/completions HTTP/1.1\r\nHost: t\r\n"
+             "Content-Length: %zu\r\n\r\n%s", strlen(body), body);
+    tc_send(&c, req);
+    tc_resp_t h = tc_read_head(&c);
+    cr_assert_eq(h.status, 200);
+    tc_resp_free(&h);
+    char *raw = NULL;
+    size_t n = 0;
+    cr_assert_gt(tc_read_chunk(&c, &raw, &n), 0);
+    free(raw);
+    tc_close(&c);
+    /* The only slot must come free long before 120 tokens would have been written. */
+    double t0 = wire_now();
+    while (metric(x.port, "moemesh:slots_busy ") != 0) {
+        cr_assert_lt(wire_now() - t0, 10.0, "slot still busy");
+        usleep(10000);
+    }
+    whole_t w = complete(x.port, "/v1/completions", "{\"prompt\":\"a\",\"max_tokens\":2}", false);
+    free(w.text);
+    srv_stop(&x);
+}
+
+#define N_CLIENTS 24
+
+typedef struct {
+    int port, status;
+    bool retry_after, good_body;
+} client_t;
+
+/* A client thread: no Criterion asserts off the main thread, only results. */
+static void client_run(void *arg)
+{
+    client_t *k = arg;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)k->port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+        k->status = -1;
+        if (fd >= 0) close(fd);
+        return;
+    }
+    const char *body = "{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],\"max_tokens\":8}";
+    char req[512];
+    snprintf(req, sizeof(req), "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\n"
+             "Connection: close\r\nContent-Length: %zu\r\n\r\n%s", strlen(body), body);
+    send(fd, req, strlen(req), MSG_NOSIGNAL);
+    char buf[8192];
+    size_t len = 0;
+    struct pollfd pf = {.fd = fd, .events = POLLIN};
+    while (len < sizeof(buf) - 1 && poll(&pf, 1, 30000) == 1) {
+        ssize_t r = recv(fd, buf + len, sizeof(buf) - 1 - len, 0);
+        if (r <= 0) break;
+        len += (size_t)r;
+    }
+    close(fd);
+    buf[len] = 0;
+    if (sscanf(buf, "HTTP/1.1 %d", &k->status) != 1) k->status = -2;
+    k->retry_after = strstr(buf, "Retry-After:") != NULL;
+    char *b = strstr(buf, "\r\n\r\n");
+    json_t *j = b ? json_loads(b + 4, 0, NULL) : NULL;
+    k->good_body = j && (k->status == 200 ? json_is_array(json_object_get(j, "choices"))
+                                          : json_is_object(json_object_get(j, "error")));
+    json_decref(j);
+}
+
+Test(http_gen, many_clients_on_two_slots, .timeout = 180)
+{
+    srv_t x;
+    coord_server_params_t p = params();
+    p.n_slots = 2;
+    p.max_queue = 6;
+    srv_start(&x, &p);
+    need_generation(x.port);
+    client_t k[N_CLIENTS];
+    uv_thread_t th[N_CLIENTS];
+    for (int i = 0; i < N_CLIENTS; i++) {
+        k[i] = (client_t){.port = x.port};
+        cr_assert_eq(uv_thread_create(&th[i], client_run, &k[i]), 0);
+    }
+    int ok = 0, busy = 0;
+    for (int i = 0; i < N_CLIENTS; i++) {
+        uv_thread_join(&th[i]);
+        cr_assert(k[i].status == 200 || k[i].status == 429, "client %d got %d", i, k[i].status);
+        cr_assert(k[i].good_body, "client %d: bad body", i);
+        if (k[i].status == 429) {
+            cr_assert(k[i].retry_after);
+            busy++;
+        } else {
+            ok++;
+        }
+    }
+    /* The two slots and the queue of six are always served. */
+    cr_assert_geq(ok, 8, "only %d answered, %d busy", ok, busy);
+    cr_assert_eq(ok + busy, N_CLIENTS);
+    /* Still serving afterwards, with nothing left running. */
+    whole_t w = complete(x.port, "/v1/completions", "{\"prompt\":\"a\",\"max_tokens\":2}", false);
+    free(w.text);
+    cr_assert_eq(metric(x.port, "moemesh:slots_busy "), 0);
+    srv_stop(&x);
 }
