@@ -18,6 +18,11 @@ int bench_kernels_main(int argc, char **argv);
  * single-process engine, best of R runs, per thread count. Exit status 0, 1, or 2 (usage). */
 int bench_model_main(int argc, char **argv);
 
+/* `moemesh-bench serve --url http://HOST:PORT [-c N] [-n N] [--prompt-len N] [--max-tokens N]`
+ * (bench/serve.c): load client for the HTTP API; successful/failed requests, request and token
+ * throughput, mean/median/p99 TTFT, TPOT and ITL. Exit status 0 (all succeeded), 1, 2 (usage). */
+int bench_serve_main(int argc, char **argv);
+
 /* Sum of buf (words) with 32-byte loads (bench/read_avx2.c); only when the CPU has AVX2. */
 uint64_t bench__read_sum_avx2(const uint64_t *buf, size_t words);
 

@@ -12,6 +12,7 @@ static const struct {
 } commands[] = {
     {"kernels", bench_kernels_main, "read bandwidth, pool dispatch, GEMV/GEMM per weight type"},
     {"model", bench_model_main, "prompt and generation tokens/s of one GGUF, 1 and 2 threads"},
+    {"serve", bench_serve_main, "load client for the HTTP API: throughput, TTFT, TPOT, ITL"},
 };
 
 static void usage(FILE *f)
