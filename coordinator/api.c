@@ -127,8 +127,12 @@ static void send_json(coord_api_t *a, coord_http_req_t *req, int status, json_t 
     char *s = json_dumps(j, JSON_COMPACT);
     json_decref(j);
     CHECK(s);
+    /* A final newline keeps a shell prompt off the JSON when curl prints it. */
+    size_t n = strlen(s);
+    s = xrealloc(s, n + 2);
+    memcpy(s + n, "\n", 2);
     coord_metrics_request(a->metrics, status);
-    coord_http_respond(req, status, "application/json", s, strlen(s), extra);
+    coord_http_respond(req, status, "application/json", s, n + 1, extra);
     free(s);
 }
 

@@ -44,6 +44,7 @@ struct coord__conn {
     /* The request being answered. */
     bool busy, streaming, keep_alive, closing, in_pump;
     bool done;                /* no further request will be read */
+    bool broken;              /* a write failed or backed up: closing on the next tick */
     int pending_writes;
     coord_http_req_t req;
 };
@@ -139,6 +140,9 @@ static void conn_close(conn_t *c)
 
 /* ---- writing ---- */
 
+static void pump(conn_t *c);
+static void on_timeout(uv_timer_t *t);
+
 static void on_written(uv_write_t *w, int status)
 {
     conn_t *c = w->data;
@@ -153,9 +157,26 @@ static void on_written(uv_write_t *w, int status)
     if (!c->busy && !c->keep_alive && c->pending_writes == 0) conn_close(c);
 }
 
+/* Handlers call the writers below from their own code, where the connection must not vanish
+ * under them: a broken connection is closed from a fresh loop callback instead. */
+static void close_soon(conn_t *c)
+{
+    c->broken = c->done = true;
+    c->keep_alive = false;
+    uv_timer_start(&c->timer, on_timeout, 0, 0);
+}
+
+/* Bytes a client may leave unread before it counts as gone (a stream it does not read). */
+#define MAX_UNSENT (8u << 20)
+
 static void conn_write(conn_t *c, const char *a, size_t na, const char *b, size_t nb)
 {
-    if (c->closing) return;
+    if (c->closing || c->broken) return;
+    if (uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) > MAX_UNSENT) {
+        LOG_WARN("a client left %u bytes unread: closing its connection", MAX_UNSENT);
+        close_soon(c);
+        return;
+    }
     wreq_t *w = xmalloc(sizeof(*w) + na + nb);
     memcpy(w->data, a, na);
     if (nb) memcpy(w->data + na, b, nb);
@@ -166,7 +187,7 @@ static void conn_write(conn_t *c, const char *a, size_t na, const char *b, size_
     if (err) {
         c->pending_writes--;
         free(w);
-        conn_close(c);
+        close_soon(c);
     }
 }
 
@@ -193,8 +214,6 @@ static size_t head(conn_t *c, char *buf, size_t cap, int status, const char *cty
     return n;
 }
 
-static void pump(conn_t *c);
-static void on_timeout(uv_timer_t *t);
 static void conn_read_more(conn_t *c);
 
 /* The response has ended: next request, or close. */
@@ -207,7 +226,7 @@ static void finish(conn_t *c)
     if (!c->keep_alive || c->h->draining) {
         c->keep_alive = false;
         c->done = true;
-        if (c->pending_writes == 0) conn_close(c);
+        if (c->pending_writes == 0 && !c->broken) conn_close(c);
         return;
     }
     uv_timer_start(&c->timer, on_timeout, (uint64_t)c->h->p.timeout_ms, 0);
@@ -486,6 +505,10 @@ static void conn_read_more(conn_t *c)
 static void on_timeout(uv_timer_t *t)
 {
     conn_t *c = t->data;
+    if (c->broken) {
+        conn_close(c);
+        return;
+    }
     if (c->busy || c->closing || c->done) return;
     if (c->started || c->in_len > 0) {
         LOG_INFO("closing a connection that did not send a whole request in %d ms",
