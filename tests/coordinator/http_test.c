@@ -592,6 +592,44 @@ Test(http, keepalive_pipelined_in_order, .timeout = 60)
     srv_stop(&x);
 }
 
+Test(http, connection_limit, .timeout = 60)
+{
+    srv_t x;
+    coord_server_params_t p = params();
+    p.max_conns = 2;
+    srv_start(&x, &p);
+    tc_conn_t a = tc_connect(x.port), b = tc_connect(x.port);
+    /* Both held open: the server has taken them once the first answers. */
+    tc_send(&a, "GET /health HTTP/1.1\r\nHost: t\r\n\r\n");
+    tc_resp_t r = tc_read(&a);
+    cr_assert_eq(r.status, 200);
+    tc_resp_free(&r);
+    tc_send(&b, "GET /health HTTP/1.1\r\nHost: t\r\n\r\n");
+    r = tc_read(&b);
+    cr_assert_eq(r.status, 200);
+    tc_resp_free(&r);
+    tc_conn_t c = tc_connect(x.port);
+    r = tc_read(&c);
+    expect_error(&r, 503, NULL);
+    tc_resp_free(&r);
+    cr_assert(tc_eof(&c));
+    tc_close(&c);
+    tc_close(&a);
+    tc_close(&b);
+    /* Room again once the server has seen them go. */
+    double t0 = wire_now();
+    for (;;) {
+        r = tc_request(x.port, "GET", "/health", NULL, NULL);
+        int st = r.status;
+        tc_resp_free(&r);
+        if (st == 200) break;
+        cr_assert_eq(st, 503);
+        cr_assert_lt(wire_now() - t0, 5.0);
+        usleep(10000);
+    }
+    srv_stop(&x);
+}
+
 Test(http, metrics_are_prometheus_text, .timeout = 60)
 {
     srv_t x;
@@ -978,8 +1016,11 @@ Test(http_gen, bad_generation_fields, .timeout = 120)
 static int metric(int port, const char *name)
 {
     tc_resp_t r = tc_request(port, "GET", "/metrics", NULL, NULL);
-    const char *p = strstr(r.body, name);
-    int v = p ? atoi(p + strlen(name)) : -1;
+    /* At a line start, so the # HELP line naming it does not count. */
+    char key[256];
+    snprintf(key, sizeof(key), "\n%s", name);
+    const char *p = strstr(r.body, key);
+    int v = p ? atoi(p + strlen(key)) : -1;
     tc_resp_free(&r);
     return v;
 }
@@ -991,8 +1032,10 @@ Test(http_gen, disconnect_mid_stream_frees_the_slot, .timeout = 120)
     p.n_slots = 1;
     srv_start(&x, &p);
     need_generation(x.port);
+    int gen0 = metric(x.port, "moemesh:generation_tokens_total ");
     tc_conn_t c = tc_connect(x.port);
-    const char *body = "{\"prompt\":\"Once upon a time\",\"max_tokens\":120,\"stream\":true}";
+    const char *body = "{\"prompt\":\"Once upon a time\",\"max_tokens\":110,\"stream\":true,"
+                       "\"temperature\":0}";
     char req[512];
     snprintf(req, sizeof(req), "POST /v1/completions HTTP/1.1\r\nHost: t\r\n"
              "Content-Length: %zu\r\n\r\n%s", strlen(body), body);
@@ -1005,12 +1048,16 @@ Test(http_gen, disconnect_mid_stream_frees_the_slot, .timeout = 120)
     cr_assert_gt(tc_read_chunk(&c, &raw, &n), 0);
     free(raw);
     tc_close(&c);
-    /* The only slot must come free long before 120 tokens would have been written. */
+    /* The only slot comes free, and long before the 110 tokens were made: the metrics count
+     * the tokens of a request once it has ended. */
     double t0 = wire_now();
-    while (metric(x.port, "moemesh:slots_busy ") != 0) {
+    while (metric(x.port, "moemesh:slots_busy ") != 0 ||
+           metric(x.port, "moemesh:generation_tokens_total ") == gen0) {
         cr_assert_lt(wire_now() - t0, 10.0, "slot still busy");
         usleep(10000);
     }
+    int made = metric(x.port, "moemesh:generation_tokens_total ") - gen0;
+    cr_assert(made >= 1 && made < 100, "%d tokens made for a client that left", made);
     whole_t w = complete(x.port, "/v1/completions", "{\"prompt\":\"a\",\"max_tokens\":2}", false);
     free(w.text);
     srv_stop(&x);
@@ -1092,5 +1139,9 @@ Test(http_gen, many_clients_on_two_slots, .timeout = 180)
     whole_t w = complete(x.port, "/v1/completions", "{\"prompt\":\"a\",\"max_tokens\":2}", false);
     free(w.text);
     cr_assert_eq(metric(x.port, "moemesh:slots_busy "), 0);
+    cr_assert_geq(metric(x.port, "moemesh:generation_tokens_total "), ok);
+    cr_assert_geq(metric(x.port, "moemesh:time_to_first_token_seconds_count "), ok);
+    cr_assert_geq(metric(x.port, "moemesh:requests_total{status=\"200\"} "), ok);
+    if (busy) cr_assert_eq(metric(x.port, "moemesh:requests_total{status=\"429\"} "), busy);
     srv_stop(&x);
 }
