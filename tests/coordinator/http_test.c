@@ -1145,3 +1145,160 @@ Test(http_gen, many_clients_on_two_slots, .timeout = 180)
     if (busy) cr_assert_eq(metric(x.port, "moemesh:requests_total{status=\"429\"} "), busy);
     srv_stop(&x);
 }
+
+/* ---- http.c alone, with a handler that answers later ---- */
+
+typedef struct {
+    uv_loop_t loop;
+    uv_async_t stop;
+    coord_http_t *h;
+    coord_api_t *api;  /* when set, requests go to the api instead */
+    uv_thread_t th;
+    int port;
+} bare_t;
+
+typedef struct {
+    uv_timer_t t;
+    coord_http_req_t *req; /* NULL once the client went away */
+    int step;
+} later_t;
+
+static void later_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void later_abort(coord_http_req_t *req)
+{
+    later_t *l = req->ud;
+    l->req = NULL;
+}
+
+static void later_fire(uv_timer_t *t)
+{
+    later_t *l = t->data;
+    if (l->req && l->step == 0) { /* /slow */
+        coord_http_respond(l->req, 200, "text/plain", "slow", 4, NULL);
+    } else if (l->req && l->step == 1) { /* /stream, second half */
+        coord_http_stream_write(l->req, "b", 1);
+        coord_http_stream_end(l->req);
+    }
+    uv_close((uv_handle_t *)t, later_closed);
+}
+
+static void bare_handle(void *ud, coord_http_req_t *req)
+{
+    bare_t *b = ud;
+    if (b->api) {
+        coord_api_handle(b->api, req);
+        return;
+    }
+    bool slow = !strcmp(req->path, "/slow"), stream = !strcmp(req->path, "/stream");
+    if (!slow && !stream) {
+        coord_http_respond(req, 200, "text/plain", req->path, strlen(req->path), NULL);
+        return;
+    }
+    later_t *l = calloc(1, sizeof(*l));
+    l->req = req;
+    l->step = stream;
+    req->ud = l;
+    req->on_abort = later_abort;
+    uv_timer_init(&b->loop, &l->t);
+    l->t.data = l;
+    uv_timer_start(&l->t, later_fire, 100, 0);
+    if (stream) {
+        coord_http_stream_begin(req, 200, "text/plain", NULL);
+        coord_http_stream_write(req, "a", 1);
+    }
+}
+
+static void bare_stop(uv_async_t *a)
+{
+    bare_t *b = a->data;
+    coord_http_free(b->h);
+    coord_api_free(b->api);
+    uv_close((uv_handle_t *)a, NULL);
+}
+
+static void bare_run(void *arg)
+{
+    bare_t *b = arg;
+    uv_run(&b->loop, UV_RUN_DEFAULT);
+}
+
+static void bare_start(bare_t *b, bool with_api)
+{
+    memset(b, 0, sizeof(*b));
+    cr_assert_eq(uv_loop_init(&b->loop), 0);
+    coord_http_params_t hp = coord_http_params_default();
+    hp.port = 0;
+    hp.on_request = bare_handle;
+    hp.ud = b;
+    if (with_api) {
+        coord_api_params_t ap = {.model_id = "m", .max_prompt_tokens = 100, .max_tokens = 100};
+        b->api = coord_api_new(&b->loop, &ap);
+    }
+    b->h = coord_http_new(&b->loop, &hp);
+    cr_assert_not_null(b->h);
+    b->port = coord_http_port(b->h);
+    uv_async_init(&b->loop, &b->stop, bare_stop);
+    b->stop.data = b;
+    cr_assert_eq(uv_thread_create(&b->th, bare_run, b), 0);
+}
+
+static void bare_finish(bare_t *b)
+{
+    uv_async_send(&b->stop);
+    cr_assert_eq(uv_thread_join(&b->th), 0);
+    cr_assert_eq(uv_loop_close(&b->loop), 0);
+}
+
+Test(http_conn, pipelined_answers_keep_order_when_late, .timeout = 30)
+{
+    bare_t b;
+    bare_start(&b, false);
+    tc_conn_t c = tc_connect(b.port);
+    tc_send(&c, "GET /slow HTTP/1.1\r\nHost: t\r\n\r\nGET /fast HTTP/1.1\r\nHost: t\r\n\r\n"
+                "GET /stream HTTP/1.1\r\nHost: t\r\n\r\nGET /fast2 HTTP/1.1\r\nHost: t\r\n\r\n");
+    static const char *want[] = {"slow", "/fast", "ab", "/fast2"};
+    for (int i = 0; i < 4; i++) {
+        tc_resp_t r = tc_read(&c);
+        cr_assert_eq(r.status, 200);
+        cr_assert_str_eq(r.body, want[i]);
+        tc_resp_free(&r);
+    }
+    /* A client that leaves during a late answer: the handler is told, nothing is written. */
+    tc_send(&c, "GET /slow HTTP/1.1\r\nHost: t\r\n\r\n");
+    tc_close(&c);
+    usleep(200000);
+    tc_resp_t r = tc_request(b.port, "GET", "/after", NULL, NULL);
+    cr_assert_str_eq(r.body, "/after");
+    tc_resp_free(&r);
+    bare_finish(&b);
+}
+
+Test(http_conn, health_says_loading_until_the_stack_is_set, .timeout = 30)
+{
+    bare_t b;
+    bare_start(&b, true);
+    tc_resp_t r = tc_request(b.port, "GET", "/health", NULL, NULL);
+    cr_assert_eq(r.status, 503);
+    json_t *j = body_json(&r);
+    cr_assert_str_eq(json_string_value(json_object_get(j, "status")), "loading");
+    json_decref(j);
+    tc_resp_free(&r);
+    r = post(b.port, "/tokenize", "{\"content\":\"a\"}");
+    expect_error(&r, 503, NULL);
+    tc_resp_free(&r);
+    r = post(b.port, "/v1/chat/completions", "{\"messages\":[]}");
+    expect_error(&r, 503, NULL);
+    tc_resp_free(&r);
+    r = tc_request(b.port, "GET", "/v1/models", NULL, NULL);
+    cr_assert_eq(r.status, 200);
+    tc_resp_free(&r);
+    r = tc_request(b.port, "GET", "/metrics", NULL, NULL);
+    cr_assert_eq(r.status, 200);
+    cr_assert(strstr(r.body, "\nmoemesh:ready 0\n"));
+    tc_resp_free(&r);
+    bare_finish(&b);
+}
