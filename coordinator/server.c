@@ -361,6 +361,10 @@ int coord_cmd_serve(int argc, char **argv)
     }
     p.timeout_ms = timeout_s * 1000;
     p.grace_ms = grace_s * 1000;
+    if (key_file && p.api_key) {
+        fprintf(stderr, "serve: give --api-key or --api-key-file, not both\n");
+        return 2;
+    }
     char *key = NULL;
     if (key_file) {
         if (!(key = read_key_file(key_file))) return 2;
