@@ -1302,3 +1302,68 @@ Test(http_conn, health_says_loading_until_the_stack_is_set, .timeout = 30)
     tc_resp_free(&r);
     bare_finish(&b);
 }
+
+Test(http_conn, expect_100_continue, .timeout = 30)
+{
+    bare_t b;
+    bare_start(&b, false);
+    tc_conn_t c = tc_connect(b.port);
+    tc_send(&c, "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n"
+                "Expect: 100-continue\r\n\r\n");
+    tc_resp_t r = tc_read(&c);
+    cr_assert_eq(r.status, 100, "curl waits for this before sending a large body");
+    tc_resp_free(&r);
+    tc_send(&c, "abc");
+    r = tc_read(&c);
+    cr_assert_eq(r.status, 200);
+    cr_assert_str_eq(r.body, "/echo");
+    tc_resp_free(&r);
+    tc_close(&c);
+    bare_finish(&b);
+}
+
+Test(http_gen, logprobs_shapes, .timeout = 120)
+{
+    srv_t x;
+    coord_server_params_t p = params();
+    srv_start(&x, &p);
+    need_generation(x.port);
+    tc_resp_t r = post(x.port, "/v1/chat/completions",
+                       "{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],\"max_tokens\":5,"
+                       "\"logprobs\":true,\"top_logprobs\":3,\"temperature\":0}");
+    cr_assert_eq(r.status, 200);
+    json_t *j = body_json(&r);
+    tc_resp_free(&r);
+    json_t *ch = json_array_get(json_object_get(j, "choices"), 0);
+    json_t *content = json_object_get(json_object_get(ch, "logprobs"), "content");
+    int n_gen = (int)json_integer_value(
+        json_object_get(json_object_get(j, "usage"), "completion_tokens"));
+    cr_assert_eq((int)json_array_size(content), n_gen);
+    size_t i;
+    json_t *e;
+    json_array_foreach(content, i, e) {
+        cr_assert(json_is_string(json_object_get(e, "token")));
+        cr_assert(json_is_array(json_object_get(e, "bytes")));
+        double lp = json_number_value(json_object_get(e, "logprob"));
+        cr_assert(lp <= 0);
+        json_t *top = json_object_get(e, "top_logprobs");
+        cr_assert_eq(json_array_size(top), 3);
+        /* Greedy: the chosen token is the best alternative. */
+        cr_assert_float_eq(json_number_value(json_object_get(json_array_get(top, 0), "logprob")),
+                           lp, 1e-6);
+    }
+    json_decref(j);
+    r = post(x.port, "/v1/completions",
+             "{\"prompt\":\"Once\",\"max_tokens\":4,\"logprobs\":2,\"temperature\":0}");
+    cr_assert_eq(r.status, 200);
+    j = body_json(&r);
+    tc_resp_free(&r);
+    json_t *lp = json_object_get(json_array_get(json_object_get(j, "choices"), 0), "logprobs");
+    cr_assert_eq(json_array_size(json_object_get(lp, "tokens")), 4);
+    cr_assert_eq(json_array_size(json_object_get(lp, "token_logprobs")), 4);
+    cr_assert_eq(json_array_size(json_object_get(lp, "text_offset")), 4);
+    json_t *top0 = json_array_get(json_object_get(lp, "top_logprobs"), 0);
+    cr_assert(json_is_object(top0) && json_object_size(top0) >= 1);
+    json_decref(j);
+    srv_stop(&x);
+}
