@@ -1056,6 +1056,11 @@ int coord_api_live(const coord_api_t *a)
     return a->n_live;
 }
 
+coord_metrics_t *coord_api_metrics(coord_api_t *a)
+{
+    return a->metrics;
+}
+
 static void on_api_closed(uv_handle_t *h)
 {
     coord_api_t *a = h->data;

@@ -224,6 +224,7 @@ typedef struct {
     int max_conns;             /* further connections get 503 and are closed */
     int timeout_ms;            /* time a client has to send a whole request (408 after) */
     const char *cors_origin;   /* Access-Control-Allow-Origin value, NULL: no CORS headers */
+    struct coord_metrics *metrics; /* counts the requests http.c refuses itself; may be NULL */
     /* Called on the loop thread for every complete request; the handler answers with
      * coord_http_respond or the stream calls, now or later. */
     void (*on_request)(void *ud, coord_http_req_t *req);
@@ -298,6 +299,7 @@ void coord_api_set_status(coord_api_t *a, const char *status);
 /* The coord_http_params_t on_request handler; ud is the api. */
 void coord_api_handle(void *ud, coord_http_req_t *req);
 int coord_api_live(const coord_api_t *a); /* generations not yet finished */
+coord_metrics_t *coord_api_metrics(coord_api_t *a); /* owned by the api */
 /* Call after the scheduler is freed: finishes every generation still queued and closes the
  * handle; a is freed in its close callback. NULL-safe. */
 void coord_api_free(coord_api_t *a);

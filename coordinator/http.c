@@ -293,6 +293,7 @@ static void fail(conn_t *c, int status, const char *msg)
     size_t n = json_dumpb(j, body, sizeof(body), JSON_COMPACT);
     json_decref(j);
     if (n > sizeof(body)) n = 0;
+    if (c->h->p.metrics) coord_metrics_request(c->h->p.metrics, status);
     c->busy = true;
     c->keep_alive = false;
     c->req.conn = c;

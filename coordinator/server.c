@@ -217,6 +217,7 @@ coord_server_t *coord_server_new(struct uv_loop_s *loop, const coord_server_para
     hp.max_conns = p->max_conns;
     hp.timeout_ms = p->timeout_ms;
     hp.cors_origin = p->cors_origin;
+    hp.metrics = coord_api_metrics(s->api);
     hp.on_request = coord_api_handle;
     hp.ud = s->api;
     s->http = coord_http_new(loop, &hp);

@@ -637,13 +637,19 @@ Test(http, metrics_are_prometheus_text, .timeout = 60)
     srv_start(&x, &p);
     tc_resp_t r = post(x.port, "/tokenize", "{");
     tc_resp_free(&r);
+    tc_conn_t c = tc_connect(x.port);
+    tc_send(&c, "NOT HTTP\r\n\r\n");
+    r = tc_read(&c);
+    cr_assert_eq(r.status, 400);
+    tc_resp_free(&r);
+    tc_close(&c);
     r = tc_request(x.port, "GET", "/metrics", NULL, NULL);
     cr_assert_eq(r.status, 200);
     cr_assert(strstr(r.headers, "text/plain"));
     char why[256];
     cr_assert(tc_prometheus_ok(r.body, why, sizeof(why)), "%s", why);
     static const char *names[] = {
-        "moemesh:requests_total{status=\"400\"} 1",
+        "moemesh:requests_total{status=\"400\"} 2",
         "moemesh:prompt_tokens_total ",
         "moemesh:generation_tokens_total ",
         "moemesh:time_to_first_token_seconds_bucket{le=\"+Inf\"} ",
