@@ -406,7 +406,8 @@ static int on_body(llhttp_t *p, const char *at, size_t n)
 static int on_message_complete(llhttp_t *p)
 {
     conn_t *c = p->data;
-    c->keep_alive = llhttp_should_keep_alive(p) && !c->h->draining;
+    /* Upgrades (WebSocket, CONNECT) are not spoken here: answer, then close. */
+    c->keep_alive = llhttp_should_keep_alive(p) && !p->upgrade && !c->h->draining;
     /* Pausing here is what keeps pipelined requests in order: pump resumes after the
      * response. */
     return HPE_PAUSED;

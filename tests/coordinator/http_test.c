@@ -434,6 +434,16 @@ Test(http, bad_input_gets_4xx_and_server_stays_up, .timeout = 60)
     tc_resp_free(&r);
     cr_assert(tc_eof(&c), "connection left open after a malformed request");
     tc_close(&c);
+    /* Upgrades are answered and the connection closed; nothing after them is parsed. */
+    c = tc_connect(x.port);
+    tc_send(&c, "GET /health HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\n"
+                "Upgrade: websocket\r\n\r\nGET /health HTTP/1.1\r\n\r\n");
+    r = tc_read(&c);
+    cr_assert_eq(r.status, 200);
+    cr_assert(strstr(r.headers, "Connection: close"));
+    tc_resp_free(&r);
+    cr_assert(tc_eof(&c));
+    tc_close(&c);
     r = tc_request(x.port, "GET", "/health", NULL, NULL);
     cr_assert_eq(r.status, 200);
     tc_resp_free(&r);
