@@ -224,6 +224,7 @@ static int check_msg(const wire_msg_t *m, const wire_limits_t *lim)
     case WIRE_KIND_WELCOME: {
         const wire_hello_t *h = &m->u.hello;
         if ((err = check_string(h->name, lim))) return err;
+        if ((err = check_string(h->model, lim))) return err;
         if ((err = check_pairs(h->n_pairs, h->layer, h->expert, lim))) return err;
         return m->n_tensors ? WIRE_E_FRAMES : 0;
     }
@@ -317,6 +318,7 @@ static void hello_to_pb(const wire_hello_t *h, Moemesh__Hello *p)
     p->n_layer = p->n_expert = h->n_pairs;
     p->layer = RO(h->layer);
     p->expert = RO(h->expert);
+    p->model = RO(h->model ? h->model : "");
 }
 
 static void to_pb(const wire_msg_t *m, pb_out_t *o)
@@ -478,7 +480,7 @@ static int hello_from_pb(const Moemesh__Hello *p, wire_hello_t *h)
     if (p->n_layer != p->n_expert || p->n_layer > UINT32_MAX) return WIRE_E_FIELD;
     *h = (wire_hello_t){str_or_empty(p->name), p->cores, p->mem_bytes,
                         p->dtypes & ((1u << WIRE_DTYPE_COUNT) - 1), (uint32_t)p->n_layer,
-                        p->layer, p->expert};
+                        p->layer, p->expert, str_or_empty(p->model)};
     return 0;
 }
 

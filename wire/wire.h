@@ -179,6 +179,7 @@ typedef struct {
     uint32_t n_pairs;
     const uint32_t *layer;    /* (n_pairs): (layer[i], expert[i]) held now */
     const uint32_t *expert;   /* (n_pairs) */
+    const char *model;        /* model_fingerprint of the pairs' model; NULL sends "" */
 } wire_hello_t;
 
 typedef struct {
