@@ -233,6 +233,7 @@ static int check_msg(const wire_msg_t *m, const wire_limits_t *lim)
         if ((err = check_string(a->model, lim))) return err;
         if (a->n_layers > lim->max_layer || a->n_experts > lim->max_expert_id)
             return WIRE_E_LIMIT;
+        if (a->n_embd > lim->max_row_len) return WIRE_E_LIMIT;
         if ((err = check_pairs(a->n_pairs, a->layer, a->expert, lim))) return err;
         return m->n_tensors ? WIRE_E_FRAMES : 0;
     }
@@ -360,6 +361,9 @@ static void to_pb(const wire_msg_t *m, pb_out_t *o)
         p->n_layer = p->n_expert = a->n_pairs;
         p->layer = RO(a->layer);
         p->expert = RO(a->expert);
+        p->has_n_embd = p->has_n_ff = 1;
+        p->n_embd = a->n_embd;
+        p->n_ff = a->n_ff;
         e->body_case = MOEMESH__ENVELOPE__BODY_ASSIGN;
         e->assign = p;
         break;
@@ -500,7 +504,8 @@ static int from_pb(const Moemesh__Envelope *e, wire_msg_t *m)
         m->kind = WIRE_KIND_ASSIGN;
         if (p->n_layer != p->n_expert || p->n_layer > UINT32_MAX) return WIRE_E_FIELD;
         m->u.assign = (wire_assign_t){str_or_empty(p->model), p->n_layers, p->n_experts,
-                                      (uint32_t)p->n_layer, p->layer, p->expert};
+                                      (uint32_t)p->n_layer, p->layer, p->expert,
+                                      p->n_embd, p->n_ff};
         return 0;
     }
     case MOEMESH__ENVELOPE__BODY_SHARD_CHUNK: {

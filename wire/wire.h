@@ -188,6 +188,7 @@ typedef struct {
     uint32_t n_pairs;
     const uint32_t *layer;    /* (n_pairs) */
     const uint32_t *expert;   /* (n_pairs) */
+    uint32_t n_embd, n_ff;    /* expert shapes (activation row, expert width); 0: not sent */
 } wire_assign_t;
 
 typedef enum {
