@@ -361,9 +361,10 @@ static void to_pb(const wire_msg_t *m, pb_out_t *o)
         p->n_layer = p->n_expert = a->n_pairs;
         p->layer = RO(a->layer);
         p->expert = RO(a->expert);
-        p->has_n_embd = p->has_n_ff = 1;
+        p->has_n_embd = p->has_n_ff = p->has_bytes = 1;
         p->n_embd = a->n_embd;
         p->n_ff = a->n_ff;
+        p->bytes = a->bytes;
         e->body_case = MOEMESH__ENVELOPE__BODY_ASSIGN;
         e->assign = p;
         break;
@@ -505,7 +506,7 @@ static int from_pb(const Moemesh__Envelope *e, wire_msg_t *m)
         if (p->n_layer != p->n_expert || p->n_layer > UINT32_MAX) return WIRE_E_FIELD;
         m->u.assign = (wire_assign_t){str_or_empty(p->model), p->n_layers, p->n_experts,
                                       (uint32_t)p->n_layer, p->layer, p->expert,
-                                      p->n_embd, p->n_ff};
+                                      p->n_embd, p->n_ff, p->bytes};
         return 0;
     }
     case MOEMESH__ENVELOPE__BODY_SHARD_CHUNK: {

@@ -189,6 +189,7 @@ typedef struct {
     const uint32_t *layer;    /* (n_pairs) */
     const uint32_t *expert;   /* (n_pairs) */
     uint32_t n_embd, n_ff;    /* expert shapes (activation row, expert width); 0: not sent */
+    uint64_t bytes;           /* weight bytes of the assigned pairs; 0: not sent */
 } wire_assign_t;
 
 typedef enum {

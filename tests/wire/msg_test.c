@@ -73,7 +73,8 @@ static void make(wire_msg_t *m, wire_kind_t k, wire_dtype_t dt)
                                     "moe-fp-0123456789abcdef"};
         break;
     case WIRE_KIND_ASSIGN:
-        m->u.assign = (wire_assign_t){"olmoe-1b-7b", 48, 128, 4, LAYERS, EXPERTS, 2048, 1024};
+        m->u.assign = (wire_assign_t){"olmoe-1b-7b", 48, 128, 4, LAYERS, EXPERTS, 2048, 1024,
+                                      UINT64_C(5) << 33};
         break;
     case WIRE_KIND_SHARD_CHUNK: {
         uint8_t *b = xmalloc(100);
@@ -136,7 +137,7 @@ static void expect(const wire_msg_t *m, wire_kind_t k, wire_dtype_t dt)
         const wire_assign_t *a = &m->u.assign;
         cr_assert_str_eq(a->model, "olmoe-1b-7b");
         cr_assert(a->n_layers == 48 && a->n_experts == 128 && a->n_pairs == 4);
-        cr_assert(a->n_embd == 2048 && a->n_ff == 1024);
+        cr_assert(a->n_embd == 2048 && a->n_ff == 1024 && a->bytes == UINT64_C(5) << 33);
         cr_assert_arr_eq(a->layer, LAYERS, sizeof(LAYERS));
         cr_assert_arr_eq(a->expert, EXPERTS, sizeof(EXPERTS));
         break;
