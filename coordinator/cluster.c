@@ -12,7 +12,6 @@
 #include "coordinator/coord-int.h"
 
 #include <errno.h>
-#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -44,17 +43,10 @@ int coord__node_set_sndtimeo(coord__node_t *n, int ms)
     return zmq_setsockopt(n->sock, ZMQ_SNDTIMEO, &ms, sizeof(ms)) ? -zmq_errno() : 0;
 }
 
-/* Logs one start-up failure about node i: every message names the node the same way. */
-__attribute__((format(printf, 3, 4))) static void node_err(const coord_cluster_t *c, int i,
-                                                           const char *fmt, ...)
-{
-    char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
-    LOG_ERR("expert node %d (%s): %s", i, c->nodes[i].endpoint, msg);
-}
+/* Logs one start-up failure about node i: every message names the node the same way. A macro
+ * so the log line carries the caller's function name. */
+#define NODE_ERR(c, i, fmt, ...)                                                                   \
+    LOG_ERR("expert node %d (%s): " fmt, (i), (c)->nodes[(i)].endpoint, ##__VA_ARGS__)
 
 /* Turns an ERROR from node i into a start-up message; what kind of refusal it is decides the
  * wording so the operator knows whether to upgrade, free memory or suspect the network. */
@@ -62,11 +54,11 @@ static void report_node_error(const coord_cluster_t *c, int i, const wire_error_
 {
     const char *msg = e->message && *e->message ? e->message : "(no message)";
     if (e->code == WIRE_E_VERSION)
-        node_err(c, i, "protocol version mismatch (we speak %d): %s", WIRE_PROTO_VERSION, msg);
+        NODE_ERR(c, i, "protocol version mismatch (we speak %d): %s", WIRE_PROTO_VERSION, msg);
     else if (e->code == WIRE_E_CHECKSUM)
-        node_err(c, i, "checksum failure on shard data: %s", msg);
+        NODE_ERR(c, i, "checksum failure on shard data: %s", msg);
     else
-        node_err(c, i, "refused: %s (%s)", msg, wire_strerror(e->code));
+        NODE_ERR(c, i, "refused: %s (%s)", msg, wire_strerror(e->code));
 }
 
 /* Receives node i's next message other than HEARTBEAT, waiting until deadline. Returns 0 with
@@ -87,9 +79,9 @@ static int recv_until(coord_cluster_t *c, int i, double deadline, wire_msg_t *m)
         if (err == -EAGAIN) continue;
         if (err) {
             if (err == WIRE_E_VERSION)
-                node_err(c, i, "protocol version mismatch (we speak %d)", WIRE_PROTO_VERSION);
+                NODE_ERR(c, i, "protocol version mismatch (we speak %d)", WIRE_PROTO_VERSION);
             else
-                node_err(c, i, "malformed message: %s", wire_strerror(err));
+                NODE_ERR(c, i, "malformed message: %s", wire_strerror(err));
             return err;
         }
         if (m->kind != WIRE_KIND_HEARTBEAT) return 0;
@@ -106,7 +98,7 @@ static int check_no_error(coord_cluster_t *c, int i)
         int err = wire_msg_recv(c->nodes[i].sock, &c->lim, &m);
         if (err == -EAGAIN) return 0;
         if (err) {
-            node_err(c, i, "malformed message: %s", wire_strerror(err));
+            NODE_ERR(c, i, "malformed message: %s", wire_strerror(err));
             return err;
         }
         if (m.kind == WIRE_KIND_ERROR) {
@@ -132,13 +124,13 @@ static int open_node(coord_cluster_t *c, int i, const wire_keypair_t *me, const 
     if (me) {
         int err = wire_curve_client_setup(n->sock, me, server);
         if (err) {
-            node_err(c, i, "CURVE set-up failed: %s", wire_strerror(err));
+            NODE_ERR(c, i, "CURVE set-up failed: %s", wire_strerror(err));
             return err;
         }
     }
     if (zmq_connect(n->sock, n->endpoint) != 0) {
         int err = -zmq_errno();
-        node_err(c, i, "cannot connect: %s (expected tcp://HOST:PORT)", wire_strerror(err));
+        NODE_ERR(c, i, "cannot connect: %s (expected tcp://HOST:PORT)", wire_strerror(err));
         return err;
     }
     return 0;
@@ -181,12 +173,12 @@ static int hello_all(coord_cluster_t *c, const char *fp, uint8_t *have)
         if (!err) err = wire_msg_send(n->sock, &m);
         else wire_msg_deinit(&m);
         if (err == -EAGAIN) {
-            node_err(c, i, "unreachable: no connection within %d ms (is moemesh-expert running "
+            NODE_ERR(c, i, "unreachable: no connection within %d ms (is moemesh-expert running "
                      "there%s?)", c->cfg.connect_ms, c->cfg.curve_dir ? ", with our CURVE keys" : "");
             return -ETIMEDOUT;
         }
         if (err) {
-            node_err(c, i, "cannot send HELLO: %s", wire_strerror(err));
+            NODE_ERR(c, i, "cannot send HELLO: %s", wire_strerror(err));
             return err;
         }
     }
@@ -196,7 +188,7 @@ static int hello_all(coord_cluster_t *c, const char *fp, uint8_t *have)
         wire_msg_t m;
         int err = recv_until(c, i, deadline, &m);
         if (err == -ETIMEDOUT) {
-            node_err(c, i, "connected but no WELCOME within %d ms", c->cfg.connect_ms);
+            NODE_ERR(c, i, "connected but no WELCOME within %d ms", c->cfg.connect_ms);
             return err;
         }
         if (err) return err;
@@ -206,7 +198,7 @@ static int hello_all(coord_cluster_t *c, const char *fp, uint8_t *have)
             return -EPROTO;
         }
         if (m.kind != WIRE_KIND_WELCOME) {
-            node_err(c, i, "answered HELLO with %s instead of WELCOME", wire_kind_name(m.kind));
+            NODE_ERR(c, i, "answered HELLO with %s instead of WELCOME", wire_kind_name(m.kind));
             wire_msg_deinit(&m);
             return -EPROTO;
         }
@@ -222,7 +214,7 @@ static int hello_all(coord_cluster_t *c, const char *fp, uint8_t *have)
                  h->n_pairs ? (same ? " of this model" : " of another model") : "");
         wire_msg_deinit(&m);
         if (n->dtypes && !(n->dtypes & (1u << c->cfg.wire_type))) {
-            node_err(c, i, "does not accept %s activations", wire_dtype_name(c->cfg.wire_type));
+            NODE_ERR(c, i, "does not accept %s activations", wire_dtype_name(c->cfg.wire_type));
             return -EPROTO;
         }
     }
@@ -295,7 +287,7 @@ static int assign(coord_cluster_t *c, int i, const char *fp)
     else wire_msg_deinit(&m);
     free(ls);
     free(es);
-    if (err) node_err(c, i, "cannot send ASSIGN: %s", wire_strerror(err));
+    if (err) NODE_ERR(c, i, "cannot send ASSIGN: %s", wire_strerror(err));
     return err;
 }
 
@@ -365,12 +357,12 @@ static int send_slice(coord_cluster_t *c, int i, int l, int e, wire_shard_kind_t
         if (!err) err = wire_msg_send(n->sock, &m);
         else wire_msg_deinit(&m);
         if (err == -EAGAIN) {
-            node_err(c, i, "stopped taking shard data (no progress for %d ms)",
+            NODE_ERR(c, i, "stopped taking shard data (no progress for %d ms)",
                      c->cfg.timeout_ms);
             return -ETIMEDOUT;
         }
         if (err) {
-            node_err(c, i, "cannot send %s expert %d (%s): %s", t->name, e, kind_names[kind],
+            NODE_ERR(c, i, "cannot send %s expert %d (%s): %s", t->name, e, kind_names[kind],
                      wire_strerror(err));
             return err;
         }
@@ -388,7 +380,7 @@ static int wait_ready(coord_cluster_t *c, int i)
     wire_msg_t m;
     int err = recv_until(c, i, wire_now() + c->cfg.timeout_ms / 1e3, &m);
     if (err == -ETIMEDOUT) {
-        node_err(c, i, "not READY within %d ms of its last shard", c->cfg.timeout_ms);
+        NODE_ERR(c, i, "not READY within %d ms of its last shard", c->cfg.timeout_ms);
         return err;
     }
     if (err) return err;
@@ -396,10 +388,10 @@ static int wait_ready(coord_cluster_t *c, int i)
         report_node_error(c, i, &m.u.error);
         err = m.u.error.code ? m.u.error.code : -EPROTO;
     } else if (m.kind != WIRE_KIND_READY) {
-        node_err(c, i, "sent %s while we waited for READY", wire_kind_name(m.kind));
+        NODE_ERR(c, i, "sent %s while we waited for READY", wire_kind_name(m.kind));
         err = -EPROTO;
     } else if (m.u.ready.n_experts != (uint32_t)c->nodes[i].st.experts) {
-        node_err(c, i, "READY with %u experts, assigned %d", m.u.ready.n_experts,
+        NODE_ERR(c, i, "READY with %u experts, assigned %d", m.u.ready.n_experts,
                  c->nodes[i].st.experts);
         err = -EPROTO;
     }

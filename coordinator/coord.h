@@ -164,13 +164,25 @@ int coord_engine_slot_len(const coord_engine_t *e, int slot);
 
 /* ---- command-line options (coordinator/opts.c) ----
  * Every flag has a MOEMESH_* environment twin; the command line wins. */
-typedef enum { COORD_OPT_STR, COORD_OPT_INT, COORD_OPT_FLOAT, COORD_OPT_BOOL } coord_opt_kind_t;
+typedef enum {
+    COORD_OPT_STR,
+    COORD_OPT_INT,
+    COORD_OPT_FLOAT,
+    COORD_OPT_BOOL,
+    COORD_OPT_LIST /* repeatable: every occurrence (environment first) is appended */
+} coord_opt_kind_t;
+#define COORD_OPT_LIST_MAX 64
+typedef struct {
+    const char *v[COORD_OPT_LIST_MAX]; /* borrowed argv/env strings, in order */
+    int n;
+} coord_opt_list_t;
 typedef struct {
     const char *name;       /* long name without dashes: "temp" */
     char short_name;        /* 'm', or 0 */
     const char *env;        /* "MOEMESH_TEMP" */
     coord_opt_kind_t kind;
-    void *dst;              /* char ** (borrowed argv/env string), int *, float *, bool * */
+    void *dst;              /* char ** (borrowed argv/env string), int *, float *, bool *,
+                               coord_opt_list_t * */
     const char *arg;        /* argument name for help ("N"), NULL for BOOL */
     const char *help;
 } coord_opt_t;
