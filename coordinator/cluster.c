@@ -174,7 +174,8 @@ static int hello_all(coord_cluster_t *c, const char *fp, uint8_t *have)
         else wire_msg_deinit(&m);
         if (err == -EAGAIN) {
             NODE_ERR(c, i, "unreachable: no connection within %d ms (is moemesh-expert running "
-                     "there%s?)", c->cfg.connect_ms, c->cfg.curve_dir ? ", with our CURVE keys" : "");
+                     "there%s?)",
+                     c->cfg.connect_ms, c->cfg.curve_dir ? ", with our CURVE keys" : "");
             return -ETIMEDOUT;
         }
         if (err) {
