@@ -470,3 +470,58 @@ Test(cluster, unreachable_node_fails_start_up_at_the_deadline, .timeout = 30)
     free(log);
     model_free(m);
 }
+
+/* ---------------------------------------------------------------- the command */
+
+/* Runs cmd through sh and returns its stdout (malloc'd, at most 64 KiB); it must succeed. */
+static char *run_cmd(const char *cmd)
+{
+    FILE *p = popen(cmd, "r");
+    cr_assert_not_null(p);
+    size_t cap = 1 << 16, n = 0;
+    char *s = malloc(cap);
+    size_t r;
+    while ((r = fread(s + n, 1, cap - 1 - n, p)) > 0) n += r;
+    s[n] = 0;
+    cr_assert_eq(pclose(p), 0, "'%s' failed", cmd);
+    return s;
+}
+
+/* `moemesh-coordinator run` through two nodes tells the same story as without them, and ends
+ * with the per-node summary. */
+Test(cluster, run_command_through_two_nodes_tells_the_local_story, .timeout = 120)
+{
+    char prog[PATH_MAX], coord[PATH_MAX + 64], cmd[3 * PATH_MAX], errf[] = "/tmp/moemesh-run-XXXXXX";
+    expert_path(prog, sizeof(prog));
+    char self[PATH_MAX - 64];
+    ssize_t len = readlink("/proc/self/exe", self, sizeof(self) - 1);
+    cr_assert(len > 0);
+    self[len] = 0;
+    *strrchr(self, '/') = 0;
+    *strrchr(self, '/') = 0;
+    snprintf(coord, sizeof(coord), "%s/bin/moemesh-coordinator", self);
+    const char *a = spawn_node(NULL)->endpoint, *b = spawn_node(NULL)->endpoint;
+    int fd = mkstemp(errf);
+    cr_assert_geq(fd, 0);
+    close(fd);
+    const char *args = "-m " GOLDEN "/stories-moe-f32.gguf -p 'Once upon a time' -n 40 --seed 3 "
+                       "--temp 0.8";
+    snprintf(cmd, sizeof(cmd), "%s run %s 2>/dev/null", coord, args);
+    char *local = run_cmd(cmd);
+    snprintf(cmd, sizeof(cmd), "%s run %s --expert-node %s --expert-nodes %s --wire-type f32 "
+             "2>%s", coord, args, a, b + 6, errf);
+    char *remote = run_cmd(cmd);
+    cr_expect_str_eq(remote, local);
+    cr_expect_gt(strlen(local), 40);
+    FILE *f = fopen(errf, "r");
+    char *err = malloc(1 << 16);
+    size_t n = fread(err, 1, (1 << 16) - 1, f);
+    err[n] = 0;
+    fclose(f);
+    unlink(errf);
+    char want[256];
+    snprintf(want, sizeof(want), "node 1 %s", b);
+    cr_expect_not_null(strstr(err, want), "summary names '%s':\n%s", want, err);
+    cr_expect_not_null(strstr(err, "bytes per token"), "summary:\n%s", err);
+    free(err), free(local), free(remote);
+}
