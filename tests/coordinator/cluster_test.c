@@ -75,9 +75,9 @@ static void reap_all(void)
     n_nodes = 0;
 }
 
-/* Starts one node (model: NULL to have its shard streamed) and waits up to 10 s for its
- * "listening on tcp://127.0.0.1:PORT" line. */
-static node_t *spawn_node(const char *model)
+/* Starts one node (model: NULL to have its shard streamed; curve: a --curve-keys DIR or NULL)
+ * and waits up to 10 s for its "listening on tcp://127.0.0.1:PORT" line. */
+static node_t *spawn_node_curve(const char *model, const char *curve)
 {
     cr_assert_lt(n_nodes, MAX_NODES);
     char prog[PATH_MAX];
@@ -102,6 +102,7 @@ static node_t *spawn_node(const char *model)
         argv[a++] = "-l";
         argv[a++] = "tcp://127.0.0.1:*";
         if (model) argv[a++] = "-m", argv[a++] = (char *)model;
+        if (curve) argv[a++] = "--curve-keys", argv[a++] = (char *)curve;
         argv[a] = NULL;
         execv(prog, argv);
         _exit(127);
@@ -128,6 +129,11 @@ static node_t *spawn_node(const char *model)
     cr_assert_eq(sscanf(line, "listening on %127s", n->endpoint), 1, "node said '%s'", line);
     cr_assert(strncmp(n->endpoint, "tcp://127.0.0.1:", 16) == 0, "endpoint %s", n->endpoint);
     return n;
+}
+
+static node_t *spawn_node(const char *model)
+{
+    return spawn_node_curve(model, NULL);
 }
 
 static void setup(void)
@@ -524,4 +530,60 @@ Test(cluster, run_command_through_two_nodes_tells_the_local_story, .timeout = 12
     cr_expect_not_null(strstr(err, want), "summary names '%s':\n%s", want, err);
     cr_expect_not_null(strstr(err, "bytes per token"), "summary:\n%s", err);
     free(err), free(local), free(remote);
+}
+
+/* ---------------------------------------------------------------- CURVE */
+
+/* With --curve-keys on both sides the cluster works; a coordinator whose public key the nodes
+ * do not list is refused (start-up fails at the deadline, naming the node). */
+Test(cluster, curve_keys_admit_ours_and_refuse_others, .timeout = 60)
+{
+    char prog[PATH_MAX], cmd[3 * PATH_MAX];
+    expert_path(prog, sizeof(prog));
+    char good[] = "/tmp/moemesh-curve-XXXXXX", bad[] = "/tmp/moemesh-curve-XXXXXX";
+    cr_assert_not_null(mkdtemp(good));
+    cr_assert_not_null(mkdtemp(bad));
+    snprintf(cmd, sizeof(cmd), "'%s' keygen %s >/dev/null && '%s' keygen %s >/dev/null && "
+             "cp %s/node.pub %s/node.pub", prog, good, prog, bad, good, bad);
+    cr_assert_eq(system(cmd), 0, "%s", cmd);
+
+    model_t *m = load("qwen2moe-tiny-f32");
+    const char *eps[1] = {spawn_node_curve(NULL, good)->endpoint};
+    coord_cluster_config_t cc = coord_cluster_config_default();
+    cc.n_nodes = 1;
+    cc.endpoints = eps;
+    cc.connect_ms = 2000;
+    cc.progress = false;
+    cc.curve_dir = bad;
+    capture_begin();
+    coord_cluster_t *c = coord_cluster_new(&cc, m);
+    char *log = capture_end();
+    cr_expect_null(c, "a coordinator key the node does not list must be refused");
+    cr_expect_not_null(strstr(log, "expert node 0 ("), "the log names the node");
+    free(log);
+    coord_cluster_free(c);
+
+    cc.curve_dir = good;
+    c = coord_cluster_new(&cc, m);
+    cr_assert_not_null(c, "our own keys are accepted");
+    kern_pool_t *pool = kern_pool_new(1);
+    coord_experts_t *rx = coord_experts_remote_new(c, 8);
+    coord_experts_t *lx = coord_experts_local_new(m, pool, 8);
+    const int E = m->hp.n_embd;
+    float x[8 * 256], w[16], a[8 * 256], b[8 * 256];
+    int32_t ids[16];
+    for (int i = 0; i < 8 * E; i++) x[i] = (float)((i * 37) % 101 - 50) / 50.0f;
+    for (int i = 0; i < 16; i++) ids[i] = (i * 3 + i / 2) % m->hp.n_expert, w[i] = 0.25f + i % 3;
+    for (int t = 0; t < 8; t++)
+        if (ids[2 * t] == ids[2 * t + 1]) ids[2 * t + 1] = (ids[2 * t] + 1) % m->hp.n_expert;
+    cr_assert_eq(lx->vt->compute(lx, 1, 8, 2, x, ids, w, a), 0);
+    cr_assert_eq(rx->vt->compute(rx, 1, 8, 2, x, ids, w, b), 0);
+    cr_expect_arr_eq(a, b, sizeof(float) * 8 * E, "two experts per token: bitwise the local sum");
+    coord_experts_free(rx);
+    coord_experts_free(lx);
+    kern_pool_free(pool);
+    coord_cluster_free(c);
+    model_free(m);
+    snprintf(cmd, sizeof(cmd), "rm -rf %s %s", good, bad);
+    cr_expect_eq(system(cmd), 0);
 }
