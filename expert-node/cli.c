@@ -89,11 +89,10 @@ bad:
 
 bool xnode_cli_parse(int argc, char **argv, xnode_config_t *cfg, int *status)
 {
+    /* Command-line values first, so an environment value is read (and can be refused) only
+     * for options the command line leaves alone. */
+    const char *val[O_COUNT] = {NULL}, *from[O_COUNT] = {NULL};
     *status = 2;
-    for (int i = 0; i < O_COUNT; i++) {
-        const char *v = getenv(OPTS[i].env);
-        if (v && *v && !apply(&OPTS[i], v, OPTS[i].env, cfg)) return false;
-    }
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -101,19 +100,19 @@ bool xnode_cli_parse(int argc, char **argv, xnode_config_t *cfg, int *status)
             *status = 0;
             return false;
         }
-        const opt_t *o = NULL;
+        int o = -1;
         const char *v = NULL;
         if (a[0] == '-' && a[1] == '-') {
             const char *eq = strchr(a + 2, '=');
             size_t n = eq ? (size_t)(eq - a - 2) : strlen(a + 2);
             for (int k = 0; k < O_COUNT; k++)
-                if (strlen(OPTS[k].name) == n && !strncmp(a + 2, OPTS[k].name, n)) o = &OPTS[k];
+                if (strlen(OPTS[k].name) == n && !strncmp(a + 2, OPTS[k].name, n)) o = k;
             if (eq) v = eq + 1;
         } else if (a[0] == '-' && a[1] && !a[2]) {
             for (int k = 0; k < O_COUNT; k++)
-                if (OPTS[k].short_name == a[1]) o = &OPTS[k];
+                if (OPTS[k].short_name == a[1]) o = k;
         }
-        if (!o) {
+        if (o < 0) {
             fprintf(stderr, "moemesh-expert: unknown option '%s'\n", a);
             usage(stderr);
             return false;
@@ -125,7 +124,15 @@ bool xnode_cli_parse(int argc, char **argv, xnode_config_t *cfg, int *status)
             }
             v = argv[++i];
         }
-        if (!apply(o, v, a, cfg)) return false;
+        val[o] = v;
+        from[o] = a;
+    }
+    for (int k = 0; k < O_COUNT; k++) {
+        if (!val[k] && getenv(OPTS[k].env) && *getenv(OPTS[k].env)) {
+            val[k] = getenv(OPTS[k].env);
+            from[k] = OPTS[k].env;
+        }
+        if (val[k] && !apply(&OPTS[k], val[k], from[k], cfg)) return false;
     }
     if (!cfg->listen) {
         fprintf(stderr, "moemesh-expert: no endpoint (-l ENDPOINT or MOEMESH_LISTEN)\n");

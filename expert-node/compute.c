@@ -69,6 +69,7 @@ static int bind_experts(xnode__compute_t *c, const wire_forward_t *f, uint32_t K
     const xnode__shard_t *sh = c->shard;
     size_t ne = sh->n_experts;
     c->remap = grow(c->remap, &c->remap_cap, sizeof(int32_t) * (ne + 1));
+    c->ex = grow(c->ex, &c->ex_cap, sizeof(kern_expert_t) * (ne + 1));
     for (size_t e = 0; e < ne; e++) c->remap[e] = -1;
     int m = 0;
     size_t i = 0;
@@ -87,7 +88,6 @@ static int bind_experts(xnode__compute_t *c, const wire_forward_t *f, uint32_t K
             if (c->remap[e] < 0) {
                 const xnode__pair_t *p = xnode__shard_find(sh, f->layer, e);
                 if (!p) return -1;
-                c->ex = grow(c->ex, &c->ex_cap, sizeof(kern_expert_t) * ((size_t)m + 1));
                 c->ex[m] = (kern_expert_t){p->type[0], p->type[1], p->type[2],
                                            p->data[0], p->data[1], p->data[2]};
                 c->remap[e] = m++;
