@@ -625,17 +625,20 @@ Test(xnode, hostile_inputs_get_errors_and_the_node_keeps_serving)
     send_forward(&c, &w, &f, 42, WIRE_DTYPE_F32, WIRE_DTYPE_F32);
     expect_error(&c, WIRE_E_FIELD, 42);
     /* The same expert twice for one token (token 1 has two). */
+    free(w.x);
     fwd_make(&w, &f, 0, 1);
     w.expert[2] = w.expert[1];
     send_forward(&c, &w, &f, 43, WIRE_DTYPE_F32, WIRE_DTYPE_F32);
     expect_error(&c, WIRE_E_FIELD, 43);
     /* A layer beyond the model. */
+    free(w.x);
     fwd_make(&w, &f, 0, 1);
     w.layer = 9;
     send_forward(&c, &w, &f, 44, WIRE_DTYPE_F32, WIRE_DTYPE_F32);
     expect_error(&c, WIRE_E_FIELD, 44);
 
     /* Rows of the wrong length. */
+    free(w.x);
     fwd_make(&w, &f, 0, 1);
     wire_msg_t m;
     wire_msg_init(&m, WIRE_KIND_FORWARD);
