@@ -8,6 +8,7 @@
  * condition variable, so the test thread waits without polling and reads results race-free.
  */
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -502,18 +503,60 @@ Test(coord_sched, free_ends_pending_requests_once, .timeout = 120)
     for (int i = 0; i < 5; i++) coll_deinit(&c[i]);
 }
 
+/* Threads of this process and their CPU ticks (utime + stime) from /proc; returns the count. */
+static int task_ticks(int *tid, long *ticks, int cap)
+{
+    DIR *d = opendir("/proc/self/task");
+    cr_assert_not_null(d);
+    int n = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) && n < cap) {
+        if (de->d_name[0] == '.') continue;
+        char path[300], buf[1024];
+        snprintf(path, sizeof(path), "/proc/self/task/%s/stat", de->d_name);
+        FILE *f = fopen(path, "r");
+        if (!f) continue;
+        size_t len = fread(buf, 1, sizeof(buf) - 1, f);
+        fclose(f);
+        buf[len] = 0;
+        /* Fields after the parenthesised name: state is 3rd, utime 14th, stime 15th. */
+        char *p = strrchr(buf, ')');
+        long ut = 0, st = 0;
+        if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %ld %ld", &ut, &st) != 2)
+            continue;
+        tid[n] = atoi(de->d_name);
+        ticks[n++] = ut + st;
+    }
+    closedir(d);
+    return n;
+}
+
 Test(coord_sched, idle_scheduler_sleeps, .timeout = 60)
 {
     fixture_t f;
     fx_init(&f, QWEN, 1, 8, 32, 4, 0);
-    struct timespec d = {0, 50000000L};
+    coord_sched_free(f.s);
+    int before[64], after[64];
+    long tb[64], ta[64];
+    int nb = task_ticks(before, tb, 64);
+    f.s = coord_sched_new(f.e, f.m, &(coord_sched_params_t){.max_queue = 4});
+    cr_assert_not_null(f.s);
+    struct timespec d = {0, 300000000L};
     nanosleep(&d, NULL);
+    int na = task_ticks(after, ta, 64);
     coord_sched_stats_t st;
     coord_sched_stats(f.s, &st);
     cr_assert_eq(st.steps, 0);
-    /* No busy loop: an idle scheduler's thread uses (almost) no CPU. */
-    clock_t c0 = clock();
-    nanosleep(&d, NULL);
-    cr_assert_lt((double)(clock() - c0) / CLOCKS_PER_SEC, 0.02);
+    /* No busy loop: the scheduler's thread (the one that was not there before) sleeps on its
+     * condition variable; a spinning thread would show ~30 ticks of 10 ms here. */
+    int found = 0;
+    for (int i = 0; i < na; i++) {
+        bool old = false;
+        for (int j = 0; j < nb; j++) old |= before[j] == after[i];
+        if (old) continue;
+        found++;
+        cr_assert_leq(ta[i], 2, "thread %d used %ld ticks while idle", after[i], ta[i]);
+    }
+    cr_assert_eq(found, 1, "one scheduler thread");
     fx_deinit(&f);
 }
