@@ -560,3 +560,67 @@ Test(coord_sched, idle_scheduler_sleeps, .timeout = 60)
     cr_assert_eq(found, 1, "one scheduler thread");
     fx_deinit(&f);
 }
+
+/* ---- engine errors ---- */
+
+/* Local experts that fail on demand, as a lost expert node would. */
+typedef struct {
+    coord_experts_t base;
+    coord_experts_t *inner;
+    _Atomic bool fail;
+} flaky_t;
+
+static int flaky_compute(coord_experts_t *ex, int layer, int n_tok, int k, const float *x,
+                         const int32_t *ids, const float *w, float *out)
+{
+    flaky_t *f = (flaky_t *)ex;
+    if (f->fail) return -EHOSTUNREACH;
+    return f->inner->vt->compute(f->inner, layer, n_tok, k, x, ids, w, out);
+}
+
+static void flaky_free(coord_experts_t *ex) { (void)ex; }
+
+static const coord_experts_vt_t flaky_vt = {flaky_compute, flaky_free};
+
+Test(coord_sched, engine_error_fails_active_requests_and_keeps_serving, .timeout = 120)
+{
+    fixture_t f;
+    memset(&f, 0, sizeof(f));
+    cr_assert_eq(model_load(QWEN ".gguf", &f.m), 0);
+    f.pool = kern_pool_new(2);
+    f.ex = coord_experts_local_new(f.m, f.pool, 8);
+    flaky_t fl = {.base = {&flaky_vt}, .inner = f.ex};
+    coord_engine_params_t ep = coord_engine_params_default();
+    ep.n_ctx = 64, ep.n_slots = 2, ep.n_batch = 8;
+    f.e = coord_engine_new(f.m, &fl.base, f.pool, &ep);
+    coord_sched_params_t sp = coord_sched_params_default();
+    f.s = coord_sched_new(f.e, f.m, &sp);
+    int32_t p[5] = {16, 300, 32, 113, 117};
+    coll_t a, b, c, ref;
+    coll_init(&a), coll_init(&b), coll_init(&c), coll_init(&ref);
+    coord_gen_req_t r = greedy_req(p, 5, 12, &ref);
+    cr_assert_gt(coord_sched_submit(f.s, &r), 0);
+    coll_wait_done(&ref);
+    a.gate_at = 2;
+    r = greedy_req(p, 5, 40, &a);
+    cr_assert_gt(coord_sched_submit(f.s, &r), 0);
+    coll_wait_tokens(&a, 2);
+    r = greedy_req(p, 4, 40, &b);
+    cr_assert_gt(coord_sched_submit(f.s, &r), 0);
+    fl.fail = true;
+    coll_open(&a);
+    coll_wait_done(&a), coll_wait_done(&b);
+    cr_assert(a.why == COORD_FINISH_ERROR && b.why == COORD_FINISH_ERROR);
+    cr_assert_eq(a.st.error, -EHOSTUNREACH);
+    cr_assert_eq(b.st.error, -EHOSTUNREACH);
+    cr_assert(strstr(a.st.message, "forward pass failed"), "message: %s", a.st.message);
+    fl.fail = false;
+    r = greedy_req(p, 5, 12, &c);
+    cr_assert_gt(coord_sched_submit(f.s, &r), 0);
+    coll_wait_done(&c);
+    cr_assert_eq(c.why, COORD_FINISH_LENGTH);
+    cr_assert_eq(c.n, 12);
+    for (int i = 0; i < 12; i++) cr_assert_eq(c.ids[i], ref.ids[i], "token %d after the error", i);
+    fx_deinit(&f);
+    coll_deinit(&a), coll_deinit(&b), coll_deinit(&c), coll_deinit(&ref);
+}
