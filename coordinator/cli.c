@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <netdb.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -216,28 +217,59 @@ static int parse_ids(const char *s, int32_t *ids, int cap, int n_vocab)
     return n;
 }
 
-/* Feeds ids[0..n) to slot 0 from position pos0 in chunks of the engine's batch; logits of the
- * last token land in logits. */
-static int prefill(coord_engine_t *e, const int32_t *ids, int n, int pos0, float *logits)
+/* llama.cpp spells the slot count -np, one dash and two letters, which coord_opts_parse would
+ * read as an unknown short flag: it becomes --parallel in a copy of argv. */
+static int run_parse(const coord_opt_t *opts, int n_opts, int argc, char **argv)
 {
-    int B = coord_engine_params(e)->n_batch;
-    int32_t *pos = xmalloc(sizeof(int32_t) * B), *slot = xcalloc(B, sizeof(int32_t));
-    int err = 0;
-    for (int i = 0; i < n && !err; i += B) {
-        int c = n - i < B ? n - i : B;
-        for (int j = 0; j < c; j++) pos[j] = pos0 + i + j;
-        coord_batch_t b = {.n = c, .tok = ids + i, .pos = pos, .slot = slot};
-        err = coord_engine_decode(e, &b, logits);
+    char **av = xmalloc(sizeof(char *) * (size_t)(argc + 1));
+    for (int i = 0; i < argc; i++) av[i] = strcmp(argv[i], "-np") ? argv[i] : (char *)"--parallel";
+    av[argc] = NULL;
+    int r = coord_opts_parse(opts, n_opts, "run", argc, av, 2);
+    free(av);
+    return r;
+}
+
+/* The one request of `run`: tokens stream to stdout as they come (on the scheduler thread),
+ * and the main thread sleeps until on_done. */
+typedef struct {
+    model_detok_t *detok;
+    bool ids_out;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool done;              /* guarded by mu */
+    coord_finish_t why;
+    coord_gen_stats_t st;
+} run_gen_t;
+
+static bool run_on_token(void *ud, const coord_token_t *t)
+{
+    run_gen_t *g = ud;
+    if (g->ids_out) {
+        printf("%d\n", t->id);
+    } else {
+        const char *out;
+        size_t n;
+        if (model_detok_push(g->detok, t->id, &out, &n) == 0 && n) fwrite(out, 1, n, stdout);
     }
-    free(pos);
-    free(slot);
-    return err;
+    fflush(stdout);
+    return true;
+}
+
+static void run_on_done(void *ud, coord_finish_t why, const coord_gen_stats_t *st)
+{
+    run_gen_t *g = ud;
+    pthread_mutex_lock(&g->mu);
+    g->done = true;
+    g->why = why;
+    g->st = *st;
+    pthread_cond_signal(&g->cv);
+    pthread_mutex_unlock(&g->mu);
 }
 
 int coord_cmd_run(int argc, char **argv)
 {
     const char *model = NULL, *prompt = NULL, *prompt_ids = NULL;
-    int n_predict = 128, threads = 2, ctx = 0, batch = 512, seed = -1;
+    int n_predict = 128, threads = 2, ctx = 0, batch = 512, seed = -1, n_par = 1, draft = 0;
     bool ids_out = false, kv_f16 = false, quiet = false;
     coord_sampler_params_t sp = coord_sampler_params_default();
     float temp = sp.temperature, top_p = sp.top_p, min_p = sp.min_p, rep = sp.repeat_penalty;
@@ -266,9 +298,13 @@ int coord_cmd_run(int argc, char **argv)
         {"kv-f16", 0, "MOEMESH_KV_F16", COORD_OPT_BOOL, &kv_f16, NULL, "f16 KV cache"},
         {"quiet", 'q', "MOEMESH_QUIET", COORD_OPT_BOOL, &quiet, NULL, "no timings on stderr"},
         CLUSTER_OPTS(cf),
+        {"parallel", 0, "MOEMESH_PARALLEL", COORD_OPT_INT, &n_par, "N",
+         "sequence slots, also -np (default 1)"},
+        {"draft", 0, "MOEMESH_DRAFT", COORD_OPT_INT, &draft, "N",
+         "speculative tokens per step from the context, greedy only (0: off)"},
     };
     int n_opts = (int)(sizeof(opts) / sizeof(opts[0]));
-    int r = coord_opts_parse(opts, n_opts, "run", argc, argv, 2);
+    int r = run_parse(opts, n_opts, argc, argv);
     if (r) return r > 0 ? 0 : 2;
     if (!prompt && !prompt_ids) prompt = "";
     if (n_predict < 0) {
@@ -293,7 +329,6 @@ int coord_cmd_run(int argc, char **argv)
                                (long long)n, n_ctx), n = -1;
     }
     int rc = 1;
-    float *logits = xmalloc(sizeof(float) * (size_t)V);
     if (n <= 0) {
         if (n == 0) fprintf(stderr, "run: empty prompt and the model has no BOS token\n");
         goto out;
@@ -303,37 +338,57 @@ int coord_cmd_run(int argc, char **argv)
     sp.temperature = temp, sp.top_k = top_k, sp.top_p = top_p, sp.min_p = min_p;
     sp.repeat_penalty = rep;
     sp.seed = seed >= 0 ? (uint64_t)seed : (uint64_t)(wire_now() * 1e9);
-    coord_sampler_t *smp = coord_sampler_new(&sp, V);
-    for (int64_t i = 0; i < n; i++) coord_sampler_accept(smp, ids[i]);
-    double t0 = wire_now();
-    int err = prefill(s.eng, ids, (int)n, 0, logits);
-    double t1 = wire_now();
-    int gen = 0;
-    char piece[256];
-    while (!err && gen < n_predict && n + gen < n_ctx) {
-        int32_t next = coord_sampler_sample(smp, logits);
-        coord_sampler_accept(smp, next);
-        gen++;
-        if (ids_out) {
-            printf("%d\n", next);
-        } else {
-            int len = model_tok_piece(s.tok, next, false, piece, sizeof(piece));
-            if (len > 0) fwrite(piece, 1, len < (int)sizeof(piece) ? (size_t)len : sizeof(piece), stdout);
-        }
-        fflush(stdout);
-        if (model_tok_is_eog(s.tok, next)) break;
-        int32_t p = (int32_t)(n + gen - 1), slot = 0;
-        coord_batch_t b = {.n = 1, .tok = &next, .pos = &p, .slot = &slot};
-        err = coord_engine_decode(s.eng, &b, logits);
+    /* The engine gets -np slots (one request here; `serve` fills them) and the scheduler runs
+     * the generation. */
+    coord_engine_params_t ep = *coord_engine_params(s.eng);
+    if (n_par != ep.n_slots) {
+        ep.n_slots = n_par;
+        coord_engine_free(s.eng);
+        if (!(s.eng = coord_engine_new(s.m, s.ex, s.pool, &ep))) goto out;
     }
-    double t2 = wire_now();
+    coord_sched_params_t schp = coord_sched_params_default();
+    schp.n_threads = threads;
+    schp.n_draft = draft;
+    coord_sched_t *sch = coord_sched_new(s.eng, s.m, &schp);
+    if (!sch) goto out;
+    run_gen_t g = {.detok = model_detok_new(s.tok, 0), .ids_out = ids_out};
+    pthread_mutex_init(&g.mu, NULL);
+    pthread_cond_init(&g.cv, NULL);
+    int max_tokens = n_predict < n_ctx - n ? n_predict : (int)(n_ctx - n);
+    coord_gen_req_t req = {.prompt = ids, .n_prompt = (int)n, .max_tokens = max_tokens,
+                           .sampling = sp, .top_logprobs = -1, .on_token = run_on_token,
+                           .on_done = run_on_done, .ud = &g};
+    double t0 = wire_now();
+    int64_t id = max_tokens > 0 ? coord_sched_submit(sch, &req) : 0;
+    if (id < 0) fprintf(stderr, "run: the scheduler refused the request: %s\n",
+                        wire_strerror((int)id));
+    pthread_mutex_lock(&g.mu);
+    while (id > 0 && !g.done) pthread_cond_wait(&g.cv, &g.mu);
+    pthread_mutex_unlock(&g.mu);
+    coord_sched_stats_t sst;
+    coord_sched_stats(sch, &sst);
+    coord_sched_free(sch);
+    const char *tail;
+    size_t tail_n;
+    model_detok_flush(g.detok, &tail, &tail_n);
+    if (tail_n) fwrite(tail, 1, tail_n, stdout);
+    model_detok_free(g.detok);
+    pthread_mutex_destroy(&g.mu);
+    pthread_cond_destroy(&g.cv);
     if (!ids_out) printf("\n");
     fflush(stdout);
-    coord_sampler_free(smp);
-    if (err) {
-        fprintf(stderr, "run: forward pass failed: %s\n", model_strerror(err));
+    if (id < 0) goto out;
+    if (id > 0 && g.why == COORD_FINISH_ERROR) {
+        fprintf(stderr, "run: %s\n", g.st.message);
         goto out;
     }
+    /* Prompt time runs to the first token (its sampling included), generation from there. */
+    int gen = id > 0 ? g.st.n_generated : 0;
+    double t1 = id > 0 && gen > 0 ? g.st.t_first_token : wire_now(), t2 = id > 0 ? g.st.t_done : t1;
+    if (!quiet && draft > 0 && sst.gen_passes > 0)
+        fprintf(stderr, "draft: %llu of %llu drafted tokens accepted; %.2f tokens per step\n",
+                (unsigned long long)sst.draft_accepted, (unsigned long long)sst.draft_proposed,
+                (double)sst.tokens_generated / (double)sst.gen_passes);
     if (!quiet)
         fprintf(stderr, "prompt: %lld tokens in %.3f s (%.1f tok/s); generation: %d tokens in "
                         "%.3f s (%.1f tok/s)\n",
@@ -342,7 +397,6 @@ int coord_cmd_run(int argc, char **argv)
     if (!quiet && s.cluster) coord_cluster_print_summary(s.cluster, stderr, n + gen);
     rc = 0;
 out:
-    free(logits);
     free(ids);
     stack_free(&s);
     return rc;

@@ -161,6 +161,9 @@ int coord_engine_decode(coord_engine_t *e, const coord_batch_t *b, float *logits
 void coord_engine_clear_slot(coord_engine_t *e, int slot);
 /* Number of positions slot holds. */
 int coord_engine_slot_len(const coord_engine_t *e, int slot);
+/* Forgets positions len and beyond of slot (no-op when it holds fewer): the next token of the
+ * slot goes at position len. Used to roll back rejected speculative tokens. */
+void coord_engine_truncate_slot(coord_engine_t *e, int slot, int len);
 
 /* ---- command-line options (coordinator/opts.c) ----
  * Every flag has a MOEMESH_* environment twin; the command line wins. */
@@ -206,11 +209,13 @@ int coord_cmd_eval(int argc, char **argv);
 typedef struct coord_sched coord_sched_t;
 
 typedef struct {
-    int n_slots;        /* concurrent sequences (-np) */
-    int n_batch;        /* tokens per step (--batch) */
-    int n_ctx;          /* positions per slot (prompt + generated) */
+    int n_slots;        /* concurrent sequences (-np); 0: the engine's */
+    int n_batch;        /* tokens per step (--batch); 0: the engine's */
+    int n_ctx;          /* positions per slot (prompt + generated); 0: the engine's */
     int max_queue;      /* requests waiting for a slot before submit says -EBUSY */
-    int n_threads;      /* compute threads */
+    int n_threads;      /* compute threads (the engine's pool; informational here) */
+    int n_draft;        /* speculative tokens per step for greedy requests (--draft), drafted
+                           from the sequence's own context (prompt lookup); 0: off */
 } coord_sched_params_t;
 coord_sched_params_t coord_sched_params_default(void);
 
@@ -267,6 +272,9 @@ void coord_sched_cancel(coord_sched_t *s, int64_t id);
 typedef struct {
     int slots_busy, queued;
     uint64_t steps, tokens_prompt, tokens_generated;
+    /* Speculation: gen_passes counts (sequence, step) pairs that produced tokens, so
+     * tokens_generated / gen_passes is the tokens per forward pass of one sequence. */
+    uint64_t gen_passes, draft_proposed, draft_accepted;
 } coord_sched_stats_t;
 void coord_sched_stats(const coord_sched_t *s, coord_sched_stats_t *out); /* any thread */
 

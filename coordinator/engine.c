@@ -139,6 +139,14 @@ const coord_engine_params_t *coord_engine_params(const coord_engine_t *e) { retu
 void coord_engine_clear_slot(coord_engine_t *e, int slot) { e->slot_len[slot] = 0; }
 int coord_engine_slot_len(const coord_engine_t *e, int slot) { return e->slot_len[slot]; }
 
+void coord_engine_truncate_slot(coord_engine_t *e, int slot, int len)
+{
+    /* Rows at len and beyond stay in memory; the next decode of the slot overwrites them,
+     * and attention never reads past a token's own position. */
+    CHECK(slot >= 0 && slot < e->p.n_slots && len >= 0);
+    if (len < e->slot_len[slot]) e->slot_len[slot] = len;
+}
+
 /* out (n, rows of w) = x (n, cols of w) @ w^T, w a plain 2-D tensor. */
 static void mm(coord_engine_t *e, float *out, const model_tensor_t *w, const float *x, int n)
 {
