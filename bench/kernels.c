@@ -63,6 +63,18 @@ static void bw_cb(void *arg, int ith, int nth)
     t->sums[ith] = a[0] + a[1];
 }
 
+static double read_bandwidth(kern_pool_t *pool, const uint64_t *buf, size_t bytes);
+
+double bench__read_bandwidth(kern_pool_t *pool)
+{
+    const size_t bytes = (size_t)1 << 30;
+    uint64_t *buf = xmalloc_aligned(64, bytes);
+    memset(buf, 1, bytes);
+    double bw = read_bandwidth(pool, buf, bytes);
+    free(buf);
+    return bw;
+}
+
 static double read_bandwidth(kern_pool_t *pool, const uint64_t *buf, size_t bytes)
 {
     bw_task_t t = {.buf = buf, .words = bytes / 8};
