@@ -15,7 +15,8 @@ int bench_kernels_main(int argc, char **argv);
 
 /* `moemesh-bench model -m MODEL [-p N] [-n N] [-t T,...] [-r R] [--json]` (bench/model.c): prompt
  * processing (pp, one batch of N tokens) and generation (tg, N tokens one by one) speed of the
- * single-process engine, median of R runs, per thread count; --json for one object per line. Exit status 0, 1, or 2 (usage). */
+ * single-process engine, median of R runs, per thread count; --json for one object per line.
+ * Exit status 0, 1, or 2 (usage). */
 int bench_model_main(int argc, char **argv);
 
 /* Best read bandwidth in GB/s of summing a 1 GiB buffer on the pool's threads, best of 8 passes

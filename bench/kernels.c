@@ -194,7 +194,8 @@ static int expert_main(kern_pool_t *pools[2], const double bw[2])
     weights_init(&gu, KERN_Q8_0, D, (int64_t)F * E * 2, false); /* gate, up of each expert */
     weights_init(&dn, KERN_Q8_0, F, (int64_t)D * E, false);
     kern_expert_t ex[E];
-    const size_t mat_gu = kern_row_bytes(KERN_Q8_0, D) * F, mat_dn = kern_row_bytes(KERN_Q8_0, F) * D;
+    const size_t mat_gu = kern_row_bytes(KERN_Q8_0, D) * F;
+    const size_t mat_dn = kern_row_bytes(KERN_Q8_0, F) * D;
     for (int e = 0; e < E; e++) {
         ex[e] = (kern_expert_t){KERN_Q8_0, KERN_Q8_0, KERN_Q8_0, gu.w + (size_t)(2 * e) * mat_gu,
                                 gu.w + (size_t)(2 * e + 1) * mat_gu, dn.w + (size_t)e * mat_dn};

@@ -67,7 +67,8 @@ static int run_once(const model_t *m, int threads, int pp, int tg, int reps, dou
     int32_t *tok = xmalloc(sizeof(int32_t) * batch), *pos = xmalloc(sizeof(int32_t) * batch);
     int32_t *slot = xcalloc(batch, sizeof(int32_t));
     float *logits = xmalloc(sizeof(float) * (size_t)m->hp.n_vocab);
-    double *pps = xcalloc((size_t)reps, sizeof(double)), *tgs = xcalloc((size_t)reps, sizeof(double));
+    double *pps = xcalloc((size_t)reps, sizeof(double));
+    double *tgs = xcalloc((size_t)reps, sizeof(double));
     uint64_t s = 0x9e3779b97f4a7c15ull;
     int err = 0;
     for (int r = 0; r < reps && !err; r++) {
@@ -119,7 +120,8 @@ int bench_model_main(int argc, char **argv)
         else if (!strcmp(a, "--json")) json = true;
         else {
             fprintf(stderr, "usage: moemesh-bench model -m MODEL [-p PROMPT_TOKENS (512)] "
-                            "[-n GEN_TOKENS (128)] [-t THREADS,... (1,2)] [-r REPEATS (2)] [--json]\n");
+                            "[-n GEN_TOKENS (128)] [-t THREADS,... (1,2)] [-r REPEATS (2)] "
+                            "[--json]\n");
             return 2;
         }
     }

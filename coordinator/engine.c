@@ -169,7 +169,7 @@ static void kv_store(coord_engine_t *e, uint8_t *dst, const float *src, int dim)
     for (int i = 0; i < dim; i++) h[i] = kern_fp32_to_fp16(src[i]);
 }
 
-/* Attention of every (token, head) pair of the batch, split over the pool's threads. */
+/* Attention of every (token, kv head) pair of the batch, split over the pool's threads. */
 typedef struct {
     coord_engine_t *e;
     const coord_batch_t *b;

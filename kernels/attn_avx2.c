@@ -37,7 +37,8 @@ static inline __m256 hsum8(const __m256 a[8])
     __m256 t2 = _mm256_hadd_ps(a[4], a[5]), t3 = _mm256_hadd_ps(a[6], a[7]);
     t0 = _mm256_hadd_ps(t0, t1);
     t2 = _mm256_hadd_ps(t2, t3);
-    return _mm256_add_ps(_mm256_permute2f128_ps(t0, t2, 0x20), _mm256_permute2f128_ps(t0, t2, 0x31));
+    return _mm256_add_ps(_mm256_permute2f128_ps(t0, t2, 0x20),
+                         _mm256_permute2f128_ps(t0, t2, 0x31));
 }
 
 /* e^x for x <= 0: x = n ln2 + r with |r| <= ln2/2, e^r by its Taylor polynomial to degree 7
@@ -93,7 +94,8 @@ static void softmax_row(float *s, int n)
         }
     }
     const __m256 inv = _mm256_set1_ps(1.0f / sum);
-    for (j = 0; j + 8 <= n; j += 8) _mm256_storeu_ps(s + j, _mm256_mul_ps(_mm256_loadu_ps(s + j), inv));
+    for (j = 0; j + 8 <= n; j += 8)
+        _mm256_storeu_ps(s + j, _mm256_mul_ps(_mm256_loadu_ps(s + j), inv));
     for (; j < n; j++) s[j] *= 1.0f / sum;
 }
 

@@ -1,6 +1,7 @@
 /* Elementwise and small reductions of one decode step: RMS norm, rotary position embedding,
  * softmax, SwiGLU, top-k expert selection, and attention of a GQA group (its reference here, the
- * AVX2 body in attn_avx2.c). Each follows ggml's CPU operator in the order of its float operations (double accumulators where ggml uses ggml_float), because our logits
+ * AVX2 body in attn_avx2.c). Each follows ggml's CPU operator in the order of its float
+ * operations (double accumulators where ggml uses ggml_float), because our logits
  * are compared with llama.cpp's; they are cheap next to the matrix products, so they stay
  * plain C that the compiler may vectorise where it does not change the result.
  */
