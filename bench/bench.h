@@ -13,15 +13,21 @@
  * "kernels". Returns the process exit status (0, or 2 on a usage error). */
 int bench_kernels_main(int argc, char **argv);
 
-/* `moemesh-bench model -m MODEL [-p N] [-n N] [-t T,...] [-r R]` (bench/model.c): prompt
+/* `moemesh-bench model -m MODEL [-p N] [-n N] [-t T,...] [-r R] [--json]` (bench/model.c): prompt
  * processing (pp, one batch of N tokens) and generation (tg, N tokens one by one) speed of the
- * single-process engine, best of R runs, per thread count. Exit status 0, 1, or 2 (usage). */
+ * single-process engine, median of R runs, per thread count; --json for one object per line.
+ * Exit status 0, 1, or 2 (usage). */
 int bench_model_main(int argc, char **argv);
 
 /* `moemesh-bench serve --url http://HOST:PORT [-c N] [-n N] [--prompt-len N] [--max-tokens N]`
  * (bench/serve.c): load client for the HTTP API; successful/failed requests, request and token
  * throughput, mean/median/p99 TTFT, TPOT and ITL. Exit status 0 (all succeeded), 1, 2 (usage). */
 int bench_serve_main(int argc, char **argv);
+
+/* Best read bandwidth in GB/s of summing a 1 GiB buffer on the pool's threads, best of 8 passes
+ * (bench/kernels.c); the decode floor of `moemesh-bench model` divides weight bytes by it. */
+struct kern_pool;
+double bench__read_bandwidth(struct kern_pool *pool);
 
 /* Sum of buf (words) with 32-byte loads (bench/read_avx2.c); only when the CPU has AVX2. */
 uint64_t bench__read_sum_avx2(const uint64_t *buf, size_t words);

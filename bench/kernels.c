@@ -5,7 +5,8 @@
  *   3. GEMV (m = 1, plus an expert-sized batch) on shapes of real models, per weight type:
  *      weight GB/s, GFLOP/s and % of the read bandwidth with the same thread count;
  *   4. GEMM (m = 8, 16, 64, 512) GFLOP/s for F32 (BLAS), Q8_0 and Q4_K, either side of the
- *      BLAS thresholds of kernels/matmul.c.
+ *      BLAS thresholds of kernels/matmul.c;
+ *   --expert instead of 3 and 4: one grouped expert FFN (kern_moe_ffn) of 1..512 tokens.
  *
  * Weights are rotated through copies totalling >= 256 MiB so that even small matrices come from
  * DRAM, as in decode where every layer's weights are touched once per token. Weight contents
@@ -61,6 +62,18 @@ static void bw_cb(void *arg, int ith, int nth)
         for (int k = 0; k < 4; k++) s[k] += v[i + k];
     v2u a = s[0] + s[1] + s[2] + s[3];
     t->sums[ith] = a[0] + a[1];
+}
+
+static double read_bandwidth(kern_pool_t *pool, const uint64_t *buf, size_t bytes);
+
+double bench__read_bandwidth(kern_pool_t *pool)
+{
+    const size_t bytes = (size_t)1 << 30;
+    uint64_t *buf = xmalloc_aligned(64, bytes);
+    memset(buf, 1, bytes);
+    double bw = read_bandwidth(pool, buf, bytes);
+    free(buf);
+    return bw;
 }
 
 static double read_bandwidth(kern_pool_t *pool, const uint64_t *buf, size_t bytes)
@@ -165,13 +178,83 @@ static const struct {
 static int usage(void)
 {
     fprintf(stderr,
-            "usage: moemesh-bench kernels [--threads N] [--seconds S] [--types Q8_0,Q4_K,...]\n");
+            "usage: moemesh-bench kernels [--threads N] [--seconds S] [--types Q8_0,Q4_K,...] "
+            "[--expert]\n");
     return 2;
+}
+
+/* ---- --expert: one kern_moe_ffn call on the issue's shape ----
+ * 40 Q8_0 experts of dim 2048 and ff 768 (200 MB, so they come from DRAM as in a server), top-8
+ * routing drawn from a seeded PRNG, 1, 8, 64 and 512 tokens. The floor is the bytes of the
+ * distinct experts the call touches over the read bandwidth with the same threads. */
+static int expert_main(kern_pool_t *pools[2], const double bw[2])
+{
+    enum { E = 40, K = 8, D = 2048, F = 768, MAXT = 512 };
+    weights_t gu, dn;
+    weights_init(&gu, KERN_Q8_0, D, (int64_t)F * E * 2, false); /* gate, up of each expert */
+    weights_init(&dn, KERN_Q8_0, F, (int64_t)D * E, false);
+    kern_expert_t ex[E];
+    const size_t mat_gu = kern_row_bytes(KERN_Q8_0, D) * F;
+    const size_t mat_dn = kern_row_bytes(KERN_Q8_0, F) * D;
+    for (int e = 0; e < E; e++) {
+        ex[e] = (kern_expert_t){KERN_Q8_0, KERN_Q8_0, KERN_Q8_0, gu.w + (size_t)(2 * e) * mat_gu,
+                                gu.w + (size_t)(2 * e + 1) * mat_gu, dn.w + (size_t)e * mat_dn};
+    }
+    float *x = xmalloc(sizeof(float) * MAXT * D), *out = xmalloc(sizeof(float) * MAXT * D);
+    float *w = xmalloc(sizeof(float) * MAXT * K);
+    int32_t *ids = xmalloc(sizeof(int32_t) * MAXT * K);
+    for (size_t i = 0; i < (size_t)MAXT * D; i++) x[i] = (float)(i % 29) / 14.f - 1.f;
+    const size_t ws = kern_moe_work_size(&ex[0], D, F, MAXT, K);
+    void *work = xmalloc_aligned(64, ws);
+    uint64_t s = 12345;
+    printf("kern_moe_ffn, %d Q8_0 experts (dim %d, ff %d), top-%d: ms per call, GB/s of distinct "
+           "expert weights, %% of read bandwidth\n", E, D, F, K);
+    printf("%-6s %7s | %9s %8s %5s | %9s %8s %5s\n", "tokens", "experts", "1t ms", "GB/s", "%bw",
+           "Nt ms", "GB/s", "%bw");
+    const int toks[] = {1, 8, 64, 512};
+    for (int ti = 0; ti < 4; ti++) {
+        const int T = toks[ti];
+        bool used[E] = {false};
+        for (int t = 0; t < T; t++) {
+            for (int j = 0; j < K; j++) {
+                int id;
+                bool dup;
+                do {
+                    s = s * 6364136223846793005ull + 1442695040888963407ull;
+                    id = (int)((s >> 33) % E);
+                    dup = false;
+                    for (int q = 0; q < j; q++) dup |= ids[t * K + q] == id;
+                } while (dup);
+                ids[t * K + j] = id;
+                w[t * K + j] = 1.0f / K;
+                used[id] = true;
+            }
+        }
+        int ne = 0;
+        for (int e = 0; e < E; e++) ne += used[e];
+        const double bytes = (double)ne * (2 * mat_gu + mat_dn);
+        printf("%-6d %7d |", T, ne);
+        for (int p = 0; p < 2; p++) {
+            double best = 1e30, start = wire_now();
+            do {
+                double t0 = wire_now();
+                kern_moe_ffn(pools[p], ex, E, D, F, T, K, x, ids, w, out, work, ws);
+                double t = wire_now() - t0;
+                if (t < best) best = t;
+            } while (wire_now() - start < g_seconds * (T >= 64 ? 4 : 1));
+            printf(" %9.2f %8.1f %4.0f%%%s", best * 1e3, bytes / best / 1e9,
+                   100 * bytes / best / 1e9 / bw[p], p == 0 ? " |" : "\n");
+        }
+        fflush(stdout);
+    }
+    free(x), free(out), free(w), free(ids), free(work), free(gu.w), free(dn.w);
+    return 0;
 }
 
 int bench_kernels_main(int argc, char **argv)
 {
     int nthreads = 2;
+    bool expert = false;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
             nthreads = atoi(argv[++i]);
@@ -179,6 +262,8 @@ int bench_kernels_main(int argc, char **argv)
         } else if (strcmp(argv[i], "--seconds") == 0 && i + 1 < argc) {
             g_seconds = atof(argv[++i]);
             if (!(g_seconds > 0 && g_seconds < 60)) return usage();
+        } else if (strcmp(argv[i], "--expert") == 0) {
+            expert = true;
         } else if (strcmp(argv[i], "--types") == 0 && i + 1 < argc) {
             g_types = argv[++i];
         } else {
@@ -199,6 +284,12 @@ int bench_kernels_main(int argc, char **argv)
            bw[0], bw[1], nthreads);
     printf("pool dispatch (empty run): %.2f us on %d threads\n\n", dispatch_us(pools[1]),
            nthreads);
+    if (expert) {
+        int rc = expert_main(pools, bw);
+        kern_pool_free(pools[0]);
+        kern_pool_free(pools[1]);
+        return rc;
+    }
 
     printf("GEMV / small batch: weight GB/s, GFLOP/s, %% of read bandwidth\n");
     printf("%-6s %-30s | %8s %8s %5s | %8s %8s %5s\n", "type", "m x d x n", "1t GB/s", "GFLOP/s",

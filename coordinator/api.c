@@ -21,12 +21,6 @@
 
 #include "wire/wire.h"
 
-/* Until coordinator/sched.c lands on main, the scheduler may be missing from the link:
- * generation then answers 501. */
-#pragma weak coord_sched_submit
-#pragma weak coord_sched_cancel
-#pragma weak coord_sched_stats
-
 #define MAX_STOP 16       /* stop strings per request */
 #define MAX_STOP_LEN 256  /* bytes per stop string */
 #define MAX_TOP 20        /* top_logprobs */
@@ -265,7 +259,7 @@ static void route_models(coord_api_t *a, coord_http_req_t *req)
 static void route_metrics(coord_api_t *a, coord_http_req_t *req)
 {
     coord_metrics_gauges_t g = {.ready = a->ready};
-    if (a->ready && a->st.sched) {
+    if (a->ready) {
         coord_sched_stats_t ss;
         coord_sched_stats(a->st.sched, &ss);
         g.queue_length = ss.queued;
@@ -833,12 +827,7 @@ static bool parse_stop(json_t *j, gen_t *g, verr_t *e)
 static void route_generate(coord_api_t *a, coord_http_req_t *req, bool chat)
 {
     json_t *j;
-    if (!need_ready(a, req)) return;
-    if (!a->st.sched) {
-        send_error(a, req, 501, NULL, NULL, "this build has no scheduler: generation is off");
-        return;
-    }
-    if (!body_object(a, req, &j)) return;
+    if (!need_ready(a, req) || !body_object(a, req, &j)) return;
     verr_t e;
     gen_t *g = xcalloc(1, sizeof(*g));
     g->api = a;

@@ -1,41 +1,170 @@
-/* The single-process commands: `run` generates text from a prompt, `eval` prints teacher-forced
- * logits. Both build the same stack the server will: model, thread pool, local experts, engine.
+/* The commands: `run` generates text from a prompt, `eval` prints teacher-forced logits. Both
+ * build the same stack the server will: model, thread pool, routed experts, engine. The routed
+ * experts are local, or on expert nodes when any is given (--expert-node, --expert-nodes,
+ * --expert-dns): then the stack also holds the cluster those experts talk through.
  */
 #include "coordinator/coord.h"
 
 #include <errno.h>
+#include <netdb.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "wire/wire.h"
 
+/* The cluster flags both commands take. */
+typedef struct {
+    coord_opt_list_t node;   /* --expert-node tcp://HOST:PORT (repeatable, or a comma list) */
+    coord_opt_list_t nodes;  /* --expert-nodes HOST:PORT,HOST:PORT */
+    coord_opt_list_t dns;    /* --expert-dns NAME:PORT: every address NAME resolves to */
+    const char *wire_type;   /* f32 | f16 | bf16 | q8_0 */
+    int node_timeout;        /* ms */
+    const char *curve_keys;  /* directory, or NULL */
+} cluster_flags_t;
+
+#define CLUSTER_OPTS(cf)                                                                           \
+    {"expert-node", 0, "MOEMESH_EXPERT_NODE", COORD_OPT_LIST, &(cf).node, "URL",                   \
+     "expert node tcp://HOST:PORT (repeatable; commas allowed)"},                                  \
+    {"expert-nodes", 0, "MOEMESH_EXPERT_NODES", COORD_OPT_LIST, &(cf).nodes, "LIST",               \
+     "expert nodes HOST:PORT,HOST:PORT"},                                                          \
+    {"expert-dns", 0, "MOEMESH_EXPERT_DNS", COORD_OPT_LIST, &(cf).dns, "NAME:PORT",                \
+     "one expert node per address NAME resolves to"},                                              \
+    {"wire-type", 0, "MOEMESH_WIRE_TYPE", COORD_OPT_STR, &(cf).wire_type, "T",                     \
+     "activations on the wire: f32, f16, bf16, q8_0 (default f32)"},                               \
+    {"node-timeout", 0, "MOEMESH_NODE_TIMEOUT", COORD_OPT_INT, &(cf).node_timeout, "MS",           \
+     "deadline for an expert node's answer (default 10000)"},                                      \
+    {"curve-keys", 0, "MOEMESH_CURVE_KEYS", COORD_OPT_STR, &(cf).curve_keys, "DIR",                \
+     "CURVE keys (coordinator.key/.pub, node.pub) for encrypted node links"}
+
+static cluster_flags_t cluster_flags_default(void)
+{
+    return (cluster_flags_t){.wire_type = "f32", .node_timeout = 10000};
+}
+
 typedef struct {
     model_t *m;
     model_tok_t *tok;
     kern_pool_t *pool;
+    coord_cluster_t *cluster; /* NULL: experts are local */
     coord_experts_t *ex;
     coord_engine_t *eng;
+    char **endpoints;         /* (n_endpoints) owned "tcp://..." strings */
+    int n_endpoints;
 } run_stack_t;
 
 static void stack_free(run_stack_t *s)
 {
     coord_engine_free(s->eng);
     coord_experts_free(s->ex);
+    coord_cluster_free(s->cluster);
     kern_pool_free(s->pool);
     model_tok_free(s->tok);
     model_free(s->m);
+    for (int i = 0; i < s->n_endpoints; i++) free(s->endpoints[i]);
+    free(s->endpoints);
 }
 
-static int stack_init(run_stack_t *s, const char *path, int threads, int ctx, int batch, bool kv_f16)
+static void add_endpoint(run_stack_t *s, const char *prefix, const char *ep, size_t len)
+{
+    for (int i = 0; i < s->n_endpoints; i++)
+        if (strlen(s->endpoints[i]) == strlen(prefix) + len &&
+            !strncmp(s->endpoints[i], prefix, strlen(prefix)) &&
+            !strncmp(s->endpoints[i] + strlen(prefix), ep, len))
+            return; /* the same node twice would serve nothing more */
+    s->endpoints = xrealloc(s->endpoints, sizeof(char *) * (s->n_endpoints + 1));
+    char *e = xmalloc(strlen(prefix) + len + 1);
+    memcpy(e, prefix, strlen(prefix));
+    memcpy(e + strlen(prefix), ep, len);
+    e[strlen(prefix) + len] = 0;
+    s->endpoints[s->n_endpoints++] = e;
+}
+
+/* NAME:PORT -> one tcp:// endpoint per address getaddrinfo gives, in its order. */
+static int resolve(run_stack_t *s, const char *spec, size_t len)
+{
+    char buf[300];
+    const char *colon = memrchr(spec, ':', len);
+    if (!colon || colon == spec || len >= sizeof(buf) || colon + 1 == spec + len) {
+        fprintf(stderr, "--expert-dns: '%.*s' is not NAME:PORT\n", (int)len, spec);
+        return -EINVAL;
+    }
+    memcpy(buf, spec, len);
+    buf[len] = 0;
+    buf[colon - spec] = 0;
+    const char *port = buf + (colon - spec) + 1;
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
+    int rc = getaddrinfo(buf, port, &hints, &res);
+    if (rc) {
+        fprintf(stderr, "--expert-dns: cannot resolve %s: %s\n", buf, gai_strerror(rc));
+        return -EINVAL;
+    }
+    int n = 0;
+    for (struct addrinfo *a = res; a; a = a->ai_next) {
+        char host[NI_MAXHOST], ep[NI_MAXHOST + 16];
+        if (getnameinfo(a->ai_addr, a->ai_addrlen, host, sizeof(host), NULL, 0, NI_NUMERICHOST))
+            continue;
+        int w = snprintf(ep, sizeof(ep), a->ai_family == AF_INET6 ? "[%s]:%s" : "%s:%s", host,
+                         port);
+        add_endpoint(s, "tcp://", ep, (size_t)w);
+        n++;
+    }
+    freeaddrinfo(res);
+    if (n == 0) {
+        fprintf(stderr, "--expert-dns: %s resolves to no address\n", buf);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* Every node endpoint the flags name, deduplicated, in flag order. */
+static int collect_endpoints(run_stack_t *s, const cluster_flags_t *cf)
+{
+    const coord_opt_list_t *lists[3] = {&cf->node, &cf->nodes, &cf->dns};
+    for (int k = 0; k < 3; k++) {
+        for (int i = 0; i < lists[k]->n; i++) {
+            const char *p = lists[k]->v[i];
+            while (*p) {
+                size_t len = strcspn(p, ", ");
+                if (len) {
+                    if (k == 2) {
+                        if (resolve(s, p, len)) return -EINVAL;
+                    } else {
+                        /* tcp:// is optional in both flags. */
+                        bool has = len > 6 && !strncmp(p, "tcp://", 6);
+                        add_endpoint(s, has ? "" : "tcp://", p, len);
+                    }
+                }
+                p += len;
+                while (*p == ',' || *p == ' ') p++;
+            }
+        }
+    }
+    return 0;
+}
+
+static int stack_init(run_stack_t *s, const char *path, int threads, int ctx, int batch,
+                      bool kv_f16, const cluster_flags_t *cf)
 {
     memset(s, 0, sizeof(*s));
     if (!path) {
         fprintf(stderr, "no model given (-m FILE.gguf or MOEMESH_MODEL)\n");
         return -EINVAL;
     }
-    int err = model_load(path, &s->m);
-    if (err) {
+    coord_cluster_config_t cc = coord_cluster_config_default();
+    if (wire_dtype_parse(cf->wire_type, &cc.wire_type) != 0 ||
+        cc.wire_type == WIRE_DTYPE_BYTES) {
+        fprintf(stderr, "bad --wire-type '%s' (f32, f16, bf16 or q8_0)\n", cf->wire_type);
+        return -EINVAL;
+    }
+    if (cf->node_timeout < 1) {
+        fprintf(stderr, "bad --node-timeout %d (milliseconds, >= 1)\n", cf->node_timeout);
+        return -EINVAL;
+    }
+    int err = collect_endpoints(s, cf);
+    if (err) return err;
+    if ((err = model_load(path, &s->m)) != 0) {
         fprintf(stderr, "cannot load %s: %s\n", path, model_strerror(err));
         return err;
     }
@@ -48,7 +177,22 @@ static int stack_init(run_stack_t *s, const char *path, int threads, int ctx, in
         return -EINVAL;
     }
     s->pool = kern_pool_new(threads);
-    if (s->m->hp.n_expert > 0) s->ex = coord_experts_local_new(s->m, s->pool, batch);
+    if (s->m->hp.n_expert > 0 && s->n_endpoints > 0) {
+        cc.n_nodes = s->n_endpoints;
+        cc.endpoints = (const char *const *)s->endpoints;
+        cc.timeout_ms = cc.connect_ms = cf->node_timeout;
+        cc.curve_dir = cf->curve_keys;
+        s->cluster = coord_cluster_new(&cc, s->m);
+        if (!s->cluster) {
+            fprintf(stderr, "cannot start the expert nodes (reason above)\n");
+            return -EIO;
+        }
+        s->ex = coord_experts_remote_new(s->cluster, batch);
+    } else if (s->m->hp.n_expert > 0) {
+        s->ex = coord_experts_local_new(s->m, s->pool, batch);
+    } else if (s->n_endpoints > 0) {
+        fprintf(stderr, "%s is a dense model: no experts for the nodes; running locally\n", path);
+    }
     coord_engine_params_t p = coord_engine_params_default();
     p.n_ctx = ctx;
     p.n_batch = batch;
@@ -73,32 +217,64 @@ static int parse_ids(const char *s, int32_t *ids, int cap, int n_vocab)
     return n;
 }
 
-/* Feeds ids[0..n) to slot 0 from position pos0 in chunks of the engine's batch; logits of the
- * last token land in logits. */
-static int prefill(coord_engine_t *e, const int32_t *ids, int n, int pos0, float *logits)
+/* llama.cpp spells the slot count -np, one dash and two letters, which coord_opts_parse would
+ * read as an unknown short flag: it becomes --parallel in a copy of argv. */
+static int run_parse(const coord_opt_t *opts, int n_opts, int argc, char **argv)
 {
-    int B = coord_engine_params(e)->n_batch;
-    int32_t *pos = xmalloc(sizeof(int32_t) * B), *slot = xcalloc(B, sizeof(int32_t));
-    int err = 0;
-    for (int i = 0; i < n && !err; i += B) {
-        int c = n - i < B ? n - i : B;
-        for (int j = 0; j < c; j++) pos[j] = pos0 + i + j;
-        coord_batch_t b = {.n = c, .tok = ids + i, .pos = pos, .slot = slot};
-        err = coord_engine_decode(e, &b, logits);
+    char **av = xmalloc(sizeof(char *) * (size_t)(argc + 1));
+    for (int i = 0; i < argc; i++) av[i] = strcmp(argv[i], "-np") ? argv[i] : (char *)"--parallel";
+    av[argc] = NULL;
+    int r = coord_opts_parse(opts, n_opts, "run", argc, av, 2);
+    free(av);
+    return r;
+}
+
+/* The one request of `run`: tokens stream to stdout as they come (on the scheduler thread),
+ * and the main thread sleeps until on_done. */
+typedef struct {
+    model_detok_t *detok;
+    bool ids_out;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool done;              /* guarded by mu */
+    coord_finish_t why;
+    coord_gen_stats_t st;
+} run_gen_t;
+
+static bool run_on_token(void *ud, const coord_token_t *t)
+{
+    run_gen_t *g = ud;
+    if (g->ids_out) {
+        printf("%d\n", t->id);
+    } else {
+        const char *out;
+        size_t n;
+        if (model_detok_push(g->detok, t->id, &out, &n) == 0 && n) fwrite(out, 1, n, stdout);
     }
-    free(pos);
-    free(slot);
-    return err;
+    fflush(stdout);
+    return true;
+}
+
+static void run_on_done(void *ud, coord_finish_t why, const coord_gen_stats_t *st)
+{
+    run_gen_t *g = ud;
+    pthread_mutex_lock(&g->mu);
+    g->done = true;
+    g->why = why;
+    g->st = *st;
+    pthread_cond_signal(&g->cv);
+    pthread_mutex_unlock(&g->mu);
 }
 
 int coord_cmd_run(int argc, char **argv)
 {
     const char *model = NULL, *prompt = NULL, *prompt_ids = NULL;
-    int n_predict = 128, threads = 2, ctx = 0, batch = 512, seed = -1;
+    int n_predict = 128, threads = 2, ctx = 0, batch = 512, seed = -1, n_par = 1, draft = 0;
     bool ids_out = false, kv_f16 = false, quiet = false;
     coord_sampler_params_t sp = coord_sampler_params_default();
     float temp = sp.temperature, top_p = sp.top_p, min_p = sp.min_p, rep = sp.repeat_penalty;
     int top_k = sp.top_k;
+    cluster_flags_t cf = cluster_flags_default();
     const coord_opt_t opts[] = {
         {"model", 'm', "MOEMESH_MODEL", COORD_OPT_STR, &model, "FILE", "GGUF model"},
         {"prompt", 'p', "MOEMESH_PROMPT", COORD_OPT_STR, &prompt, "TEXT", "prompt text"},
@@ -121,9 +297,14 @@ int coord_cmd_run(int argc, char **argv)
         {"ids", 0, "MOEMESH_IDS", COORD_OPT_BOOL, &ids_out, NULL, "print token ids, one per line"},
         {"kv-f16", 0, "MOEMESH_KV_F16", COORD_OPT_BOOL, &kv_f16, NULL, "f16 KV cache"},
         {"quiet", 'q', "MOEMESH_QUIET", COORD_OPT_BOOL, &quiet, NULL, "no timings on stderr"},
+        CLUSTER_OPTS(cf),
+        {"parallel", 0, "MOEMESH_PARALLEL", COORD_OPT_INT, &n_par, "N",
+         "sequence slots, also -np (default 1)"},
+        {"draft", 0, "MOEMESH_DRAFT", COORD_OPT_INT, &draft, "N",
+         "speculative tokens per step from the context, greedy only (0: off)"},
     };
     int n_opts = (int)(sizeof(opts) / sizeof(opts[0]));
-    int r = coord_opts_parse(opts, n_opts, "run", argc, argv, 2);
+    int r = run_parse(opts, n_opts, argc, argv);
     if (r) return r > 0 ? 0 : 2;
     if (!prompt && !prompt_ids) prompt = "";
     if (n_predict < 0) {
@@ -131,7 +312,7 @@ int coord_cmd_run(int argc, char **argv)
         return 2;
     }
     run_stack_t s;
-    if (stack_init(&s, model, threads, ctx, batch, kv_f16) != 0) {
+    if (stack_init(&s, model, threads, ctx, batch, kv_f16, &cf) != 0) {
         stack_free(&s);
         return 1;
     }
@@ -148,7 +329,6 @@ int coord_cmd_run(int argc, char **argv)
                                (long long)n, n_ctx), n = -1;
     }
     int rc = 1;
-    float *logits = xmalloc(sizeof(float) * (size_t)V);
     if (n <= 0) {
         if (n == 0) fprintf(stderr, "run: empty prompt and the model has no BOS token\n");
         goto out;
@@ -158,45 +338,65 @@ int coord_cmd_run(int argc, char **argv)
     sp.temperature = temp, sp.top_k = top_k, sp.top_p = top_p, sp.min_p = min_p;
     sp.repeat_penalty = rep;
     sp.seed = seed >= 0 ? (uint64_t)seed : (uint64_t)(wire_now() * 1e9);
-    coord_sampler_t *smp = coord_sampler_new(&sp, V);
-    for (int64_t i = 0; i < n; i++) coord_sampler_accept(smp, ids[i]);
-    double t0 = wire_now();
-    int err = prefill(s.eng, ids, (int)n, 0, logits);
-    double t1 = wire_now();
-    int gen = 0;
-    char piece[256];
-    while (!err && gen < n_predict && n + gen < n_ctx) {
-        int32_t next = coord_sampler_sample(smp, logits);
-        coord_sampler_accept(smp, next);
-        gen++;
-        if (ids_out) {
-            printf("%d\n", next);
-        } else {
-            int len = model_tok_piece(s.tok, next, false, piece, sizeof(piece));
-            if (len > 0) fwrite(piece, 1, len < (int)sizeof(piece) ? (size_t)len : sizeof(piece), stdout);
-        }
-        fflush(stdout);
-        if (model_tok_is_eog(s.tok, next)) break;
-        int32_t p = (int32_t)(n + gen - 1), slot = 0;
-        coord_batch_t b = {.n = 1, .tok = &next, .pos = &p, .slot = &slot};
-        err = coord_engine_decode(s.eng, &b, logits);
+    /* The engine gets -np slots (one request here; `serve` fills them) and the scheduler runs
+     * the generation. */
+    coord_engine_params_t ep = *coord_engine_params(s.eng);
+    if (n_par != ep.n_slots) {
+        ep.n_slots = n_par;
+        coord_engine_free(s.eng);
+        if (!(s.eng = coord_engine_new(s.m, s.ex, s.pool, &ep))) goto out;
     }
-    double t2 = wire_now();
+    coord_sched_params_t schp = coord_sched_params_default();
+    schp.n_threads = threads;
+    schp.n_draft = draft;
+    coord_sched_t *sch = coord_sched_new(s.eng, s.m, &schp);
+    if (!sch) goto out;
+    run_gen_t g = {.detok = model_detok_new(s.tok, 0), .ids_out = ids_out};
+    pthread_mutex_init(&g.mu, NULL);
+    pthread_cond_init(&g.cv, NULL);
+    int max_tokens = n_predict < n_ctx - n ? n_predict : (int)(n_ctx - n);
+    coord_gen_req_t req = {.prompt = ids, .n_prompt = (int)n, .max_tokens = max_tokens,
+                           .sampling = sp, .top_logprobs = -1, .on_token = run_on_token,
+                           .on_done = run_on_done, .ud = &g};
+    double t0 = wire_now();
+    int64_t id = max_tokens > 0 ? coord_sched_submit(sch, &req) : 0;
+    if (id < 0) fprintf(stderr, "run: the scheduler refused the request: %s\n",
+                        wire_strerror((int)id));
+    pthread_mutex_lock(&g.mu);
+    while (id > 0 && !g.done) pthread_cond_wait(&g.cv, &g.mu);
+    pthread_mutex_unlock(&g.mu);
+    coord_sched_stats_t sst;
+    coord_sched_stats(sch, &sst);
+    coord_sched_free(sch);
+    const char *tail;
+    size_t tail_n;
+    model_detok_flush(g.detok, &tail, &tail_n);
+    if (tail_n) fwrite(tail, 1, tail_n, stdout);
+    model_detok_free(g.detok);
+    pthread_mutex_destroy(&g.mu);
+    pthread_cond_destroy(&g.cv);
     if (!ids_out) printf("\n");
     fflush(stdout);
-    coord_sampler_free(smp);
-    if (err) {
-        fprintf(stderr, "run: forward pass failed: %s\n", model_strerror(err));
+    if (id < 0) goto out;
+    if (id > 0 && g.why == COORD_FINISH_ERROR) {
+        fprintf(stderr, "run: %s\n", g.st.message);
         goto out;
     }
+    /* Prompt time runs to the first token (its sampling included), generation from there. */
+    int gen = id > 0 ? g.st.n_generated : 0;
+    double t1 = id > 0 && gen > 0 ? g.st.t_first_token : wire_now(), t2 = id > 0 ? g.st.t_done : t1;
+    if (!quiet && draft > 0 && sst.gen_passes > 0)
+        fprintf(stderr, "draft: %llu of %llu drafted tokens accepted; %.2f tokens per step\n",
+                (unsigned long long)sst.draft_accepted, (unsigned long long)sst.draft_proposed,
+                (double)sst.tokens_generated / (double)sst.gen_passes);
     if (!quiet)
         fprintf(stderr, "prompt: %lld tokens in %.3f s (%.1f tok/s); generation: %d tokens in "
                         "%.3f s (%.1f tok/s)\n",
                 (long long)n, t1 - t0, n / (t1 - t0 + 1e-9), gen, t2 - t1,
                 gen / (t2 - t1 + 1e-9));
+    if (!quiet && s.cluster) coord_cluster_print_summary(s.cluster, stderr, n + gen);
     rc = 0;
 out:
-    free(logits);
     free(ids);
     stack_free(&s);
     return rc;
@@ -206,11 +406,13 @@ int coord_cmd_eval(int argc, char **argv)
 {
     const char *model = NULL, *idstr = NULL;
     int top = 5, threads = 2;
+    cluster_flags_t cf = cluster_flags_default();
     const coord_opt_t opts[] = {
         {"model", 'm', "MOEMESH_MODEL", COORD_OPT_STR, &model, "FILE", "GGUF model"},
         {"ids", 0, "MOEMESH_IDS", COORD_OPT_STR, &idstr, "IDS", "token ids, \"1 2 3\""},
         {"top", 0, "MOEMESH_TOP", COORD_OPT_INT, &top, "K", "logits printed per position"},
         {"threads", 't', "MOEMESH_THREADS", COORD_OPT_INT, &threads, "N", "threads (default 2)"},
+        CLUSTER_OPTS(cf),
     };
     int r = coord_opts_parse(opts, (int)(sizeof(opts) / sizeof(opts[0])), "eval", argc, argv, 2);
     if (r) return r > 0 ? 0 : 2;
@@ -221,7 +423,7 @@ int coord_cmd_eval(int argc, char **argv)
     /* The batch is the whole sequence, so the id count sizes the stack. */
     int cap = (int)strlen(idstr) / 2 + 1;
     run_stack_t s;
-    if (stack_init(&s, model, threads, cap + 1, cap, false) != 0) {
+    if (stack_init(&s, model, threads, cap + 1, cap, false, &cf) != 0) {
         stack_free(&s);
         return 1;
     }

@@ -8,8 +8,11 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include <stdio.h>
+
 #include "kernels/kern.h"
 #include "model/model.h"
+#include "wire/wire.h"
 
 /* ---- sampling (coordinator/sample.c) ----
  * Turns one logit vector into a token id. Deterministic for a given seed and history. The
@@ -59,6 +62,69 @@ struct coord_experts {
 coord_experts_t *coord_experts_local_new(const model_t *m, kern_pool_t *pool, int max_tok);
 void coord_experts_free(coord_experts_t *ex); /* NULL-safe */
 
+/* ---- expert cluster (coordinator/cluster.c) ----
+ * The coordinator's side of the expert nodes: one DEALER per node, the start-up conversation
+ * (HELLO/WELCOME, placement, ASSIGN, shard streaming, READY) and per-node counters. A cluster
+ * is used by one thread only: the one that created it owns its sockets, and every call into it
+ * (and into the remote experts over it) must come from that thread. */
+typedef struct {
+    int n_nodes;
+    const char *const *endpoints; /* (n_nodes) "tcp://host:port"; borrowed for the call */
+    const char *name;             /* our name in HELLO; NULL: "coord" */
+    const char *curve_dir;        /* NULL: plain TCP; else CURVE client, keys as in README */
+    wire_dtype_t wire_type;       /* activations and results on the wire */
+    int connect_ms;               /* HELLO to WELCOME of every node (default 10000) */
+    int timeout_ms;               /* any later wait without progress, and each FORWARD (10000) */
+    bool progress;                /* progress bar on stderr while streaming (only on a TTY) */
+    /* Test hook, never set by the programs: the index (from 0, over the whole start-up) of one
+     * SHARD_CHUNK sent with its first byte flipped, so a node's CRC-32C check can be seen to
+     * fail start-up; -1 (the default) corrupts nothing. */
+    int test_corrupt_chunk;
+} coord_cluster_config_t;
+
+/* Zero nodes, f32, 10 s deadlines, progress on, no test hook. */
+coord_cluster_config_t coord_cluster_config_default(void);
+
+typedef struct coord_cluster coord_cluster_t;
+/* Connects to every node, places m's routed experts over them (model_plan_new within each
+ * node's memory), assigns, streams the shards a node lacks and waits until every node is
+ * READY. NULL on failure, with one clear message naming the node (index and endpoint): not
+ * reachable in time, other protocol version, refusal (the node's message), checksum failure.
+ * m is borrowed and must outlive the cluster (shard frames point into its mapping). */
+coord_cluster_t *coord_cluster_new(const coord_cluster_config_t *cfg, const model_t *m);
+void coord_cluster_free(coord_cluster_t *c); /* NULL-safe; closes sockets, ends the context */
+int coord_cluster_n_nodes(const coord_cluster_t *c);
+/* Node owning expert e of layer l, or -1 when layer l has no routed experts / out of range. */
+int coord_cluster_owner(const coord_cluster_t *c, int layer, int expert);
+
+/* What one node did; counters cover FORWARD/RESULT traffic since start-up. Bytes are the
+ * payload of the frames (tensors plus the per-token arrays of the header). */
+typedef struct {
+    const char *endpoint;     /* borrowed from the cluster, valid until coord_cluster_free */
+    const char *name;         /* the node's name from WELCOME */
+    int experts;              /* (layer, expert) pairs it serves */
+    uint64_t expert_bytes;    /* weight bytes of those */
+    uint64_t shard_bytes;     /* weight bytes streamed to it at start-up */
+    uint64_t requests, tokens;
+    double rtt_sum_s, rtt_max_s; /* FORWARD sent to RESULT received */
+    uint64_t bytes_sent, bytes_recv;
+    uint64_t stale;           /* results or errors for requests already given up */
+} coord_node_stats_t;
+
+void coord_cluster_node_stats(const coord_cluster_t *c, int node, coord_node_stats_t *out);
+/* Writes one line per node (endpoint, experts, requests, mean/max RTT, bytes each way, bytes
+ * per token over n_tokens tokens the engine processed) to f. */
+void coord_cluster_print_summary(const coord_cluster_t *c, FILE *f, int64_t n_tokens);
+
+/* ---- remote routed experts (coordinator/remote.c) ----
+ * coord_experts_t over a cluster: each call sends one FORWARD per node that holds an expert
+ * selected by some token, waits for every RESULT (deadline: the cluster's timeout_ms) and adds
+ * the nodes' partial sums in ascending node order, whatever order they arrive in. A node that
+ * answers ERROR or misses the deadline fails the call with a message naming it; late results
+ * of a failed call are recognised by request id and dropped. c is borrowed and must outlive
+ * the result; max_tok bounds n_tok per call. */
+coord_experts_t *coord_experts_remote_new(coord_cluster_t *c, int max_tok);
+
 /* ---- engine (coordinator/engine.c) ----
  * The forward pass of one model over a batch of tokens from one or more sequences. Each
  * sequence owns a slot of the KV cache; a token carries its slot and position. Tokens of one
@@ -95,16 +161,31 @@ int coord_engine_decode(coord_engine_t *e, const coord_batch_t *b, float *logits
 void coord_engine_clear_slot(coord_engine_t *e, int slot);
 /* Number of positions slot holds. */
 int coord_engine_slot_len(const coord_engine_t *e, int slot);
+/* Forgets positions len and beyond of slot (no-op when it holds fewer): the next token of the
+ * slot goes at position len. Used to roll back rejected speculative tokens. */
+void coord_engine_truncate_slot(coord_engine_t *e, int slot, int len);
 
 /* ---- command-line options (coordinator/opts.c) ----
  * Every flag has a MOEMESH_* environment twin; the command line wins. */
-typedef enum { COORD_OPT_STR, COORD_OPT_INT, COORD_OPT_FLOAT, COORD_OPT_BOOL } coord_opt_kind_t;
+typedef enum {
+    COORD_OPT_STR,
+    COORD_OPT_INT,
+    COORD_OPT_FLOAT,
+    COORD_OPT_BOOL,
+    COORD_OPT_LIST /* repeatable: every occurrence (environment first) is appended */
+} coord_opt_kind_t;
+#define COORD_OPT_LIST_MAX 64
+typedef struct {
+    const char *v[COORD_OPT_LIST_MAX]; /* borrowed argv/env strings, in order */
+    int n;
+} coord_opt_list_t;
 typedef struct {
     const char *name;       /* long name without dashes: "temp" */
     char short_name;        /* 'm', or 0 */
     const char *env;        /* "MOEMESH_TEMP" */
     coord_opt_kind_t kind;
-    void *dst;              /* char ** (borrowed argv/env string), int *, float *, bool * */
+    void *dst;              /* char ** (borrowed argv/env string), int *, float *, bool *,
+                               coord_opt_list_t * */
     const char *arg;        /* argument name for help ("N"), NULL for BOOL */
     const char *help;
 } coord_opt_t;
@@ -128,11 +209,13 @@ int coord_cmd_eval(int argc, char **argv);
 typedef struct coord_sched coord_sched_t;
 
 typedef struct {
-    int n_slots;        /* concurrent sequences (-np) */
-    int n_batch;        /* tokens per step (--batch) */
-    int n_ctx;          /* positions per slot (prompt + generated) */
+    int n_slots;        /* concurrent sequences (-np); 0: the engine's */
+    int n_batch;        /* tokens per step (--batch); 0: the engine's */
+    int n_ctx;          /* positions per slot (prompt + generated); 0: the engine's */
     int max_queue;      /* requests waiting for a slot before submit says -EBUSY */
-    int n_threads;      /* compute threads */
+    int n_threads;      /* compute threads (the engine's pool; informational here) */
+    int n_draft;        /* speculative tokens per step for greedy requests (--draft), drafted
+                           from the sequence's own context (prompt lookup); 0: off */
 } coord_sched_params_t;
 coord_sched_params_t coord_sched_params_default(void);
 
@@ -189,6 +272,9 @@ void coord_sched_cancel(coord_sched_t *s, int64_t id);
 typedef struct {
     int slots_busy, queued;
     uint64_t steps, tokens_prompt, tokens_generated;
+    /* Speculation: gen_passes counts (sequence, step) pairs that produced tokens, so
+     * tokens_generated / gen_passes is the tokens per forward pass of one sequence. */
+    uint64_t gen_passes, draft_proposed, draft_accepted;
 } coord_sched_stats_t;
 void coord_sched_stats(const coord_sched_t *s, coord_sched_stats_t *out); /* any thread */
 

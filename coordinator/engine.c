@@ -34,13 +34,12 @@ struct coord_engine {
     float *k;               /* (n_batch, kv_dim) */
     float *v;               /* (n_batch, kv_dim_v) */
     float *att;             /* (n_batch, o_dim) attention output */
-    float *att_w;           /* (n_threads, n_ctx) scores of one head */
+    float *att_w;           /* (n_threads, kern_attn_work_size of a GQA group) */
     float *ff;              /* (n_batch, n_embd) block output */
     float *h1, *h2;         /* (n_batch, max ff width) */
     float *router;          /* (n_batch, n_expert) */
     int32_t *ids;           /* (n_batch, top-k) */
     float *gw;              /* (n_batch, top-k) */
-    float *q16;             /* (n_threads, head_dim) query rounded for an f16 cache */
     float *sh;              /* (n_batch, n_embd) shared expert output */
     float *shg;             /* (n_batch) shared expert gate logits */
     void *work;             /* kern_matmul scratch */
@@ -111,14 +110,14 @@ coord_engine_t *coord_engine_new(const model_t *m, coord_experts_t *ex, kern_poo
     e->k = xmalloc(sizeof(float) * B * e->kv_dim);
     e->v = xmalloc(sizeof(float) * B * e->kv_dim_v);
     e->att = xmalloc(sizeof(float) * B * e->o_dim);
-    e->att_w = xmalloc(sizeof(float) * (size_t)nth * P.n_ctx);
+    e->att_w = xmalloc(sizeof(float) * (size_t)nth *
+                       kern_attn_work_size(hp->n_head / hp->n_head_kv, P.n_ctx, hp->head_dim));
     e->ff = xmalloc(sizeof(float) * B * D);
     e->h1 = xmalloc(sizeof(float) * B * ffw);
     e->h2 = xmalloc(sizeof(float) * B * ffw);
     e->router = xmalloc(sizeof(float) * B * (size_t)(hp->n_expert > 0 ? hp->n_expert : 1));
     e->ids = xmalloc(sizeof(int32_t) * B * k);
     e->gw = xmalloc(sizeof(float) * B * k);
-    e->q16 = xmalloc(sizeof(float) * (size_t)nth * hp->head_dim);
     e->sh = xmalloc(sizeof(float) * B * D);
     e->shg = xmalloc(sizeof(float) * B);
     e->work = xmalloc_aligned(64, work_size(m, P.n_batch) + 64);
@@ -130,7 +129,7 @@ void coord_engine_free(coord_engine_t *e)
     if (!e) return;
     void *bufs[] = {e->k_cache, e->v_cache, e->slot_len, e->x,  e->xn,     e->q,   e->k,
                     e->v,       e->att,     e->att_w,    e->ff, e->h1,     e->h2,  e->router,
-                    e->ids,     e->gw,      e->q16,      e->sh,     e->shg,  e->work};
+                    e->ids,     e->gw,      e->sh,     e->shg,  e->work};
     for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++) free(bufs[i]);
     free(e);
 }
@@ -138,6 +137,14 @@ void coord_engine_free(coord_engine_t *e)
 const coord_engine_params_t *coord_engine_params(const coord_engine_t *e) { return &e->p; }
 void coord_engine_clear_slot(coord_engine_t *e, int slot) { e->slot_len[slot] = 0; }
 int coord_engine_slot_len(const coord_engine_t *e, int slot) { return e->slot_len[slot]; }
+
+void coord_engine_truncate_slot(coord_engine_t *e, int slot, int len)
+{
+    /* Rows at len and beyond stay in memory; the next decode of the slot overwrites them,
+     * and attention never reads past a token's own position. */
+    CHECK(slot >= 0 && slot < e->p.n_slots && len >= 0);
+    if (len < e->slot_len[slot]) e->slot_len[slot] = len;
+}
 
 /* out (n, rows of w) = x (n, cols of w) @ w^T, w a plain 2-D tensor. */
 static void mm(coord_engine_t *e, float *out, const model_tensor_t *w, const float *x, int n)
@@ -170,13 +177,7 @@ static void kv_store(coord_engine_t *e, uint8_t *dst, const float *src, int dim)
     for (int i = 0; i < dim; i++) h[i] = kern_fp32_to_fp16(src[i]);
 }
 
-static float kv_get(const coord_engine_t *e, const uint8_t *row, int i)
-{
-    if (!e->p.kv_f16) return ((const float *)row)[i];
-    return kern_fp16_to_fp32(((const uint16_t *)row)[i]);
-}
-
-/* Attention of every (token, head) pair of the batch, split over the pool's threads. */
+/* Attention of every (token, kv head) pair of the batch, split over the pool's threads. */
 typedef struct {
     coord_engine_t *e;
     const coord_batch_t *b;
@@ -188,45 +189,23 @@ static void attn_cb(void *arg, int ith, int nth)
     attn_job_t *J = arg;
     coord_engine_t *e = J->e;
     const model_hparams_t *hp = &e->m->hp;
-    const int H = hp->n_head, hd = hp->head_dim, hv = hp->head_dim_v;
+    const int hd = hp->head_dim, hv = hp->head_dim_v, KV = hp->n_head_kv;
     const int group = hp->n_head / hp->n_head_kv;
     const float scale = 1.0f / sqrtf((float)hd);
-    float *w = e->att_w + (size_t)ith * e->p.n_ctx;
-    float *q16 = e->q16 + (size_t)ith * hd;
-    const int total = J->b->n * H;
+    const kern_type_t kt = e->p.kv_f16 ? KERN_F16 : KERN_F32;
+    float *w = e->att_w + (size_t)ith * kern_attn_work_size(group, e->p.n_ctx, hd);
+    /* One job per (token, kv head): the group's query heads read each cached row once. */
+    const int total = J->b->n * KV;
     for (int job = ith; job < total; job += nth) {
-        int t = job / H, h = job % H, kvh = h / group;
+        int t = job / KV, kvh = job % KV;
         int slot = J->b->slot[t], pos = J->b->pos[t];
-        const float *q = e->q + (size_t)t * e->q_dim + (size_t)h * hd;
-        if (e->p.kv_f16) {
-            /* llama.cpp rounds the query to the cache type before the f16 dot product. */
-            for (int i = 0; i < hd; i++) q16[i] = kern_fp16_to_fp32(kern_fp32_to_fp16(q[i]));
-            q = q16;
-        }
-        for (int j = 0; j <= pos; j++) {
-            const uint8_t *kr = kv_at(e, e->k_cache, e->kv_dim, J->il, slot, j);
-            float s = 0.0f;
-            if (!e->p.kv_f16) {
-                const float *kf = (const float *)kr + (size_t)kvh * hd;
-                for (int i = 0; i < hd; i++) s += q[i] * kf[i];
-            } else {
-                for (int i = 0; i < hd; i++) s += q[i] * kv_get(e, kr, kvh * hd + i);
-            }
-            w[j] = s * scale;
-        }
-        kern_softmax(w, pos + 1);
-        float *o = e->att + (size_t)t * e->o_dim + (size_t)h * hv;
-        for (int i = 0; i < hv; i++) o[i] = 0.0f;
-        for (int j = 0; j <= pos; j++) {
-            const uint8_t *vr = kv_at(e, e->v_cache, e->kv_dim_v, J->il, slot, j);
-            const float wj = w[j];
-            if (!e->p.kv_f16) {
-                const float *vf = (const float *)vr + (size_t)kvh * hv;
-                for (int i = 0; i < hv; i++) o[i] += wj * vf[i];
-            } else {
-                for (int i = 0; i < hv; i++) o[i] += wj * kv_get(e, vr, kvh * hv + i);
-            }
-        }
+        const float *q = e->q + (size_t)t * e->q_dim + (size_t)kvh * group * hd;
+        const uint8_t *k = kv_at(e, e->k_cache, e->kv_dim, J->il, slot, 0) + e->kv_elt * kvh * hd;
+        const uint8_t *v =
+            kv_at(e, e->v_cache, e->kv_dim_v, J->il, slot, 0) + e->kv_elt * kvh * hv;
+        float *o = e->att + (size_t)t * e->o_dim + (size_t)kvh * group * hv;
+        kern_attn(o, (size_t)hv, q, group, k, e->kv_elt * e->kv_dim, v, e->kv_elt * e->kv_dim_v,
+                  kt, pos + 1, hd, hv, scale, w);
     }
 }
 

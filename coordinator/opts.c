@@ -16,6 +16,15 @@ static int set_value(const coord_opt_t *o, const char *val, const char *cmd, con
     case COORD_OPT_STR:
         *(const char **)o->dst = val;
         return 0;
+    case COORD_OPT_LIST: {
+        coord_opt_list_t *l = o->dst;
+        if (l->n >= COORD_OPT_LIST_MAX) {
+            fprintf(stderr, "%s: %s given more than %d times\n", cmd, from, COORD_OPT_LIST_MAX);
+            return -EINVAL;
+        }
+        l->v[l->n++] = val;
+        return 0;
+    }
     case COORD_OPT_INT: {
         errno = 0;
         long v = strtol(val, &end, 10);

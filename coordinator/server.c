@@ -16,12 +16,6 @@
 
 #include "wire/wire.h"
 
-/* Until coordinator/sched.c lands on main, the scheduler may be missing from the link: the
- * server then serves everything but generation (501). */
-#pragma weak coord_sched_new
-#pragma weak coord_sched_free
-#pragma weak coord_sched_params_default
-
 struct coord_server {
     uv_loop_t *loop;
     coord_server_params_t p;
@@ -96,7 +90,6 @@ static void load(void *arg)
         goto out;
     }
     s->n_ctx = coord_engine_params(s->eng)->n_ctx;
-    if (!coord_sched_new) goto out;
     coord_sched_params_t sp = coord_sched_params_default();
     sp.n_slots = p->n_slots;
     sp.n_batch = p->n_batch;

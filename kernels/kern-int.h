@@ -65,6 +65,11 @@ typedef void (*kern__dotn_fn)(int64_t n, const void *w, const void *xq, size_t x
                               float *out, size_t out_stride);
 extern const kern__dotn_fn kern__dotn_avx2[KERN_TYPE_COUNT];
 
+/* kern_attn's AVX2 body (kernels/attn_avx2.c), for hd and hv multiples of 8. */
+void kern__attn_avx2(float *out, size_t out_stride, const float *q, int nq, const void *k,
+                     size_t k_stride, const void *v, size_t v_stride, kern_type_t kv_type,
+                     int n_kv, int hd, int hv, float scale, float *work);
+
 /* Per-part scratch owned by the pool (kernels/pool.c): a 64-byte aligned buffer of at least
  * bytes for part ith of a run, valid until the next call for the same ith or kern_pool_free.
  * Only the thread running part ith may call it; it grows on first use of a shape, so warm runs

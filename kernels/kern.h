@@ -112,6 +112,17 @@ void kern_swiglu(float *out, const float *gate, const float *up, int64_t n);
 /* Indices of the k largest of x (n) into idx (k), largest first; ties keep the lower index. */
 void kern_topk(const float *x, int n, int k, int *idx);
 
+/* ---- attention (kernels/ops.c; AVX2 in kernels/attn_avx2.c) ----
+ * One GQA group of one token: the nq query heads that share a kv head, against its n_kv cached
+ * positions. Row r of out (hv floats, out_stride floats apart) = softmax(scale * K q_r) V, q_r
+ * row r of q (nq rows of hd floats, contiguous). k: n_kv rows of hd elements k_stride bytes
+ * apart, v: n_kv rows of hv elements v_stride bytes apart, both F32 or F16 (kv_type); with F16
+ * the queries are rounded to f16 first, as llama.cpp does. work: kern_attn_work_size floats. */
+size_t kern_attn_work_size(int nq, int n_kv, int hd);
+void kern_attn(float *out, size_t out_stride, const float *q, int nq, const void *k,
+               size_t k_stride, const void *v, size_t v_stride, kern_type_t kv_type, int n_kv,
+               int hd, int hv, float scale, float *work);
+
 /* ---- grouped expert FFN (kernels/moe.c) ----
  * The routed-expert step on one machine: tokens are grouped by expert so each expert's three
  * matrices are read once per call and multiplied with all its tokens in one batched product;

@@ -1,12 +1,15 @@
 /* Elementwise and small reductions of one decode step: RMS norm, rotary position embedding,
- * softmax, SwiGLU and top-k expert selection. Each follows ggml's CPU operator in the order of
- * its float operations (double accumulators where ggml uses ggml_float), because our logits
+ * softmax, SwiGLU, top-k expert selection, and attention of a GQA group (its reference here, the
+ * AVX2 body in attn_avx2.c). Each follows ggml's CPU operator in the order of its float
+ * operations (double accumulators where ggml uses ggml_float), because our logits
  * are compared with llama.cpp's; they are cheap next to the matrix products, so they stay
  * plain C that the compiler may vectorise where it does not change the result.
  */
-#include "kernels/kern.h"
+#include "kernels/kern-int.h"
 
 #include <math.h>
+
+#include "wire/wire.h"
 
 void kern_rmsnorm(float *out, const float *x, const float *w, int64_t n, float eps)
 {
@@ -83,5 +86,49 @@ void kern_topk(const float *x, int n, int k, int *idx)
             j--;
         }
         idx[j] = i;
+    }
+}
+
+size_t kern_attn_work_size(int nq, int n_kv, int hd)
+{
+    return (size_t)nq * ((size_t)n_kv + (size_t)hd);
+}
+
+static float kv_elt(const void *row, int i, bool f16)
+{
+    return f16 ? kern_fp16_to_fp32(((const uint16_t *)row)[i]) : ((const float *)row)[i];
+}
+
+void kern_attn(float *out, size_t out_stride, const float *q, int nq, const void *k,
+               size_t k_stride, const void *v, size_t v_stride, kern_type_t kv_type, int n_kv,
+               int hd, int hv, float scale, float *work)
+{
+    CHECK((kv_type == KERN_F32 || kv_type == KERN_F16) && nq >= 1 && n_kv >= 1);
+    if (kern__isa >= KERN_ISA_AVX2 && hd % 8 == 0 && hv % 8 == 0) {
+        kern__attn_avx2(out, out_stride, q, nq, k, k_stride, v, v_stride, kv_type, n_kv, hd, hv,
+                        scale, work);
+        return;
+    }
+    /* The reference: one query at a time, dot products in element order. */
+    const bool f16 = kv_type == KERN_F16;
+    float *w = work, *qr = work + n_kv;
+    for (int r = 0; r < nq; r++) {
+        for (int i = 0; i < hd; i++) {
+            const float x = q[(size_t)r * hd + i];
+            qr[i] = f16 ? kern_fp16_to_fp32(kern_fp32_to_fp16(x)) : x;
+        }
+        for (int j = 0; j < n_kv; j++) {
+            const uint8_t *kr = (const uint8_t *)k + (size_t)j * k_stride;
+            float s = 0.0f;
+            for (int i = 0; i < hd; i++) s += qr[i] * kv_elt(kr, i, f16);
+            w[j] = s * scale;
+        }
+        kern_softmax(w, n_kv);
+        float *o = out + (size_t)r * out_stride;
+        for (int i = 0; i < hv; i++) o[i] = 0.0f;
+        for (int j = 0; j < n_kv; j++) {
+            const uint8_t *vr = (const uint8_t *)v + (size_t)j * v_stride;
+            for (int i = 0; i < hv; i++) o[i] += w[j] * kv_elt(vr, i, f16);
+        }
     }
 }

@@ -224,6 +224,7 @@ static int check_msg(const wire_msg_t *m, const wire_limits_t *lim)
     case WIRE_KIND_WELCOME: {
         const wire_hello_t *h = &m->u.hello;
         if ((err = check_string(h->name, lim))) return err;
+        if ((err = check_string(h->model, lim))) return err;
         if ((err = check_pairs(h->n_pairs, h->layer, h->expert, lim))) return err;
         return m->n_tensors ? WIRE_E_FRAMES : 0;
     }
@@ -232,6 +233,7 @@ static int check_msg(const wire_msg_t *m, const wire_limits_t *lim)
         if ((err = check_string(a->model, lim))) return err;
         if (a->n_layers > lim->max_layer || a->n_experts > lim->max_expert_id)
             return WIRE_E_LIMIT;
+        if (a->n_embd > lim->max_row_len) return WIRE_E_LIMIT;
         if ((err = check_pairs(a->n_pairs, a->layer, a->expert, lim))) return err;
         return m->n_tensors ? WIRE_E_FRAMES : 0;
     }
@@ -317,6 +319,7 @@ static void hello_to_pb(const wire_hello_t *h, Moemesh__Hello *p)
     p->n_layer = p->n_expert = h->n_pairs;
     p->layer = RO(h->layer);
     p->expert = RO(h->expert);
+    p->model = RO(h->model ? h->model : "");
 }
 
 static void to_pb(const wire_msg_t *m, pb_out_t *o)
@@ -358,6 +361,10 @@ static void to_pb(const wire_msg_t *m, pb_out_t *o)
         p->n_layer = p->n_expert = a->n_pairs;
         p->layer = RO(a->layer);
         p->expert = RO(a->expert);
+        p->has_n_embd = p->has_n_ff = p->has_bytes = 1;
+        p->n_embd = a->n_embd;
+        p->n_ff = a->n_ff;
+        p->bytes = a->bytes;
         e->body_case = MOEMESH__ENVELOPE__BODY_ASSIGN;
         e->assign = p;
         break;
@@ -478,7 +485,7 @@ static int hello_from_pb(const Moemesh__Hello *p, wire_hello_t *h)
     if (p->n_layer != p->n_expert || p->n_layer > UINT32_MAX) return WIRE_E_FIELD;
     *h = (wire_hello_t){str_or_empty(p->name), p->cores, p->mem_bytes,
                         p->dtypes & ((1u << WIRE_DTYPE_COUNT) - 1), (uint32_t)p->n_layer,
-                        p->layer, p->expert};
+                        p->layer, p->expert, str_or_empty(p->model)};
     return 0;
 }
 
@@ -498,7 +505,8 @@ static int from_pb(const Moemesh__Envelope *e, wire_msg_t *m)
         m->kind = WIRE_KIND_ASSIGN;
         if (p->n_layer != p->n_expert || p->n_layer > UINT32_MAX) return WIRE_E_FIELD;
         m->u.assign = (wire_assign_t){str_or_empty(p->model), p->n_layers, p->n_experts,
-                                      (uint32_t)p->n_layer, p->layer, p->expert};
+                                      (uint32_t)p->n_layer, p->layer, p->expert,
+                                      p->n_embd, p->n_ff, p->bytes};
         return 0;
     }
     case MOEMESH__ENVELOPE__BODY_SHARD_CHUNK: {

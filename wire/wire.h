@@ -179,6 +179,7 @@ typedef struct {
     uint32_t n_pairs;
     const uint32_t *layer;    /* (n_pairs): (layer[i], expert[i]) held now */
     const uint32_t *expert;   /* (n_pairs) */
+    const char *model;        /* model_fingerprint of the pairs' model; NULL sends "" */
 } wire_hello_t;
 
 typedef struct {
@@ -187,6 +188,8 @@ typedef struct {
     uint32_t n_pairs;
     const uint32_t *layer;    /* (n_pairs) */
     const uint32_t *expert;   /* (n_pairs) */
+    uint32_t n_embd, n_ff;    /* expert shapes (activation row, expert width); 0: not sent */
+    uint64_t bytes;           /* weight bytes of the assigned pairs; 0: not sent */
 } wire_assign_t;
 
 typedef enum {

@@ -53,3 +53,26 @@ Test(coord_opts, bad_values_and_unknown_flags_are_refused)
     setenv("MOEMESH_T_N", "many", 1);
     cr_assert_eq(parse(0, NULL), -EINVAL, "a malformed environment value is an error too");
 }
+
+/* A repeatable option keeps every occurrence in order, the environment's first, and refuses
+ * more than COORD_OPT_LIST_MAX. */
+Test(coord_opts, list_option_appends_environment_then_each_flag)
+{
+    coord_opt_list_t l = {0};
+    const coord_opt_t lo[] = {{"node", 0, "MOEMESH_T_NODE", COORD_OPT_LIST, &l, "URL", "node"}};
+    setenv("MOEMESH_T_NODE", "tcp://a:1", 1);
+    char *argv[] = {"--node", "tcp://b:2", "--node=tcp://c:3"};
+    cr_assert_eq(coord_opts_parse(lo, 1, "test", 3, argv, 0), 0);
+    unsetenv("MOEMESH_T_NODE");
+    cr_assert_eq(l.n, 3);
+    cr_assert_str_eq(l.v[0], "tcp://a:1");
+    cr_assert_str_eq(l.v[1], "tcp://b:2");
+    cr_assert_str_eq(l.v[2], "tcp://c:3");
+
+    coord_opt_list_t full = {0};
+    const coord_opt_t fo[] = {{"node", 0, NULL, COORD_OPT_LIST, &full, "URL", "node"}};
+    char *many[2 * COORD_OPT_LIST_MAX + 2];
+    for (int i = 0; i < COORD_OPT_LIST_MAX + 1; i++) many[2 * i] = "--node", many[2 * i + 1] = "x";
+    cr_assert_eq(coord_opts_parse(fo, 1, "test", 2 * COORD_OPT_LIST_MAX + 2, many, 0), -EINVAL);
+    cr_assert_eq(full.n, COORD_OPT_LIST_MAX);
+}

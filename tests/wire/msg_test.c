@@ -69,10 +69,12 @@ static void make(wire_msg_t *m, wire_kind_t k, wire_dtype_t dt)
     switch (k) {
     case WIRE_KIND_HELLO:
     case WIRE_KIND_WELCOME:
-        m->u.hello = (wire_hello_t){"node-a", 16, UINT64_C(1) << 36, 0x1e, 4, LAYERS, EXPERTS};
+        m->u.hello = (wire_hello_t){"node-a", 16, UINT64_C(1) << 36, 0x1e, 4, LAYERS, EXPERTS,
+                                    "moe-fp-0123456789abcdef"};
         break;
     case WIRE_KIND_ASSIGN:
-        m->u.assign = (wire_assign_t){"olmoe-1b-7b", 48, 128, 4, LAYERS, EXPERTS};
+        m->u.assign = (wire_assign_t){"olmoe-1b-7b", 48, 128, 4, LAYERS, EXPERTS, 2048, 1024,
+                                      UINT64_C(5) << 33};
         break;
     case WIRE_KIND_SHARD_CHUNK: {
         uint8_t *b = xmalloc(100);
@@ -127,6 +129,7 @@ static void expect(const wire_msg_t *m, wire_kind_t k, wire_dtype_t dt)
         cr_assert_eq(h->n_pairs, 4);
         cr_assert_arr_eq(h->layer, LAYERS, sizeof(LAYERS));
         cr_assert_arr_eq(h->expert, EXPERTS, sizeof(EXPERTS));
+        cr_assert_str_eq(h->model, "moe-fp-0123456789abcdef");
         cr_assert_eq(m->n_tensors, 0);
         break;
     }
@@ -134,6 +137,7 @@ static void expect(const wire_msg_t *m, wire_kind_t k, wire_dtype_t dt)
         const wire_assign_t *a = &m->u.assign;
         cr_assert_str_eq(a->model, "olmoe-1b-7b");
         cr_assert(a->n_layers == 48 && a->n_experts == 128 && a->n_pairs == 4);
+        cr_assert(a->n_embd == 2048 && a->n_ff == 1024 && a->bytes == UINT64_C(5) << 33);
         cr_assert_arr_eq(a->layer, LAYERS, sizeof(LAYERS));
         cr_assert_arr_eq(a->expert, EXPERTS, sizeof(EXPERTS));
         break;
@@ -230,6 +234,36 @@ Test(wire_msg, every_kind_round_trips_over_inproc) { round_trip_all("inproc://wi
 Test(wire_msg, every_kind_round_trips_over_tcp, .timeout = 20)
 {
     round_trip_all("tcp://127.0.0.1:*");
+}
+
+/* The model fingerprint of HELLO/WELCOME is optional: NULL travels as "" and an older peer
+ * that never sets it reads as "" too, never NULL; a fingerprint past max_string is refused by the receiver. */
+Test(wire_msg, hello_model_is_optional_and_bounded)
+{
+    pair_t p;
+    pair_open(&p, "inproc://wire-msg-hello-model", NULL);
+    wire_msg_t m, r;
+    wire_msg_init(&m, WIRE_KIND_WELCOME);
+    m.u.hello = (wire_hello_t){"n", 1, 2, 0x2, 0, NULL, NULL, NULL};
+    cr_assert_eq(wire_msg_send(p.coord, &m), 0);
+    cr_assert_eq(wire_msg_recv(p.node, NULL, &r), 0);
+    cr_assert_eq(r.kind, WIRE_KIND_WELCOME);
+    cr_assert_not_null(r.u.hello.model);
+    cr_assert_str_eq(r.u.hello.model, "");
+    cr_assert_eq(r.u.hello.n_pairs, 0);
+    wire_msg_deinit(&r);
+
+    wire_limits_t lim = wire_limits_default();
+    char *big = xmalloc(lim.max_string + 2);
+    memset(big, 'f', lim.max_string + 1);
+    big[lim.max_string + 1] = 0;
+    wire_msg_init(&m, WIRE_KIND_HELLO);
+    m.u.hello = (wire_hello_t){"n", 1, 2, 0x2, 0, NULL, NULL, big};
+    cr_assert_eq(wire_msg_send(p.coord, &m), 0, "the sender checks without limits");
+    free(big);
+    cr_assert_eq(wire_msg_recv(p.node, NULL, &r), WIRE_E_LIMIT, "the receiver refuses it");
+    cr_assert_eq(r.kind, WIRE_KIND_NONE);
+    pair_close(&p);
 }
 
 /* ---------------------------------------------------------------- sending consumes */

@@ -1,0 +1,562 @@
+/* The coordinator's side of the expert nodes at start-up: one DEALER per node, then the
+ * conversation of wire/proto/moemesh.proto steps 1-5 — HELLO/WELCOME, placement with
+ * model_plan_new within each node's memory, ASSIGN, SHARD_CHUNKs for the pairs a node does not
+ * already hold for this very file (same model_fingerprint), and READY from every node.
+ *
+ * Invariants: every wait has a deadline (connect_ms until all WELCOMEs, then timeout_ms without
+ * progress), so a dead or silent node fails start-up with a message naming it instead of
+ * hanging; the cluster's sockets are touched only by the thread that created it; shard frames
+ * point into the model's mapping zero-copy, which is why the model must outlive the cluster
+ * (coord_cluster_free ends the ZeroMQ context, and with it every frame, before returning).
+ */
+#include "coordinator/coord-int.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#define CHUNK_MAX (4u << 20) /* protocol bound on one SHARD_CHUNK's data */
+
+static const char *kind_names[WIRE_SHARD_KIND_COUNT] = {"gate", "up", "down"};
+
+coord_cluster_config_t coord_cluster_config_default(void)
+{
+    return (coord_cluster_config_t){
+        .wire_type = WIRE_DTYPE_F32,
+        .connect_ms = 10000,
+        .timeout_ms = 10000,
+        .progress = true,
+        .test_corrupt_chunk = -1,
+    };
+}
+
+int coord__ms_left(double deadline)
+{
+    double ms = (deadline - wire_now()) * 1e3;
+    return ms <= 0 ? 0 : ms > 1e9 ? 1000000000 : (int)ms + 1;
+}
+
+int coord__node_set_sndtimeo(coord__node_t *n, int ms)
+{
+    return zmq_setsockopt(n->sock, ZMQ_SNDTIMEO, &ms, sizeof(ms)) ? -zmq_errno() : 0;
+}
+
+/* Logs one start-up failure about node i: every message names the node the same way. A macro
+ * so the log line carries the caller's function name. */
+#define NODE_ERR(c, i, fmt, ...)                                                                   \
+    LOG_ERR("expert node %d (%s): " fmt, (i), (c)->nodes[(i)].endpoint, ##__VA_ARGS__)
+
+/* Turns an ERROR from node i into a start-up message; what kind of refusal it is decides the
+ * wording so the operator knows whether to upgrade, free memory or suspect the network. */
+static void report_node_error(const coord_cluster_t *c, int i, const wire_error_t *e)
+{
+    const char *msg = e->message && *e->message ? e->message : "(no message)";
+    if (e->code == WIRE_E_VERSION)
+        NODE_ERR(c, i, "protocol version mismatch (we speak %d): %s", WIRE_PROTO_VERSION, msg);
+    else if (e->code == WIRE_E_CHECKSUM)
+        NODE_ERR(c, i, "checksum failure on shard data: %s", msg);
+    else
+        NODE_ERR(c, i, "refused: %s (%s)", msg, wire_strerror(e->code));
+}
+
+/* Receives node i's next message other than HEARTBEAT, waiting until deadline. Returns 0 with
+ * *m owned by the caller, -ETIMEDOUT, or a receive error (logged). ERROR messages are
+ * returned like any other. */
+static int recv_until(coord_cluster_t *c, int i, double deadline, wire_msg_t *m)
+{
+    coord__node_t *n = &c->nodes[i];
+    for (;;) {
+        zmq_pollitem_t it = {n->sock, 0, ZMQ_POLLIN, 0};
+        int rc = zmq_poll(&it, 1, coord__ms_left(deadline));
+        if (rc < 0 && zmq_errno() != EINTR) return -zmq_errno();
+        if (rc <= 0) {
+            if (coord__ms_left(deadline) == 0) return -ETIMEDOUT;
+            continue;
+        }
+        int err = wire_msg_recv(n->sock, &c->lim, m);
+        if (err == -EAGAIN) continue;
+        if (err) {
+            if (err == WIRE_E_VERSION)
+                NODE_ERR(c, i, "protocol version mismatch (we speak %d)", WIRE_PROTO_VERSION);
+            else
+                NODE_ERR(c, i, "malformed message: %s", wire_strerror(err));
+            return err;
+        }
+        if (m->kind != WIRE_KIND_HEARTBEAT) return 0;
+        wire_msg_deinit(m);
+    }
+}
+
+/* Non-blocking: fails when node i has already sent an ERROR (say, a checksum failure in the
+ * middle of streaming), so start-up stops at the first problem. Other messages are dropped. */
+static int check_no_error(coord_cluster_t *c, int i)
+{
+    wire_msg_t m;
+    for (;;) {
+        int err = wire_msg_recv(c->nodes[i].sock, &c->lim, &m);
+        if (err == -EAGAIN) return 0;
+        if (err) {
+            NODE_ERR(c, i, "malformed message: %s", wire_strerror(err));
+            return err;
+        }
+        if (m.kind == WIRE_KIND_ERROR) {
+            report_node_error(c, i, &m.u.error);
+            err = m.u.error.code ? m.u.error.code : -EPROTO;
+            wire_msg_deinit(&m);
+            return err;
+        }
+        wire_msg_deinit(&m);
+    }
+}
+
+static int open_node(coord_cluster_t *c, int i, const wire_keypair_t *me, const char *server)
+{
+    coord__node_t *n = &c->nodes[i];
+    n->sock = wire_sock_coord_new(c->ctx, &c->lim);
+    if (!n->sock) return -EIO;
+    int zero = 0, one = 1;
+    int rc = zmq_setsockopt(n->sock, ZMQ_RCVTIMEO, &zero, sizeof(zero));
+    /* A bracketed host is IPv6; ZeroMQ refuses those unless asked (--expert-dns gives them). */
+    if (!rc && strchr(n->endpoint, '[')) rc = zmq_setsockopt(n->sock, ZMQ_IPV6, &one, sizeof(one));
+    if (rc) return -zmq_errno();
+    if (me) {
+        int err = wire_curve_client_setup(n->sock, me, server);
+        if (err) {
+            NODE_ERR(c, i, "CURVE set-up failed: %s", wire_strerror(err));
+            return err;
+        }
+    }
+    if (zmq_connect(n->sock, n->endpoint) != 0) {
+        int err = -zmq_errno();
+        NODE_ERR(c, i, "cannot connect: %s (expected tcp://HOST:PORT)", wire_strerror(err));
+        return err;
+    }
+    return 0;
+}
+
+/* Loads our key pair and the nodes' public key from dir for CURVE. */
+static int load_keys(const char *dir, wire_keypair_t *me, wire_keypair_t *node)
+{
+    int err = wire_curve_load(dir, "coordinator", true, me);
+    if (err) {
+        LOG_ERR("--curve-keys %s: cannot load coordinator.pub/.key: %s", dir, wire_strerror(err));
+        return err;
+    }
+    err = wire_curve_load(dir, "node", false, node);
+    if (err) LOG_ERR("--curve-keys %s: cannot load node.pub: %s", dir, wire_strerror(err));
+    return err;
+}
+
+static uint64_t physical_memory(void)
+{
+    long pages = sysconf(_SC_PHYS_PAGES), size = sysconf(_SC_PAGESIZE);
+    return pages > 0 && size > 0 ? (uint64_t)pages * (uint64_t)size : 0;
+}
+
+/* Steps 1-2: HELLO to every node, then every WELCOME by the connect deadline. have (n_nodes,
+ * n_layers * n_expert) receives the pairs each node holds for this very file. */
+static int hello_all(coord_cluster_t *c, const char *fp, uint8_t *have)
+{
+    double deadline = wire_now() + c->cfg.connect_ms / 1e3;
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    for (int i = 0; i < c->n_nodes; i++) {
+        coord__node_t *n = &c->nodes[i];
+        int err = coord__node_set_sndtimeo(n, coord__ms_left(deadline));
+        wire_msg_t m;
+        wire_msg_init(&m, WIRE_KIND_HELLO);
+        m.u.hello = (wire_hello_t){.name = c->cfg.name ? c->cfg.name : "coord",
+                                   .cores = cores > 0 ? (uint32_t)cores : 1,
+                                   .mem_bytes = physical_memory(),
+                                   .dtypes = ((1u << WIRE_DTYPE_COUNT) - 1) & ~1u};
+        if (!err) err = wire_msg_send(n->sock, &m);
+        else wire_msg_deinit(&m);
+        if (err == -EAGAIN) {
+            NODE_ERR(c, i, "unreachable: no connection within %d ms (is moemesh-expert running "
+                     "there%s?)",
+                     c->cfg.connect_ms, c->cfg.curve_dir ? ", with our CURVE keys" : "");
+            return -ETIMEDOUT;
+        }
+        if (err) {
+            NODE_ERR(c, i, "cannot send HELLO: %s", wire_strerror(err));
+            return err;
+        }
+    }
+    const size_t pairs = (size_t)c->n_layers * c->n_expert;
+    for (int i = 0; i < c->n_nodes; i++) {
+        coord__node_t *n = &c->nodes[i];
+        wire_msg_t m;
+        int err = recv_until(c, i, deadline, &m);
+        if (err == -ETIMEDOUT) {
+            NODE_ERR(c, i, "connected but no WELCOME within %d ms", c->cfg.connect_ms);
+            return err;
+        }
+        if (err) return err;
+        if (m.kind == WIRE_KIND_ERROR) {
+            report_node_error(c, i, &m.u.error);
+            wire_msg_deinit(&m);
+            return -EPROTO;
+        }
+        if (m.kind != WIRE_KIND_WELCOME) {
+            NODE_ERR(c, i, "answered HELLO with %s instead of WELCOME", wire_kind_name(m.kind));
+            wire_msg_deinit(&m);
+            return -EPROTO;
+        }
+        const wire_hello_t *h = &m.u.hello;
+        snprintf(n->name, sizeof(n->name), "%s", h->name);
+        n->cores = h->cores, n->mem_bytes = h->mem_bytes, n->dtypes = h->dtypes;
+        bool same = h->model && !strcmp(h->model, fp);
+        for (uint32_t p = 0; same && p < h->n_pairs; p++)
+            if (h->layer[p] < (uint32_t)c->n_layers && h->expert[p] < (uint32_t)c->n_expert)
+                have[(size_t)i * pairs + (size_t)h->layer[p] * c->n_expert + h->expert[p]] = 1;
+        LOG_INFO("expert node %d (%s): '%s', %u cores, %.1f MiB, holds %u pairs%s", i,
+                 n->endpoint, n->name, n->cores, n->mem_bytes / 1048576.0, h->n_pairs,
+                 h->n_pairs ? (same ? " of this model" : " of another model") : "");
+        wire_msg_deinit(&m);
+        if (n->dtypes && !(n->dtypes & (1u << c->cfg.wire_type))) {
+            NODE_ERR(c, i, "does not accept %s activations", wire_dtype_name(c->cfg.wire_type));
+            return -EPROTO;
+        }
+    }
+    return 0;
+}
+
+/* Step 3: placement, logged node by node. */
+static int place(coord_cluster_t *c)
+{
+    const model_t *m = c->m;
+    uint64_t *mem = xmalloc(sizeof(uint64_t) * c->n_nodes);
+    for (int i = 0; i < c->n_nodes; i++)
+        mem[i] = c->nodes[i].mem_bytes ? c->nodes[i].mem_bytes : UINT64_MAX;
+    model_plan_t *p = NULL;
+    int err = model_plan_new(m->gguf, c->n_nodes, mem, 0, &p);
+    free(mem);
+    if (err) {
+        LOG_ERR("cannot place the routed experts on %d node(s): %s", c->n_nodes,
+                wire_strerror(err));
+        return err;
+    }
+    for (int l = 0; l < c->n_layers && !err; l++) {
+        if (!m->layers[l].gate_exps) continue;
+        if (l >= p->n_layers || p->n_expert != c->n_expert) {
+            LOG_ERR("the plan does not cover layer %d's experts", l);
+            err = -EINVAL;
+            break;
+        }
+        for (int e = 0; e < c->n_expert; e++) {
+            int o = p->owner[(size_t)l * p->n_expert + e];
+            if (o < 0 || o >= c->n_nodes) {
+                LOG_ERR("the plan leaves expert %d of layer %d without a node", e, l);
+                err = -EINVAL;
+                break;
+            }
+            c->owner[(size_t)l * c->n_expert + e] = o;
+            c->nodes[o].st.experts++;
+            c->nodes[o].st.expert_bytes += p->expert_bytes[(size_t)l * p->n_expert + e];
+        }
+    }
+    model_plan_free(p);
+    for (int i = 0; i < c->n_nodes && !err; i++)
+        LOG_INFO("plan: node %d (%s) serves %d experts, %.2f MiB", i, c->nodes[i].endpoint,
+                 c->nodes[i].st.experts, c->nodes[i].st.expert_bytes / 1048576.0);
+    return err;
+}
+
+static int assign(coord_cluster_t *c, int i, const char *fp)
+{
+    coord__node_t *n = &c->nodes[i];
+    uint32_t *ls = xmalloc(sizeof(uint32_t) * (n->st.experts + 1));
+    uint32_t *es = xmalloc(sizeof(uint32_t) * (n->st.experts + 1));
+    uint32_t k = 0;
+    for (int l = 0; l < c->n_layers; l++)
+        for (int e = 0; e < c->n_expert; e++)
+            if (c->owner[(size_t)l * c->n_expert + e] == i) ls[k] = l, es[k++] = e;
+    wire_msg_t m;
+    wire_msg_init(&m, WIRE_KIND_ASSIGN);
+    m.u.assign = (wire_assign_t){.model = fp,
+                                 .n_layers = c->n_layers,
+                                 .n_experts = c->n_expert,
+                                 .n_pairs = k,
+                                 .layer = ls,
+                                 .expert = es,
+                                 .n_embd = c->m->hp.n_embd,
+                                 .n_ff = c->m->hp.n_ff_exp,
+                                 .bytes = n->st.expert_bytes};
+    int err = coord__node_set_sndtimeo(n, c->cfg.timeout_ms);
+    if (!err) err = wire_msg_send(n->sock, &m);
+    else wire_msg_deinit(&m);
+    free(ls);
+    free(es);
+    if (err) NODE_ERR(c, i, "cannot send ASSIGN: %s", wire_strerror(err));
+    return err;
+}
+
+/* Frames of shard data point into the model's mapping, which outlives the context. */
+static void no_free(void *data, void *hint)
+{
+    (void)data, (void)hint;
+}
+
+typedef struct {
+    uint64_t total, done;
+    double last;
+    bool on;
+    int chunks;  /* SHARD_CHUNKs sent so far, for the test hook */
+} progress_t;
+
+static void progress_show(progress_t *pg, bool final)
+{
+    if (!pg->on || pg->total == 0) return;
+    double now = wire_now();
+    if (!final && now - pg->last < 0.1) return;
+    pg->last = now;
+    int w = 30, f = (int)(w * (double)pg->done / pg->total);
+    char bar[40];
+    for (int j = 0; j < w; j++) bar[j] = j < f ? '#' : ' ';
+    bar[w] = 0;
+    fprintf(stderr, "\rstreaming experts [%s] %3d%% %.1f/%.1f MiB%s", bar,
+            (int)(100.0 * pg->done / pg->total), pg->done / 1048576.0, pg->total / 1048576.0,
+            final ? "\n" : "");
+}
+
+/* Step 4 for one slice: the whole slice's CRC-32C repeated in every chunk, chunks in order. */
+static int send_slice(coord_cluster_t *c, int i, int l, int e, wire_shard_kind_t kind,
+                      const model_tensor_t *t, progress_t *pg)
+{
+    coord__node_t *n = &c->nodes[i];
+    const size_t stride = model_expert_stride(t);
+    const uint8_t *data = (const uint8_t *)t->data + stride * (size_t)e;
+    const uint32_t crc = wire_crc32c(0, data, stride);
+    size_t chunk = c->lim.max_chunk_bytes < CHUNK_MAX ? c->lim.max_chunk_bytes : CHUNK_MAX;
+    for (size_t off = 0; off < stride; off += chunk) {
+        size_t len = stride - off < chunk ? stride - off : chunk;
+        wire_msg_t m;
+        wire_msg_init(&m, WIRE_KIND_SHARD_CHUNK);
+        m.u.chunk = (wire_shard_chunk_t){.tensor = t->name,
+                                          .layer = l,
+                                          .expert = e,
+                                          .kind = kind,
+                                          .ggml_type = t->type,
+                                          .offset = off,
+                                          .total = stride,
+                                          .crc32c = crc};
+        int err;
+        if (pg->chunks++ == c->cfg.test_corrupt_chunk) {
+            uint8_t *bad = xmalloc(len);
+            memcpy(bad, data + off, len);
+            bad[0] ^= 0xff;
+            LOG_WARN("test hook: chunk %d (%s expert %d) sent corrupted", pg->chunks - 1,
+                     t->name, e);
+            err = wire_msg_add_tensor(&m, WIRE_DTYPE_BYTES, 1, (uint32_t)len, bad, len, NULL,
+                                      NULL);
+        } else {
+            /* ZeroMQ only reads the frame; the cast drops const for its API. */
+            err = wire_msg_add_tensor(&m, WIRE_DTYPE_BYTES, 1, (uint32_t)len,
+                                      (void *)(data + off), len, no_free, NULL);
+        }
+        if (!err) err = wire_msg_send(n->sock, &m);
+        else wire_msg_deinit(&m);
+        if (err == -EAGAIN) {
+            NODE_ERR(c, i, "stopped taking shard data (no progress for %d ms)",
+                     c->cfg.timeout_ms);
+            return -ETIMEDOUT;
+        }
+        if (err) {
+            NODE_ERR(c, i, "cannot send %s expert %d (%s): %s", t->name, e, kind_names[kind],
+                     wire_strerror(err));
+            return err;
+        }
+        n->st.shard_bytes += len;
+        pg->done += len;
+        progress_show(pg, false);
+        if ((err = check_no_error(c, i))) return err;
+    }
+    return 0;
+}
+
+/* Step 5: READY from node i, with as many experts as it was assigned. */
+static int wait_ready(coord_cluster_t *c, int i)
+{
+    wire_msg_t m;
+    int err = recv_until(c, i, wire_now() + c->cfg.timeout_ms / 1e3, &m);
+    if (err == -ETIMEDOUT) {
+        NODE_ERR(c, i, "not READY within %d ms of its last shard", c->cfg.timeout_ms);
+        return err;
+    }
+    if (err) return err;
+    if (m.kind == WIRE_KIND_ERROR) {
+        report_node_error(c, i, &m.u.error);
+        err = m.u.error.code ? m.u.error.code : -EPROTO;
+    } else if (m.kind != WIRE_KIND_READY) {
+        NODE_ERR(c, i, "sent %s while we waited for READY", wire_kind_name(m.kind));
+        err = -EPROTO;
+    } else if (m.u.ready.n_experts != (uint32_t)c->nodes[i].st.experts) {
+        NODE_ERR(c, i, "READY with %u experts, assigned %d", m.u.ready.n_experts,
+                 c->nodes[i].st.experts);
+        err = -EPROTO;
+    }
+    wire_msg_deinit(&m);
+    return err;
+}
+
+static int start(coord_cluster_t *c)
+{
+    const model_t *m = c->m;
+    char fp[64];
+    model_fingerprint(m->gguf, fp, sizeof(fp));
+    const size_t pairs = (size_t)c->n_layers * c->n_expert;
+    uint8_t *have = xcalloc((size_t)c->n_nodes * pairs + 1, 1);
+    int err = hello_all(c, fp, have);
+    if (!err) err = place(c);
+    for (int i = 0; i < c->n_nodes && !err; i++) err = assign(c, i, fp);
+
+    progress_t pg = {.on = c->cfg.progress && isatty(STDERR_FILENO)};
+    for (int i = 0; i < c->n_nodes && !err; i++)
+        for (size_t p = 0; p < pairs; p++)
+            if (c->owner[p] == i && !have[(size_t)i * pairs + p]) {
+                const model_layer_t *ly = &m->layers[p / c->n_expert];
+                pg.total += model_expert_stride(ly->gate_exps) +
+                            model_expert_stride(ly->up_exps) + model_expert_stride(ly->down_exps);
+            }
+    for (int i = 0; i < c->n_nodes && !err; i++) {
+        for (size_t p = 0; p < pairs && !err; p++) {
+            if (c->owner[p] != i || have[(size_t)i * pairs + p]) continue;
+            int l = (int)(p / c->n_expert), e = (int)(p % c->n_expert);
+            const model_layer_t *ly = &m->layers[l];
+            err = send_slice(c, i, l, e, WIRE_SHARD_GATE, ly->gate_exps, &pg);
+            if (!err) err = send_slice(c, i, l, e, WIRE_SHARD_UP, ly->up_exps, &pg);
+            if (!err) err = send_slice(c, i, l, e, WIRE_SHARD_DOWN, ly->down_exps, &pg);
+        }
+    }
+    if (pg.total && pg.on) progress_show(&pg, true);
+    for (int i = 0; i < c->n_nodes && !err; i++) err = wait_ready(c, i);
+    if (!err)
+        for (int i = 0; i < c->n_nodes; i++)
+            LOG_INFO("expert node %d (%s) ready: %d experts, %.2f MiB streamed", i,
+                     c->nodes[i].endpoint, c->nodes[i].st.experts,
+                     c->nodes[i].st.shard_bytes / 1048576.0);
+    free(have);
+    return err;
+}
+
+coord_cluster_t *coord_cluster_new(const coord_cluster_config_t *cfg, const model_t *m)
+{
+    if (cfg->n_nodes < 1 || cfg->n_nodes > 4096 || m->hp.n_expert < 1 ||
+        (unsigned)cfg->wire_type >= WIRE_DTYPE_COUNT || cfg->wire_type == WIRE_DTYPE_BYTES ||
+        cfg->connect_ms < 1 || cfg->timeout_ms < 1) {
+        LOG_ERR("bad cluster configuration (%d nodes, model with %d experts, wire type %s)",
+                cfg->n_nodes, m->hp.n_expert, wire_dtype_name(cfg->wire_type));
+        return NULL;
+    }
+    if (wire_dtype_row_bytes(cfg->wire_type, (uint64_t)m->hp.n_embd) == 0) {
+        LOG_ERR("wire type %s cannot carry rows of %d (q8_0 needs a multiple of 32)",
+                wire_dtype_name(cfg->wire_type), m->hp.n_embd);
+        return NULL;
+    }
+    coord_cluster_t *c = xcalloc(1, sizeof(*c));
+    c->cfg = *cfg;
+    c->cfg.endpoints = NULL;
+    c->cfg.name = NULL;
+    c->cfg.curve_dir = NULL;
+    c->m = m;
+    c->lim = wire_limits_default();
+    c->n_nodes = cfg->n_nodes;
+    c->n_layers = m->hp.n_layer;
+    c->n_expert = m->hp.n_expert;
+    c->next_request = 1;
+    c->owner = xmalloc(sizeof(int) * ((size_t)c->n_layers * c->n_expert + 1));
+    for (size_t p = 0; p < (size_t)c->n_layers * c->n_expert; p++) c->owner[p] = -1;
+    c->nodes = xcalloc((size_t)c->n_nodes, sizeof(coord__node_t));
+    for (int i = 0; i < c->n_nodes; i++) {
+        c->nodes[i].endpoint = xstrdup(cfg->endpoints[i]);
+        c->nodes[i].st.endpoint = c->nodes[i].endpoint;
+        c->nodes[i].st.name = c->nodes[i].name;
+    }
+    c->ctx = zmq_ctx_new();
+    if (!c->ctx) {
+        LOG_ERR("zmq_ctx_new: %s", zmq_strerror(zmq_errno()));
+        goto fail;
+    }
+    wire_keypair_t me, node;
+    bool curve = cfg->curve_dir != NULL;
+    if (curve && load_keys(cfg->curve_dir, &me, &node) != 0) goto fail;
+    int err = 0;
+    for (int i = 0; i < c->n_nodes && !err; i++)
+        err = open_node(c, i, curve ? &me : NULL, curve ? node.public_z85 : NULL);
+    if (curve) wire_keypair_wipe(&me);
+    if (err) goto fail;
+    /* The names and the curve setting outlive cfg's strings only as flags. */
+    c->cfg.name = "coord";
+    c->cfg.curve_dir = curve ? "" : NULL;
+    if (start(c) != 0) goto fail;
+    return c;
+fail:
+    coord_cluster_free(c);
+    return NULL;
+}
+
+void coord_cluster_free(coord_cluster_t *c)
+{
+    if (!c) return;
+    for (int i = 0; i < c->n_nodes; i++) {
+        wire_sock_close(c->nodes[i].sock);
+        free(c->nodes[i].endpoint);
+    }
+    if (c->ctx) zmq_ctx_term(c->ctx);
+    free(c->nodes);
+    free(c->owner);
+    free(c);
+}
+
+int coord_cluster_n_nodes(const coord_cluster_t *c)
+{
+    return c->n_nodes;
+}
+
+int coord_cluster_owner(const coord_cluster_t *c, int layer, int expert)
+{
+    if (layer < 0 || layer >= c->n_layers || expert < 0 || expert >= c->n_expert) return -1;
+    return c->owner[(size_t)layer * c->n_expert + expert];
+}
+
+void coord_cluster_node_stats(const coord_cluster_t *c, int node, coord_node_stats_t *out)
+{
+    CHECK(node >= 0 && node < c->n_nodes);
+    *out = c->nodes[node].st;
+}
+
+void coord_cluster_print_summary(const coord_cluster_t *c, FILE *f, int64_t n_tokens)
+{
+    uint64_t sent = 0, recv = 0;
+    fprintf(f, "expert nodes (%s on the wire):\n", wire_dtype_name(c->cfg.wire_type));
+    for (int i = 0; i < c->n_nodes; i++) {
+        const coord_node_stats_t *s = &c->nodes[i].st;
+        char which[256];
+        int w = 0;
+        /* Which experts: one "L<layer>:e,e,e" group per layer, cut short when long. */
+        which[0] = 0;
+        for (int l = 0; l < c->n_layers && w < (int)sizeof(which) - 16; l++) {
+            const char *sep = w ? " " : "";
+            for (int e = 0; e < c->n_expert && w < (int)sizeof(which) - 16; e++) {
+                if (c->owner[(size_t)l * c->n_expert + e] != i) continue;
+                if (sep) w += snprintf(which + w, sizeof(which) - w, "%sL%d:%d", sep, l, e);
+                else w += snprintf(which + w, sizeof(which) - w, ",%d", e);
+                sep = NULL;
+            }
+        }
+        if (w >= (int)sizeof(which) - 16) snprintf(which + w, sizeof(which) - w, " ...");
+        fprintf(f,
+                "  node %d %s (%s): %d experts [%s]\n"
+                "    %llu requests, %llu tokens, RTT mean %.3f ms max %.3f ms, "
+                "sent %.1f KiB, received %.1f KiB, shards %.1f KiB\n",
+                i, s->endpoint, s->name, s->experts, which, (unsigned long long)s->requests,
+                (unsigned long long)s->tokens,
+                s->requests ? s->rtt_sum_s / s->requests * 1e3 : 0.0, s->rtt_max_s * 1e3,
+                s->bytes_sent / 1024.0, s->bytes_recv / 1024.0, s->shard_bytes / 1024.0);
+        sent += s->bytes_sent, recv += s->bytes_recv;
+    }
+    if (n_tokens > 0)
+        fprintf(f, "  wire: %.1f KiB sent, %.1f KiB received, %.0f bytes per token\n",
+                sent / 1024.0, recv / 1024.0, (double)(sent + recv) / n_tokens);
+}

@@ -1,0 +1,36 @@
+/* coordinator internals shared between cluster.c (start-up, counters) and remote.c (the
+ * FORWARD/RESULT path over the same sockets). Not for use outside coordinator/.
+ */
+#ifndef MOEMESH_COORD_INT_H
+#define MOEMESH_COORD_INT_H
+
+#include "coordinator/coord.h"
+
+typedef struct {
+    char *endpoint;           /* owned copy, "tcp://host:port" */
+    char name[64];            /* from WELCOME */
+    void *sock;               /* DEALER; touched only by the cluster's thread */
+    uint64_t mem_bytes;       /* from WELCOME; 0 when the node did not say */
+    uint32_t cores, dtypes;
+    coord_node_stats_t st;    /* endpoint and name point into this struct */
+} coord__node_t;
+
+struct coord_cluster {
+    coord_cluster_config_t cfg; /* endpoints and strings not kept: see the node copies */
+    const model_t *m;
+    void *ctx;                /* ZeroMQ context, owned */
+    wire_limits_t lim;
+    int n_nodes;
+    coord__node_t *nodes;     /* (n_nodes) */
+    int n_layers, n_expert;   /* of the model; owner is (n_layers, n_expert) */
+    int *owner;               /* node serving each pair, -1 for layers without routed experts */
+    uint64_t next_request;    /* request ids start at 1; 0 means "not about a request" */
+};
+
+/* Sets the send timeout of node's socket to ms (>= 0) so one send never blocks past a
+ * deadline; returns 0 or -errno. */
+int coord__node_set_sndtimeo(coord__node_t *n, int ms);
+/* Milliseconds left until deadline (seconds on wire_now's clock), at least 0. */
+int coord__ms_left(double deadline);
+
+#endif

@@ -1,0 +1,171 @@
+/* moemesh-expert's command line: options and their MOEMESH_* environment twins (the command
+ * line wins, so a container can set defaults and an operator still override them), and the
+ * keygen command. Everything here only fills an xnode_config_t; main.c runs the node.
+ */
+#include "expert-node/xnode.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+typedef enum { OPT_STR, OPT_INT, OPT_GIB, OPT_LEVEL } opt_kind_t;
+
+typedef struct {
+    const char *name; /* long name without "--" */
+    char short_name;  /* 0: none */
+    const char *env;
+    opt_kind_t kind;
+    const char *arg, *help;
+} opt_t;
+
+enum { O_LISTEN, O_MODEL, O_MEM, O_THREADS, O_CACHE, O_CURVE, O_NAME, O_LEVEL, O_COUNT };
+
+static const opt_t OPTS[O_COUNT] = {
+    {"listen", 'l', "MOEMESH_LISTEN", OPT_STR, "ENDPOINT", "bind here, e.g. tcp://0.0.0.0:5555"},
+    {"model", 'm', "MOEMESH_MODEL", OPT_STR, "FILE", "serve this GGUF's experts without transfer"},
+    {"mem-limit", 0, "MOEMESH_MEM_LIMIT", OPT_GIB, "GiB", "expert weights held (default: RAM)"},
+    {"threads", 't', "MOEMESH_THREADS", OPT_INT, "N", "compute threads (default 1)"},
+    {"cache-dir", 0, "MOEMESH_CACHE_DIR", OPT_STR, "DIR", "keep received experts here"},
+    {"curve-keys", 0, "MOEMESH_CURVE_KEYS", OPT_STR, "DIR", "CURVE keys (see keygen)"},
+    {"name", 0, "MOEMESH_NAME", OPT_STR, "NAME", "name in WELCOME and logs (default xnode)"},
+    {"log-level", 0, "MOEMESH_LOG_LEVEL", OPT_LEVEL, "L", "error|warn|info|debug (default info)"},
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: moemesh-expert -l ENDPOINT [options]\n"
+               "       moemesh-expert keygen DIR\n"
+               "options (environment twin in brackets; the command line wins):\n");
+    for (int i = 0; i < O_COUNT; i++) {
+        const opt_t *o = &OPTS[i];
+        char lhs[64];
+        if (o->short_name)
+            snprintf(lhs, sizeof(lhs), "-%c, --%s %s", o->short_name, o->name, o->arg);
+        else
+            snprintf(lhs, sizeof(lhs), "    --%s %s", o->name, o->arg);
+        fprintf(f, "  %-28s %s [%s]\n", lhs, o->help, o->env);
+    }
+}
+
+/* Applies one value; false (message printed) when it does not parse. */
+static bool apply(const opt_t *o, const char *v, const char *from, xnode_config_t *cfg)
+{
+    char *end;
+    switch (o->kind) {
+    case OPT_INT: {
+        errno = 0;
+        long n = strtol(v, &end, 10);
+        if (errno || end == v || *end || n < 1 || n > 1024) goto bad;
+        cfg->threads = (int)n;
+        return true;
+    }
+    case OPT_GIB: {
+        errno = 0;
+        double g = strtod(v, &end);
+        if (errno || end == v || *end || !isfinite(g) || g <= 0 || g > 1e6) goto bad;
+        cfg->mem_limit = (uint64_t)(g * (double)(UINT64_C(1) << 30));
+        if (cfg->mem_limit == 0) cfg->mem_limit = 1;
+        return true;
+    }
+    case OPT_LEVEL:
+        if (wire_log_set_level_name(v) != 0) goto bad;
+        return true;
+    case OPT_STR:
+        if (!*v) goto bad;
+        if (o == &OPTS[O_LISTEN]) cfg->listen = v;
+        else if (o == &OPTS[O_MODEL]) cfg->model = v;
+        else if (o == &OPTS[O_CACHE]) cfg->cache_dir = v;
+        else if (o == &OPTS[O_CURVE]) cfg->curve_dir = v;
+        else cfg->name = v;
+        return true;
+    }
+bad:
+    fprintf(stderr, "moemesh-expert: bad value '%s' for %s\n", v, from);
+    return false;
+}
+
+bool xnode_cli_parse(int argc, char **argv, xnode_config_t *cfg, int *status)
+{
+    /* Command-line values first, so an environment value is read (and can be refused) only
+     * for options the command line leaves alone. */
+    const char *val[O_COUNT] = {NULL}, *from[O_COUNT] = {NULL};
+    *status = 2;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            *status = 0;
+            return false;
+        }
+        int o = -1;
+        const char *v = NULL;
+        if (a[0] == '-' && a[1] == '-') {
+            const char *eq = strchr(a + 2, '=');
+            size_t n = eq ? (size_t)(eq - a - 2) : strlen(a + 2);
+            for (int k = 0; k < O_COUNT; k++)
+                if (strlen(OPTS[k].name) == n && !strncmp(a + 2, OPTS[k].name, n)) o = k;
+            if (eq) v = eq + 1;
+        } else if (a[0] == '-' && a[1] && !a[2]) {
+            for (int k = 0; k < O_COUNT; k++)
+                if (OPTS[k].short_name == a[1]) o = k;
+        }
+        if (o < 0) {
+            fprintf(stderr, "moemesh-expert: unknown option '%s'\n", a);
+            usage(stderr);
+            return false;
+        }
+        if (!v) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "moemesh-expert: %s needs a value\n", a);
+                return false;
+            }
+            v = argv[++i];
+        }
+        val[o] = v;
+        from[o] = a;
+    }
+    for (int k = 0; k < O_COUNT; k++) {
+        if (!val[k] && getenv(OPTS[k].env) && *getenv(OPTS[k].env)) {
+            val[k] = getenv(OPTS[k].env);
+            from[k] = OPTS[k].env;
+        }
+        if (val[k] && !apply(&OPTS[k], val[k], from[k], cfg)) return false;
+    }
+    if (!cfg->listen) {
+        fprintf(stderr, "moemesh-expert: no endpoint (-l ENDPOINT or MOEMESH_LISTEN)\n");
+        usage(stderr);
+        return false;
+    }
+    *status = 0;
+    return true;
+}
+
+int xnode_cli_keygen(int argc, char **argv)
+{
+    if (argc != 2) {
+        fprintf(stderr, "usage: moemesh-expert keygen DIR\n");
+        return 2;
+    }
+    const char *dir = argv[1];
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+        fprintf(stderr, "moemesh-expert: cannot create %s: %s\n", dir, strerror(errno));
+        return 1;
+    }
+    static const char *const names[] = {"node", "coordinator"};
+    for (int i = 0; i < 2; i++) {
+        int err = wire_curve_keygen(dir, names[i]);
+        if (err == -EEXIST) {
+            fprintf(stderr, "%s/%s.key exists, kept\n", dir, names[i]);
+        } else if (err) {
+            fprintf(stderr, "moemesh-expert: cannot create %s/%s keys: %s\n", dir, names[i],
+                    wire_strerror(err));
+            return 1;
+        } else {
+            fprintf(stderr, "wrote %s/%s.pub and %s.key\n", dir, names[i], names[i]);
+        }
+    }
+    return 0;
+}

@@ -1,0 +1,589 @@
+/* Expert parallelism end to end: real moemesh-expert processes on 127.0.0.1 ephemeral ports
+ * (the program beside this test binary, so SAN tests run SAN nodes), the coordinator's cluster
+ * and remote experts, and the engine. Teacher-forced logits over the golden token ids with
+ * remote experts must equal the local path: within 1e-5 of each position's logit sd with f32
+ * on the wire (the only difference is the order partial sums of different nodes are added),
+ * within the golden tolerance of f16/bf16/q8_0 files for those wire types; greedy decoding one
+ * token per call must give the same tokens. Failures must be loud and bounded: a killed node,
+ * a node that never existed, a corrupted shard chunk.
+ *
+ * Every node is started with PR_SET_PDEATHSIG, and killed and reaped in the suite's fini, so no
+ * process outlives a test even when an assertion fails or Criterion kills the test.
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "coordinator/coord.h"
+#include "wire/wire.h"
+
+#define GOLDEN "../shared/golden"
+#define MAX_NODES 4
+
+/* ---------------------------------------------------------------- node processes */
+
+typedef struct {
+    pid_t pid;
+    int out;            /* read end of the node's stdout */
+    char endpoint[128]; /* from its "listening on" line */
+} node_t;
+
+static node_t nodes[MAX_NODES];
+static int n_nodes;
+
+/* The moemesh-expert beside this binary; MOEMESH_TEST_EXPERT names another (debugging). */
+static void expert_path(char *out, size_t cap)
+{
+    if (getenv("MOEMESH_TEST_EXPERT")) {
+        snprintf(out, cap, "%s", getenv("MOEMESH_TEST_EXPERT"));
+        return;
+    }
+    char self[PATH_MAX - 32];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+    cr_assert(n > 0);
+    self[n] = 0;
+    *strrchr(self, '/') = 0; /* .../tests */
+    *strrchr(self, '/') = 0; /* build or build/san */
+    snprintf(out, cap, "%s/bin/moemesh-expert", self);
+    cr_assert_eq(access(out, X_OK), 0, "%s is missing: run make first", out);
+}
+
+static void kill_node(int i)
+{
+    if (nodes[i].pid > 0) {
+        kill(nodes[i].pid, SIGKILL);
+        waitpid(nodes[i].pid, NULL, 0);
+        nodes[i].pid = 0;
+    }
+    if (nodes[i].out >= 0) close(nodes[i].out);
+    nodes[i].out = -1;
+}
+
+static void reap_all(void)
+{
+    for (int i = 0; i < n_nodes; i++) kill_node(i);
+    n_nodes = 0;
+}
+
+/* Starts one node (model: NULL to have its shard streamed; curve: a --curve-keys DIR or NULL)
+ * and waits up to 10 s for its "listening on tcp://127.0.0.1:PORT" line. */
+static node_t *spawn_node_curve(const char *model, const char *curve)
+{
+    cr_assert_lt(n_nodes, MAX_NODES);
+    char prog[PATH_MAX];
+    expert_path(prog, sizeof(prog));
+    int fds[2];
+    cr_assert_eq(pipe(fds), 0);
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent) _exit(127);
+        dup2(fds[1], 1);
+        close(fds[0]), close(fds[1]);
+        if (!getenv("MOEMESH_TEST_NODE_LOG")) {
+            int dn = open("/dev/null", O_WRONLY);
+            dup2(dn, 2);
+        }
+        char *argv[8];
+        int a = 0;
+        argv[a++] = prog;
+        argv[a++] = "-l";
+        argv[a++] = "tcp://127.0.0.1:*";
+        if (model) argv[a++] = "-m", argv[a++] = (char *)model;
+        if (curve) argv[a++] = "--curve-keys", argv[a++] = (char *)curve;
+        argv[a] = NULL;
+        execv(prog, argv);
+        _exit(127);
+    }
+    close(fds[1]);
+    node_t *n = &nodes[n_nodes++];
+    n->pid = pid;
+    n->out = fds[0];
+    n->endpoint[0] = 0;
+    char line[256];
+    size_t len = 0;
+    double deadline = wire_now() + 10;
+    while (len < sizeof(line) - 1) {
+        struct pollfd p = {fds[0], POLLIN, 0};
+        int left = (int)((deadline - wire_now()) * 1e3);
+        cr_assert(left > 0 && poll(&p, 1, left) == 1, "node %d: no 'listening on' line in 10 s",
+                  n_nodes - 1);
+        ssize_t r = read(fds[0], line + len, 1);
+        cr_assert_eq(r, 1, "node %d exited before listening", n_nodes - 1);
+        if (line[len] == '\n') break;
+        len++;
+    }
+    line[len] = 0;
+    cr_assert_eq(sscanf(line, "listening on %127s", n->endpoint), 1, "node said '%s'", line);
+    cr_assert(strncmp(n->endpoint, "tcp://127.0.0.1:", 16) == 0, "endpoint %s", n->endpoint);
+    return n;
+}
+
+static node_t *spawn_node(const char *model)
+{
+    return spawn_node_curve(model, NULL);
+}
+
+static void setup(void)
+{
+    for (int i = 0; i < MAX_NODES; i++) nodes[i] = (node_t){0, -1, ""};
+    n_nodes = 0;
+    signal(SIGPIPE, SIG_IGN);
+}
+
+TestSuite(cluster, .init = setup, .fini = reap_all);
+
+/* ---------------------------------------------------------------- stderr capture */
+
+static int saved_fd = -1;
+static FILE *captured;
+
+/* The log goes to fd 2 with write(2): pointing fd 2 at a file lets a test read the message. */
+static void capture_begin(void)
+{
+    captured = tmpfile();
+    cr_assert_not_null(captured);
+    fflush(stderr);
+    saved_fd = dup(2);
+    dup2(fileno(captured), 2);
+}
+
+static char *capture_end(void)
+{
+    fflush(stderr);
+    dup2(saved_fd, 2);
+    close(saved_fd);
+    long n = ftell(captured);
+    char *s = malloc((size_t)(n > 0 ? n : 0) + 1);
+    rewind(captured);
+    size_t got = fread(s, 1, (size_t)(n > 0 ? n : 0), captured);
+    s[got] = 0;
+    fclose(captured);
+    fprintf(stderr, "%s", s); /* keep it visible in the test output */
+    return s;
+}
+
+/* ---------------------------------------------------------------- golden ids */
+
+/* prompt_ids then greedy_ids of a golden file into ids (cap); returns the count. */
+static int golden_ids(const char *name, int32_t *ids, int cap, int *n_prompt)
+{
+    char path[512];
+    snprintf(path, sizeof(path), "%s/%s.golden", GOLDEN, name);
+    FILE *f = fopen(path, "r");
+    cr_assert_not_null(f, "cannot open %s", path);
+    char *line = malloc(1 << 20);
+    int n = 0;
+    *n_prompt = 0;
+    while (fgets(line, 1 << 20, f)) {
+        bool prompt = !strncmp(line, "prompt_ids ", 11), greedy = !strncmp(line, "greedy_ids ", 11);
+        if (!prompt && !greedy) continue;
+        char *end;
+        long c = strtol(line + 11, &end, 10);
+        for (long i = 0; i < c && n < cap; i++) ids[n++] = (int32_t)strtol(end, &end, 10);
+        if (prompt) *n_prompt = n;
+    }
+    free(line);
+    fclose(f);
+    cr_assert(n > *n_prompt && *n_prompt > 0, "%s: no ids", path);
+    return n;
+}
+
+/* ---------------------------------------------------------------- engine runs */
+
+#define MAX_TOK 128
+
+/* Teacher-forced logits (n, V) of ids, and greedy tokens (n_greedy) decoded one per call from
+ * the prompt. */
+static void run_engine(const model_t *m, coord_experts_t *ex, kern_pool_t *pool,
+                       const int32_t *ids, int n, int n_prompt, float *logits, int32_t *greedy)
+{
+    const int V = m->hp.n_vocab;
+    coord_engine_params_t p = coord_engine_params_default();
+    p.n_ctx = n + 8;
+    p.n_batch = n;
+    coord_engine_t *e = coord_engine_new(m, ex, pool, &p);
+    cr_assert_not_null(e);
+    int32_t pos[MAX_TOK], slot[MAX_TOK] = {0};
+    bool want[MAX_TOK];
+    for (int i = 0; i < n; i++) pos[i] = i, want[i] = true;
+    coord_batch_t b = {.n = n, .tok = ids, .pos = pos, .slot = slot, .want = want};
+    cr_assert_eq(coord_engine_decode(e, &b, logits), 0);
+
+    coord_engine_clear_slot(e, 0);
+    float *l = malloc(sizeof(float) * V);
+    b = (coord_batch_t){.n = n_prompt, .tok = ids, .pos = pos, .slot = slot};
+    cr_assert_eq(coord_engine_decode(e, &b, l), 0);
+    for (int i = 0; i < n - n_prompt; i++) {
+        int32_t next = 0;
+        for (int v = 1; v < V; v++)
+            if (l[v] > l[next]) next = v;
+        greedy[i] = next;
+        int32_t ps = n_prompt + i;
+        b = (coord_batch_t){.n = 1, .tok = &next, .pos = &ps, .slot = slot};
+        cr_assert_eq(coord_engine_decode(e, &b, l), 0);
+    }
+    free(l);
+    coord_engine_free(e);
+}
+
+/* Largest |out - ref| / sd(ref) over positions, and how many positions exceed tol. */
+static double compare(const float *ref, const float *out, int n, int V, double tol, int *over)
+{
+    double worst = 0;
+    *over = 0;
+    for (int p = 0; p < n; p++) {
+        const float *r = ref + (size_t)p * V, *o = out + (size_t)p * V;
+        double mean = 0, var = 0, maxd = 0;
+        for (int v = 0; v < V; v++) mean += r[v];
+        mean /= V;
+        for (int v = 0; v < V; v++) var += (r[v] - mean) * (r[v] - mean);
+        for (int v = 0; v < V; v++) maxd = fmax(maxd, fabs((double)o[v] - r[v]));
+        double e = maxd / sqrt(var / V);
+        if (e > tol) (*over)++;
+        worst = fmax(worst, e);
+    }
+    return worst;
+}
+
+/* Starts n nodes (from the file when from_file, else streamed) for golden model name, and
+ * checks remote against local with wire type wt: within tol sd at every position but
+ * `outliers`, and the same greedy tokens when exact_greedy. */
+static void check_model(const char *name, int n, bool from_file, wire_dtype_t wt, double tol,
+                        int outliers, bool exact_greedy)
+{
+    char path[512];
+    snprintf(path, sizeof(path), "%s/%s.gguf", GOLDEN, name);
+    model_t *m = NULL;
+    cr_assert_eq(model_load(path, &m), 0, "%s", path);
+    int32_t ids[MAX_TOK];
+    int n_prompt, N = golden_ids(name, ids, MAX_TOK, &n_prompt);
+    const int V = m->hp.n_vocab, G = N - n_prompt;
+
+    const char *eps[MAX_NODES];
+    for (int i = 0; i < n; i++) eps[i] = spawn_node(from_file ? path : NULL)->endpoint;
+    coord_cluster_config_t cc = coord_cluster_config_default();
+    cc.n_nodes = n;
+    cc.endpoints = eps;
+    cc.wire_type = wt;
+    cc.progress = false;
+    coord_cluster_t *c = coord_cluster_new(&cc, m);
+    cr_assert_not_null(c, "%s: cluster of %d did not start", name, n);
+    int total = 0;
+    for (int i = 0; i < n; i++) {
+        coord_node_stats_t st;
+        coord_cluster_node_stats(c, i, &st);
+        total += st.experts;
+        cr_assert(from_file || st.shard_bytes > 0 || st.experts == 0,
+                  "%s: node %d has experts but nothing was streamed", name, i);
+        cr_assert(!from_file || st.shard_bytes == 0, "%s: node %d holds the file yet got %llu "
+                  "bytes streamed", name, i, (unsigned long long)st.shard_bytes);
+    }
+    int moe_layers = 0;
+    for (int l = 0; l < m->hp.n_layer; l++) moe_layers += m->layers[l].gate_exps != NULL;
+    cr_assert_eq(total, moe_layers * m->hp.n_expert, "every pair placed exactly once");
+
+    kern_pool_t *pool = kern_pool_new(2);
+    coord_experts_t *lx = coord_experts_local_new(m, pool, N);
+    coord_experts_t *rx = coord_experts_remote_new(c, N);
+    float *ref = malloc(sizeof(float) * (size_t)N * V);
+    float *out = malloc(sizeof(float) * (size_t)N * V);
+    int32_t gref[MAX_TOK], gout[MAX_TOK];
+    run_engine(m, lx, pool, ids, N, n_prompt, ref, gref);
+    run_engine(m, rx, pool, ids, N, n_prompt, out, gout);
+    int over;
+    double worst = compare(ref, out, N, V, tol, &over);
+    cr_log_info("%s, %d node(s)%s, %s wire: worst %.3g sd (tol %.3g), %d over", name, n,
+                from_file ? " with -m" : "", wire_dtype_name(wt), worst, tol, over);
+    cr_expect_leq(over, outliers, "%s, %d nodes, %s: %d positions beyond %.3g sd (worst %.3g)",
+                  name, n, wire_dtype_name(wt), over, tol, worst);
+    if (exact_greedy)
+        for (int i = 0; i < G; i++)
+            cr_expect_eq(gout[i], gref[i], "%s, %d nodes: greedy token %d is %d, local %d", name,
+                         n, i, gout[i], gref[i]);
+    uint64_t reqs = 0;
+    for (int i = 0; i < n; i++) {
+        coord_node_stats_t st;
+        coord_cluster_node_stats(c, i, &st);
+        reqs += st.requests;
+        cr_expect_eq(st.stale, 0);
+    }
+    cr_expect_geq(reqs, (uint64_t)moe_layers * (1 + G), "every layer of every call went out");
+    free(ref), free(out);
+    coord_experts_free(rx);
+    coord_experts_free(lx);
+    kern_pool_free(pool);
+    coord_cluster_free(c);
+    model_free(m);
+    reap_all();
+}
+
+static const char *const f32_models[] = {"qwen3moe-tiny-f32", "mixtral-tiny-f32",
+                                         "qwen2moe-tiny-f32", "olmoe-tiny-f32", "stories-moe-f32",
+                                         "qwen3moe-tiny-q8_0", "mixtral-tiny-q8_0"};
+#define N_MODELS (int)(sizeof(f32_models) / sizeof(f32_models[0]))
+
+Test(cluster, one_streamed_node_equals_local_path, .timeout = 240)
+{
+    for (int i = 0; i < N_MODELS; i++)
+        check_model(f32_models[i], 1, false, WIRE_DTYPE_F32, 1e-5, 0, true);
+}
+
+Test(cluster, two_nodes_with_the_file_equal_local_path, .timeout = 240)
+{
+    for (int i = 0; i < N_MODELS; i++)
+        check_model(f32_models[i], 2, true, WIRE_DTYPE_F32, 1e-5, 0, true);
+}
+
+Test(cluster, three_streamed_nodes_equal_local_path, .timeout = 240)
+{
+    for (int i = 0; i < N_MODELS; i++)
+        check_model(f32_models[i], 3, false, WIRE_DTYPE_F32, 1e-5, 0, true);
+}
+
+/* Rounded activations on the wire: the error budget of a file of that type (golden README
+ * section 3: f16 0.02, bf16 0.1, q8_0 0.2 sd, two outlier positions), measured against the
+ * local path on the f32 model, whose only rounding is then the wire's. */
+Test(cluster, rounded_wire_types_stay_within_their_tolerance, .timeout = 240)
+{
+    check_model("qwen3moe-tiny-f32", 2, false, WIRE_DTYPE_F16, 0.02, 2, false);
+    check_model("qwen3moe-tiny-f32", 2, false, WIRE_DTYPE_BF16, 0.1, 2, false);
+    check_model("qwen3moe-tiny-f32", 2, true, WIRE_DTYPE_Q8_0, 0.2, 2, false);
+    check_model("stories-moe-f32", 3, false, WIRE_DTYPE_Q8_0, 0.2, 2, false);
+}
+
+/* ---------------------------------------------------------------- failures */
+
+static model_t *load(const char *name)
+{
+    char path[512];
+    snprintf(path, sizeof(path), "%s/%s.gguf", GOLDEN, name);
+    model_t *m = NULL;
+    cr_assert_eq(model_load(path, &m), 0);
+    return m;
+}
+
+/* A node SIGKILLed between two calls: the next call fails within the deadline (plus slack),
+ * never hangs, and the log names the node and its address. */
+Test(cluster, killed_node_fails_the_next_call_in_time, .timeout = 60)
+{
+    model_t *m = load("qwen3moe-tiny-f32");
+    const char *eps[2] = {spawn_node(NULL)->endpoint, spawn_node(NULL)->endpoint};
+    coord_cluster_config_t cc = coord_cluster_config_default();
+    cc.n_nodes = 2;
+    cc.endpoints = eps;
+    cc.timeout_ms = 1000;
+    cc.progress = false;
+    coord_cluster_t *c = coord_cluster_new(&cc, m);
+    cr_assert_not_null(c);
+    kern_pool_t *pool = kern_pool_new(1);
+    coord_experts_t *rx = coord_experts_remote_new(c, 16);
+    coord_engine_params_t p = coord_engine_params_default();
+    p.n_ctx = 64;
+    p.n_batch = 16;
+    coord_engine_t *e = coord_engine_new(m, rx, pool, &p);
+    int32_t tok[16], pos[16], slot[16] = {0};
+    for (int i = 0; i < 16; i++) tok[i] = 10 + 7 * i, pos[i] = i;
+    float *l = malloc(sizeof(float) * m->hp.n_vocab);
+    coord_batch_t b = {.n = 8, .tok = tok, .pos = pos, .slot = slot};
+    cr_assert_eq(coord_engine_decode(e, &b, l), 0);
+
+    char victim[192];
+    snprintf(victim, sizeof(victim), "expert node 1 (%s)", nodes[1].endpoint);
+    kill_node(1);
+    capture_begin();
+    double t0 = wire_now();
+    b = (coord_batch_t){.n = 8, .tok = tok + 8, .pos = pos + 8, .slot = slot};
+    int err = coord_engine_decode(e, &b, l);
+    double dt = wire_now() - t0;
+    char *log = capture_end();
+    cr_expect_neq(err, 0, "a call needing a dead node must fail");
+    cr_expect_lt(dt, 3.0, "failed after %.2f s; the deadline is 1 s", dt);
+    cr_expect_not_null(strstr(log, victim), "the error names '%s'", victim);
+    free(log);
+    free(l);
+    coord_engine_free(e);
+    coord_experts_free(rx);
+    kern_pool_free(pool);
+    coord_cluster_free(c);
+    model_free(m);
+}
+
+/* A flipped byte in one streamed chunk: the node's CRC-32C check refuses the slice and
+ * start-up fails with a message naming the node and the checksum. */
+Test(cluster, corrupted_chunk_fails_start_up, .timeout = 60)
+{
+    model_t *m = load("mixtral-tiny-f32");
+    const char *eps[2] = {spawn_node(NULL)->endpoint, spawn_node(NULL)->endpoint};
+    coord_cluster_config_t cc = coord_cluster_config_default();
+    cc.n_nodes = 2;
+    cc.endpoints = eps;
+    cc.timeout_ms = 5000;
+    cc.progress = false;
+    cc.test_corrupt_chunk = 7;
+    capture_begin();
+    double t0 = wire_now();
+    coord_cluster_t *c = coord_cluster_new(&cc, m);
+    double dt = wire_now() - t0;
+    char *log = capture_end();
+    cr_expect_null(c);
+    cr_expect_lt(dt, 6.0);
+    cr_expect_not_null(strstr(log, "checksum"), "the log says checksum");
+    cr_expect_not_null(strstr(log, "expert node 0 ("), "the log names the node");
+    free(log);
+    coord_cluster_free(c);
+    model_free(m);
+}
+
+/* Nothing listening: start-up gives up at the connect deadline, naming the address. */
+Test(cluster, unreachable_node_fails_start_up_at_the_deadline, .timeout = 30)
+{
+    model_t *m = load("qwen3moe-tiny-f32");
+    node_t *n = spawn_node(NULL);
+    char live[128], dead[128];
+    snprintf(live, sizeof(live), "%s", n->endpoint);
+    /* A port that was just in use and is now closed: certainly nobody listens there. */
+    snprintf(dead, sizeof(dead), "%s", n->endpoint);
+    kill_node(0);
+    const char *eps[1] = {dead};
+    coord_cluster_config_t cc = coord_cluster_config_default();
+    cc.n_nodes = 1;
+    cc.endpoints = eps;
+    cc.connect_ms = 500;
+    cc.progress = false;
+    capture_begin();
+    double t0 = wire_now();
+    coord_cluster_t *c = coord_cluster_new(&cc, m);
+    double dt = wire_now() - t0;
+    char *log = capture_end();
+    cr_expect_null(c);
+    cr_expect(dt >= 0.4 && dt < 3.0, "gave up after %.2f s, deadline 0.5 s", dt);
+    char want[192];
+    snprintf(want, sizeof(want), "expert node 0 (%s): unreachable", live);
+    cr_expect_not_null(strstr(log, want), "the log says '%s'", want);
+    free(log);
+    model_free(m);
+}
+
+/* ---------------------------------------------------------------- the command */
+
+/* Runs cmd through sh and returns its stdout (malloc'd, at most 64 KiB); it must succeed. */
+static char *run_cmd(const char *cmd)
+{
+    FILE *p = popen(cmd, "r");
+    cr_assert_not_null(p);
+    size_t cap = 1 << 16, n = 0;
+    char *s = malloc(cap);
+    size_t r;
+    while ((r = fread(s + n, 1, cap - 1 - n, p)) > 0) n += r;
+    s[n] = 0;
+    cr_assert_eq(pclose(p), 0, "'%s' failed", cmd);
+    return s;
+}
+
+/* `moemesh-coordinator run` through two nodes tells the same story as without them, and ends
+ * with the per-node summary. */
+Test(cluster, run_command_through_two_nodes_tells_the_local_story, .timeout = 120)
+{
+    char prog[PATH_MAX], coord[PATH_MAX + 64], cmd[3 * PATH_MAX], errf[] = "/tmp/moemesh-run-XXXXXX";
+    expert_path(prog, sizeof(prog));
+    char self[PATH_MAX - 64];
+    ssize_t len = readlink("/proc/self/exe", self, sizeof(self) - 1);
+    cr_assert(len > 0);
+    self[len] = 0;
+    *strrchr(self, '/') = 0;
+    *strrchr(self, '/') = 0;
+    snprintf(coord, sizeof(coord), "%s/bin/moemesh-coordinator", self);
+    const char *a = spawn_node(NULL)->endpoint, *b = spawn_node(NULL)->endpoint;
+    int fd = mkstemp(errf);
+    cr_assert_geq(fd, 0);
+    close(fd);
+    const char *args = "-m " GOLDEN "/stories-moe-f32.gguf -p 'Once upon a time' -n 40 --seed 3 "
+                       "--temp 0.8";
+    snprintf(cmd, sizeof(cmd), "%s run %s 2>/dev/null", coord, args);
+    char *local = run_cmd(cmd);
+    snprintf(cmd, sizeof(cmd), "%s run %s --expert-node %s --expert-nodes %s --wire-type f32 "
+             "2>%s", coord, args, a, b + 6, errf);
+    char *remote = run_cmd(cmd);
+    cr_expect_str_eq(remote, local);
+    cr_expect_gt(strlen(local), 40);
+    FILE *f = fopen(errf, "r");
+    char *err = malloc(1 << 16);
+    size_t n = fread(err, 1, (1 << 16) - 1, f);
+    err[n] = 0;
+    fclose(f);
+    unlink(errf);
+    char want[256];
+    snprintf(want, sizeof(want), "node 1 %s", b);
+    cr_expect_not_null(strstr(err, want), "summary names '%s':\n%s", want, err);
+    cr_expect_not_null(strstr(err, "bytes per token"), "summary:\n%s", err);
+    free(err), free(local), free(remote);
+}
+
+/* ---------------------------------------------------------------- CURVE */
+
+/* With --curve-keys on both sides the cluster works; a coordinator whose public key the nodes
+ * do not list is refused (start-up fails at the deadline, naming the node). */
+Test(cluster, curve_keys_admit_ours_and_refuse_others, .timeout = 60)
+{
+    char prog[PATH_MAX], cmd[3 * PATH_MAX];
+    expert_path(prog, sizeof(prog));
+    char good[] = "/tmp/moemesh-curve-XXXXXX", bad[] = "/tmp/moemesh-curve-XXXXXX";
+    cr_assert_not_null(mkdtemp(good));
+    cr_assert_not_null(mkdtemp(bad));
+    snprintf(cmd, sizeof(cmd), "'%s' keygen %s >/dev/null && '%s' keygen %s >/dev/null && "
+             "cp %s/node.pub %s/node.pub", prog, good, prog, bad, good, bad);
+    cr_assert_eq(system(cmd), 0, "%s", cmd);
+
+    model_t *m = load("qwen2moe-tiny-f32");
+    const char *eps[1] = {spawn_node_curve(NULL, good)->endpoint};
+    coord_cluster_config_t cc = coord_cluster_config_default();
+    cc.n_nodes = 1;
+    cc.endpoints = eps;
+    cc.connect_ms = 2000;
+    cc.progress = false;
+    cc.curve_dir = bad;
+    capture_begin();
+    coord_cluster_t *c = coord_cluster_new(&cc, m);
+    char *log = capture_end();
+    cr_expect_null(c, "a coordinator key the node does not list must be refused");
+    cr_expect_not_null(strstr(log, "expert node 0 ("), "the log names the node");
+    free(log);
+    coord_cluster_free(c);
+
+    cc.curve_dir = good;
+    c = coord_cluster_new(&cc, m);
+    cr_assert_not_null(c, "our own keys are accepted");
+    kern_pool_t *pool = kern_pool_new(1);
+    coord_experts_t *rx = coord_experts_remote_new(c, 8);
+    coord_experts_t *lx = coord_experts_local_new(m, pool, 8);
+    const int E = m->hp.n_embd;
+    float x[8 * 256], w[16], a[8 * 256], b[8 * 256];
+    int32_t ids[16];
+    for (int i = 0; i < 8 * E; i++) x[i] = (float)((i * 37) % 101 - 50) / 50.0f;
+    for (int i = 0; i < 16; i++) ids[i] = (i * 3 + i / 2) % m->hp.n_expert, w[i] = 0.25f + i % 3;
+    for (int t = 0; t < 8; t++)
+        if (ids[2 * t] == ids[2 * t + 1]) ids[2 * t + 1] = (ids[2 * t] + 1) % m->hp.n_expert;
+    cr_assert_eq(lx->vt->compute(lx, 1, 8, 2, x, ids, w, a), 0);
+    cr_assert_eq(rx->vt->compute(rx, 1, 8, 2, x, ids, w, b), 0);
+    cr_expect_arr_eq(a, b, sizeof(float) * 8 * E, "two experts per token: bitwise the local sum");
+    coord_experts_free(rx);
+    coord_experts_free(lx);
+    kern_pool_free(pool);
+    coord_cluster_free(c);
+    model_free(m);
+    snprintf(cmd, sizeof(cmd), "rm -rf %s %s", good, bad);
+    cr_expect_eq(system(cmd), 0);
+}
