@@ -398,6 +398,13 @@ typedef struct {
     int max_body, max_header, max_conns, timeout_ms, grace_ms;
     int max_tokens, max_prompt;
     bool kv_f16;
+    /* Expert parallelism: the routed experts run on these nodes ("tcp://HOST:PORT"), reached
+     * through coord_cluster_new on the loader thread; none: local experts. */
+    const char *const *expert_nodes; /* (n_expert_nodes), borrowed */
+    int n_expert_nodes;
+    const char *wire_type;           /* f32 | f16 | bf16 | q8_0 */
+    int node_timeout_ms;
+    const char *curve_keys;          /* directory, or NULL */
 } coord_server_params_t;
 coord_server_params_t coord_server_params_default(void);
 typedef struct coord_server coord_server_t;
