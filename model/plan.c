@@ -121,15 +121,23 @@ static bool holds(const model_plan_t *p, size_t i, int r, int n)
  * not yet holding that pair, where it fits and that would be least full relative to its memory
  * afterwards, ties to the node with fewer experts of this layer, then the lower id. With equal
  * experts and nodes this deals each layer's copies out round-robin, so every node holds about
- * the same number of every layer's experts, and the primaries (first copies) are dealt out
- * round-robin among them too, which is what spreads the work when calls go to the primary. */
+ * the same number of every layer's experts.
+ *
+ * Holding is not working: calls go to the primary copy only, so the primary is chosen apart,
+ * among the pair's owners, as the one with the fewest primaries in this layer, then the fewest
+ * primary bytes overall, then the earlier placed; it moves to the front of the owner list. With
+ * placement alone, 4 nodes and 2 replicas would pair nodes (0, 1) and (2, 3) and make 0 and 2
+ * the primaries of everything, leaving half the nodes idle. */
 static int assign(model_plan_t *p, const uint64_t *cap)
 {
     int *in_layer = xcalloc((size_t)p->n_nodes, sizeof(int));
+    int *prim_layer = xcalloc((size_t)p->n_nodes, sizeof(int));
+    uint64_t *prim_bytes = xcalloc((size_t)p->n_nodes, sizeof(uint64_t));
     const int R = p->replicas;
     int err = 0;
     for (int l = 0; l < p->n_layers && !err; l++) {
         memset(in_layer, 0, (size_t)p->n_nodes * sizeof(int));
+        memset(prim_layer, 0, (size_t)p->n_nodes * sizeof(int));
         for (int e = 0; e < p->n_expert && !err; e++) {
             const size_t i = (size_t)l * p->n_expert + e;
             uint64_t b = p->expert_bytes[i];
@@ -168,10 +176,23 @@ static int assign(model_plan_t *p, const uint64_t *cap)
                 p->node_experts[best]++;
                 in_layer[best]++;
             }
-            p->owner[i] = p->owners[i * (size_t)R];
+            if (err) break;
+            int *o = p->owners + i * (size_t)R, j = 0;
+            for (int r = 1; r < R; r++)
+                if (prim_layer[o[r]] < prim_layer[o[j]] ||
+                    (prim_layer[o[r]] == prim_layer[o[j]] && prim_bytes[o[r]] < prim_bytes[o[j]]))
+                    j = r;
+            int first = o[j];
+            memmove(o + 1, o, sizeof(int) * (size_t)j);
+            o[0] = first;
+            p->owner[i] = first;
+            prim_layer[first]++;
+            prim_bytes[first] += b;
         }
     }
     free(in_layer);
+    free(prim_layer);
+    free(prim_bytes);
     return err;
 }
 
