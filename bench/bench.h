@@ -29,6 +29,10 @@ int bench_serve_main(int argc, char **argv);
 struct kern_pool;
 double bench__read_bandwidth(struct kern_pool *pool);
 
+/* `moemesh-bench wire [--seconds S]` (bench/wire.c): FORWARD/RESULT round trips over loopback
+ * TCP by token count and activation dtype against a raw ZeroMQ ping of the same bytes. */
+int bench_wire_main(int argc, char **argv);
+
 /* Sum of buf (words) with 32-byte loads (bench/read_avx2.c); only when the CPU has AVX2. */
 uint64_t bench__read_sum_avx2(const uint64_t *buf, size_t words);
 

@@ -11,6 +11,7 @@ static const struct {
     const char *help;
 } commands[] = {
     {"kernels", bench_kernels_main, "read bandwidth, pool dispatch, GEMV/GEMM per weight type"},
+    {"wire", bench_wire_main, "FORWARD/RESULT round trips vs raw ZeroMQ, by tokens and dtype"},
     {"model", bench_model_main, "prompt and generation tokens/s of one GGUF, 1 and 2 threads"},
     {"serve", bench_serve_main, "load client for the HTTP API: throughput, TTFT, TPOT, ITL"},
 };

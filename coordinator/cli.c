@@ -21,6 +21,7 @@ typedef struct {
     coord_opt_list_t dns;    /* --expert-dns NAME:PORT: every address NAME resolves to */
     const char *wire_type;   /* f32 | f16 | bf16 | q8_0 */
     int node_timeout;        /* ms */
+    int replicas;            /* copies of every expert, each on its own node */
     const char *curve_keys;  /* directory, or NULL */
 } cluster_flags_t;
 
@@ -35,12 +36,14 @@ typedef struct {
      "activations on the wire: f32, f16, bf16, q8_0 (default f32)"},                               \
     {"node-timeout", 0, "MOEMESH_NODE_TIMEOUT", COORD_OPT_INT, &(cf).node_timeout, "MS",           \
      "deadline for an expert node's answer (default 10000)"},                                      \
+    {"replicas", 0, "MOEMESH_REPLICAS", COORD_OPT_INT, &(cf).replicas, "R",                        \
+     "copies of every expert, each on its own node (default 1; at most the node count)"},          \
     {"curve-keys", 0, "MOEMESH_CURVE_KEYS", COORD_OPT_STR, &(cf).curve_keys, "DIR",                \
      "CURVE keys (coordinator.key/.pub, node.pub) for encrypted node links"}
 
 static cluster_flags_t cluster_flags_default(void)
 {
-    return (cluster_flags_t){.wire_type = "f32", .node_timeout = 10000};
+    return (cluster_flags_t){.wire_type = "f32", .node_timeout = 10000, .replicas = 1};
 }
 
 typedef struct {
@@ -162,8 +165,17 @@ static int stack_init(run_stack_t *s, const char *path, int threads, int ctx, in
         fprintf(stderr, "bad --node-timeout %d (milliseconds, >= 1)\n", cf->node_timeout);
         return -EINVAL;
     }
+    if (cf->replicas < 1) {
+        fprintf(stderr, "bad --replicas %d (copies of every expert, >= 1)\n", cf->replicas);
+        return -EINVAL;
+    }
     int err = collect_endpoints(s, cf);
     if (err) return err;
+    if (cf->replicas > 1 && cf->replicas > s->n_endpoints) {
+        fprintf(stderr, "--replicas %d needs at least %d expert nodes (each copy on its own "
+                "node), got %d\n", cf->replicas, cf->replicas, s->n_endpoints);
+        return -EINVAL;
+    }
     if ((err = model_load(path, &s->m)) != 0) {
         fprintf(stderr, "cannot load %s: %s\n", path, model_strerror(err));
         return err;
@@ -182,6 +194,7 @@ static int stack_init(run_stack_t *s, const char *path, int threads, int ctx, in
         cc.endpoints = (const char *const *)s->endpoints;
         cc.timeout_ms = cc.connect_ms = cf->node_timeout;
         cc.curve_dir = cf->curve_keys;
+        cc.replicas = cf->replicas;
         s->cluster = coord_cluster_new(&cc, s->m);
         if (!s->cluster) {
             fprintf(stderr, "cannot start the expert nodes (reason above)\n");

@@ -1,7 +1,8 @@
 /* The coordinator's side of the expert nodes at start-up: one DEALER per node, then the
  * conversation of wire/proto/moemesh.proto steps 1-5 — HELLO/WELCOME, placement with
- * model_plan_new within each node's memory, ASSIGN, SHARD_CHUNKs for the pairs a node does not
- * already hold for this very file (same model_fingerprint), and READY from every node.
+ * model_plan_new_r within each node's memory (R copies of every pair on distinct nodes), ASSIGN
+ * of every pair a node holds, SHARD_CHUNKs for the pairs a node does not already hold for this
+ * very file (same model_fingerprint), and READY from every node.
  *
  * Invariants: every wait has a deadline (connect_ms until all WELCOMEs, then timeout_ms without
  * progress), so a dead or silent node fails start-up with a message naming it instead of
@@ -25,6 +26,7 @@ coord_cluster_config_t coord_cluster_config_default(void)
 {
     return (coord_cluster_config_t){
         .wire_type = WIRE_DTYPE_F32,
+        .replicas = 1,
         .connect_ms = 10000,
         .timeout_ms = 10000,
         .progress = true,
@@ -47,6 +49,14 @@ int coord__node_set_sndtimeo(coord__node_t *n, int ms)
  * so the log line carries the caller's function name. */
 #define NODE_ERR(c, i, fmt, ...)                                                                   \
     LOG_ERR("expert node %d (%s): " fmt, (i), (c)->nodes[(i)].endpoint, ##__VA_ARGS__)
+
+/* True when node i holds pair p (layer * n_expert + expert), as primary or replica. */
+static bool holds(const coord_cluster_t *c, size_t p, int i)
+{
+    for (int r = 0; r < c->replicas; r++)
+        if (c->owners[p * (size_t)c->replicas + r] == i) return true;
+    return false;
+}
 
 /* Turns an ERROR from node i into a start-up message; what kind of refusal it is decides the
  * wording so the operator knows whether to upgrade, free memory or suspect the network. */
@@ -230,36 +240,43 @@ static int place(coord_cluster_t *c)
     for (int i = 0; i < c->n_nodes; i++)
         mem[i] = c->nodes[i].mem_bytes ? c->nodes[i].mem_bytes : UINT64_MAX;
     model_plan_t *p = NULL;
-    int err = model_plan_new(m->gguf, c->n_nodes, mem, 0, &p);
+    int err = model_plan_new_r(m->gguf, c->n_nodes, mem, 0, c->replicas, &p);
     free(mem);
     if (err) {
-        LOG_ERR("cannot place the routed experts on %d node(s): %s", c->n_nodes,
-                wire_strerror(err));
+        LOG_ERR("cannot place %d cop%s of the routed experts on %d node(s): %s", c->replicas,
+                c->replicas == 1 ? "y" : "ies", c->n_nodes, wire_strerror(err));
         return err;
     }
+    const int R = c->replicas;
     for (int l = 0; l < c->n_layers && !err; l++) {
         if (!m->layers[l].gate_exps) continue;
-        if (l >= p->n_layers || p->n_expert != c->n_expert) {
+        if (l >= p->n_layers || p->n_expert != c->n_expert || p->replicas != R) {
             LOG_ERR("the plan does not cover layer %d's experts", l);
             err = -EINVAL;
             break;
         }
-        for (int e = 0; e < c->n_expert; e++) {
-            int o = p->owner[(size_t)l * p->n_expert + e];
-            if (o < 0 || o >= c->n_nodes) {
-                LOG_ERR("the plan leaves expert %d of layer %d without a node", e, l);
-                err = -EINVAL;
-                break;
+        for (int e = 0; e < c->n_expert && !err; e++) {
+            const size_t i = (size_t)l * c->n_expert + e;
+            for (int r = 0; r < R; r++) {
+                int o = p->owners[i * R + r];
+                if (o < 0 || o >= c->n_nodes) {
+                    LOG_ERR("the plan leaves copy %d of expert %d of layer %d without a node",
+                            r + 1, e, l);
+                    err = -EINVAL;
+                    break;
+                }
+                c->owners[i * R + r] = o;
+                c->nodes[o].st.experts++;
+                c->nodes[o].st.expert_bytes += p->expert_bytes[i];
             }
-            c->owner[(size_t)l * c->n_expert + e] = o;
-            c->nodes[o].st.experts++;
-            c->nodes[o].st.expert_bytes += p->expert_bytes[(size_t)l * p->n_expert + e];
+            c->owner[i] = c->owners[i * R];
         }
     }
     model_plan_free(p);
     for (int i = 0; i < c->n_nodes && !err; i++)
-        LOG_INFO("plan: node %d (%s) serves %d experts, %.2f MiB", i, c->nodes[i].endpoint,
-                 c->nodes[i].st.experts, c->nodes[i].st.expert_bytes / 1048576.0);
+        LOG_INFO("plan: node %d (%s) holds %d experts (%d replica%s each), %.2f MiB", i,
+                 c->nodes[i].endpoint, c->nodes[i].st.experts, R, R == 1 ? "" : "s",
+                 c->nodes[i].st.expert_bytes / 1048576.0);
     return err;
 }
 
@@ -271,7 +288,7 @@ static int assign(coord_cluster_t *c, int i, const char *fp)
     uint32_t k = 0;
     for (int l = 0; l < c->n_layers; l++)
         for (int e = 0; e < c->n_expert; e++)
-            if (c->owner[(size_t)l * c->n_expert + e] == i) ls[k] = l, es[k++] = e;
+            if (holds(c, (size_t)l * c->n_expert + e, i)) ls[k] = l, es[k++] = e;
     wire_msg_t m;
     wire_msg_init(&m, WIRE_KIND_ASSIGN);
     m.u.assign = (wire_assign_t){.model = fp,
@@ -414,14 +431,14 @@ static int start(coord_cluster_t *c)
     progress_t pg = {.on = c->cfg.progress && isatty(STDERR_FILENO)};
     for (int i = 0; i < c->n_nodes && !err; i++)
         for (size_t p = 0; p < pairs; p++)
-            if (c->owner[p] == i && !have[(size_t)i * pairs + p]) {
+            if (holds(c, p, i) && !have[(size_t)i * pairs + p]) {
                 const model_layer_t *ly = &m->layers[p / c->n_expert];
                 pg.total += model_expert_stride(ly->gate_exps) +
                             model_expert_stride(ly->up_exps) + model_expert_stride(ly->down_exps);
             }
     for (int i = 0; i < c->n_nodes && !err; i++) {
         for (size_t p = 0; p < pairs && !err; p++) {
-            if (c->owner[p] != i || have[(size_t)i * pairs + p]) continue;
+            if (!holds(c, p, i) || have[(size_t)i * pairs + p]) continue;
             int l = (int)(p / c->n_expert), e = (int)(p % c->n_expert);
             const model_layer_t *ly = &m->layers[l];
             err = send_slice(c, i, l, e, WIRE_SHARD_GATE, ly->gate_exps, &pg);
@@ -449,6 +466,11 @@ coord_cluster_t *coord_cluster_new(const coord_cluster_config_t *cfg, const mode
                 cfg->n_nodes, m->hp.n_expert, wire_dtype_name(cfg->wire_type));
         return NULL;
     }
+    if (cfg->replicas < 1 || cfg->replicas > cfg->n_nodes) {
+        LOG_ERR("%d replicas of every expert on %d expert node(s): each copy needs its own node, "
+                "so replicas must be 1..%d", cfg->replicas, cfg->n_nodes, cfg->n_nodes);
+        return NULL;
+    }
     if (wire_dtype_row_bytes(cfg->wire_type, (uint64_t)m->hp.n_embd) == 0) {
         LOG_ERR("wire type %s cannot carry rows of %d (q8_0 needs a multiple of 32)",
                 wire_dtype_name(cfg->wire_type), m->hp.n_embd);
@@ -465,8 +487,12 @@ coord_cluster_t *coord_cluster_new(const coord_cluster_config_t *cfg, const mode
     c->n_layers = m->hp.n_layer;
     c->n_expert = m->hp.n_expert;
     c->next_request = 1;
-    c->owner = xmalloc(sizeof(int) * ((size_t)c->n_layers * c->n_expert + 1));
-    for (size_t p = 0; p < (size_t)c->n_layers * c->n_expert; p++) c->owner[p] = -1;
+    c->replicas = cfg->replicas;
+    const size_t pairs = (size_t)c->n_layers * c->n_expert;
+    c->owner = xmalloc(sizeof(int) * (pairs + 1));
+    for (size_t p = 0; p < pairs; p++) c->owner[p] = -1;
+    c->owners = xmalloc(sizeof(int) * (pairs * (size_t)c->replicas + 1));
+    for (size_t p = 0; p < pairs * (size_t)c->replicas; p++) c->owners[p] = -1;
     c->nodes = xcalloc((size_t)c->n_nodes, sizeof(coord__node_t));
     for (int i = 0; i < c->n_nodes; i++) {
         c->nodes[i].endpoint = xstrdup(cfg->endpoints[i]);
@@ -506,6 +532,7 @@ void coord_cluster_free(coord_cluster_t *c)
     if (c->ctx) zmq_ctx_term(c->ctx);
     free(c->nodes);
     free(c->owner);
+    free(c->owners);
     free(c);
 }
 
@@ -518,6 +545,18 @@ int coord_cluster_owner(const coord_cluster_t *c, int layer, int expert)
 {
     if (layer < 0 || layer >= c->n_layers || expert < 0 || expert >= c->n_expert) return -1;
     return c->owner[(size_t)layer * c->n_expert + expert];
+}
+
+int coord_cluster_replicas(const coord_cluster_t *c)
+{
+    return c->replicas;
+}
+
+const int *coord_cluster_owners(const coord_cluster_t *c, int layer, int expert)
+{
+    if (layer < 0 || layer >= c->n_layers || expert < 0 || expert >= c->n_expert) return NULL;
+    const int *o = c->owners + ((size_t)layer * c->n_expert + expert) * (size_t)c->replicas;
+    return o[0] < 0 ? NULL : o;
 }
 
 void coord_cluster_node_stats(const coord_cluster_t *c, int node, coord_node_stats_t *out)
@@ -534,14 +573,19 @@ void coord_cluster_print_summary(const coord_cluster_t *c, FILE *f, int64_t n_to
         const coord_node_stats_t *s = &c->nodes[i].st;
         char which[256];
         int w = 0;
-        /* Which experts: one "L<layer>:e,e,e" group per layer, cut short when long. */
+        /* Which experts: one "L<layer>:e,e,e" group per layer, cut short when long; with
+         * replicas, '*' marks the ones this node is primary for (the ones it serves). */
         which[0] = 0;
         for (int l = 0; l < c->n_layers && w < (int)sizeof(which) - 16; l++) {
             const char *sep = w ? " " : "";
             for (int e = 0; e < c->n_expert && w < (int)sizeof(which) - 16; e++) {
-                if (c->owner[(size_t)l * c->n_expert + e] != i) continue;
-                if (sep) w += snprintf(which + w, sizeof(which) - w, "%sL%d:%d", sep, l, e);
-                else w += snprintf(which + w, sizeof(which) - w, ",%d", e);
+                const size_t p = (size_t)l * c->n_expert + e;
+                if (!holds(c, p, i)) continue;
+                const char *star = c->replicas > 1 && c->owner[p] == i ? "*" : "";
+                if (sep)
+                    w += snprintf(which + w, sizeof(which) - w, "%sL%d:%d%s", sep, l, e, star);
+                else
+                    w += snprintf(which + w, sizeof(which) - w, ",%d%s", e, star);
                 sep = NULL;
             }
         }

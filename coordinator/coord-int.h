@@ -23,7 +23,11 @@ struct coord_cluster {
     int n_nodes;
     coord__node_t *nodes;     /* (n_nodes) */
     int n_layers, n_expert;   /* of the model; owner is (n_layers, n_expert) */
-    int *owner;               /* node serving each pair, -1 for layers without routed experts */
+    int replicas;             /* copies of every pair, each on its own node */
+    int *owner;               /* primary node of each pair (owners[.., 0]), -1 for layers
+                                 without routed experts */
+    int *owners;              /* (n_layers, n_expert, replicas) nodes holding each pair, primary
+                                 first; -1 for layers without routed experts */
     uint64_t next_request;    /* request ids start at 1; 0 means "not about a request" */
 };
 

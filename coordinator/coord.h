@@ -73,6 +73,8 @@ typedef struct {
     const char *name;             /* our name in HELLO; NULL: "coord" */
     const char *curve_dir;        /* NULL: plain TCP; else CURVE client, keys as in README */
     wire_dtype_t wire_type;       /* activations and results on the wire */
+    int replicas;                 /* copies of every routed expert, each on its own node,
+                                     1..n_nodes (default 1) */
     int connect_ms;               /* HELLO to WELCOME of every node (default 10000) */
     int timeout_ms;               /* any later wait without progress, and each FORWARD (10000) */
     bool progress;                /* progress bar on stderr while streaming (only on a TTY) */
@@ -82,27 +84,36 @@ typedef struct {
     int test_corrupt_chunk;
 } coord_cluster_config_t;
 
-/* Zero nodes, f32, 10 s deadlines, progress on, no test hook. */
+/* Zero nodes, f32, one replica, 10 s deadlines, progress on, no test hook. */
 coord_cluster_config_t coord_cluster_config_default(void);
 
 typedef struct coord_cluster coord_cluster_t;
-/* Connects to every node, places m's routed experts over them (model_plan_new within each
- * node's memory), assigns, streams the shards a node lacks and waits until every node is
- * READY. NULL on failure, with one clear message naming the node (index and endpoint): not
- * reachable in time, other protocol version, refusal (the node's message), checksum failure.
- * m is borrowed and must outlive the cluster (shard frames point into its mapping). */
+/* Connects to every node, places m's routed experts over them (model_plan_new_r within each
+ * node's memory, cfg->replicas copies of each on distinct nodes), assigns every node all the
+ * pairs it holds, streams the shards a node lacks and waits until every node is READY. NULL
+ * on failure, with one clear message naming the node (index and endpoint): not reachable in
+ * time, other protocol version, refusal (the node's message), checksum failure; or replicas
+ * outside 1..n_nodes. m is borrowed and must outlive the cluster (shard frames point into its
+ * mapping). */
 coord_cluster_t *coord_cluster_new(const coord_cluster_config_t *cfg, const model_t *m);
 void coord_cluster_free(coord_cluster_t *c); /* NULL-safe; closes sockets, ends the context */
 int coord_cluster_n_nodes(const coord_cluster_t *c);
-/* Node owning expert e of layer l, or -1 when layer l has no routed experts / out of range. */
+/* Primary node of expert e of layer l — the one calls go to — or -1 when layer l has no routed
+ * experts / out of range. */
 int coord_cluster_owner(const coord_cluster_t *c, int layer, int expert);
+/* Copies of every expert (the configured replicas). */
+int coord_cluster_replicas(const coord_cluster_t *c);
+/* The coord_cluster_replicas(c) distinct nodes holding expert e of layer l, primary first, or
+ * NULL when layer l has no routed experts / out of range. Borrowed; valid until
+ * coord_cluster_free. */
+const int *coord_cluster_owners(const coord_cluster_t *c, int layer, int expert);
 
 /* What one node did; counters cover FORWARD/RESULT traffic since start-up. Bytes are the
  * payload of the frames (tensors plus the per-token arrays of the header). */
 typedef struct {
     const char *endpoint;     /* borrowed from the cluster, valid until coord_cluster_free */
     const char *name;         /* the node's name from WELCOME */
-    int experts;              /* (layer, expert) pairs it serves */
+    int experts;              /* (layer, expert) pairs it holds, replicas included */
     uint64_t expert_bytes;    /* weight bytes of those */
     uint64_t shard_bytes;     /* weight bytes streamed to it at start-up */
     uint64_t requests, tokens;

@@ -3,6 +3,12 @@
  * per node with work (only the tokens that have an expert there), waits for every RESULT, and
  * adds the nodes' partial sums into out in ascending node order.
  *
+ * Replicas: every expert may live on several nodes (coord_cluster_owners). The policy here is
+ * the primary owner, always: each token's expert goes to the first node of its owner list, so
+ * a given routing always reaches the same nodes and the sum is reproducible; the planner deals
+ * the primaries out evenly, so the work stays balanced. The other owners are standby copies —
+ * failover and hedged requests are meant to pick among them (the list stays in the cluster).
+ *
  * Invariants: the combine order is fixed by node index, never by arrival, so results are
  * reproducible run to run; each node sums its experts in the token's top-k order, exactly as
  * the local path does, so with one node (or k = 2) and f32 on the wire the result is bitwise
@@ -215,7 +221,7 @@ static int step(remote_t *R, int layer, int mb, int n_tok, int k, const float *x
         for (int j = 0; j < k; j++) {
             int32_t id = ids[t * k + j];
             if (id < 0) continue;
-            int o = coord_cluster_owner(c, layer, id);
+            int o = coord_cluster_owner(c, layer, id); /* the primary: see the top */
             if (o < 0) return -EINVAL;
             int r = R->ntok[o];
             if (r == 0 || R->rows[(size_t)o * S + r - 1] != t) {

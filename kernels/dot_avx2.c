@@ -618,6 +618,71 @@ static void quant_f16(const float *x, void *dst, int64_t n)
     for (; i < n; i++) y[i] = (uint16_t)_cvtss_sh(x[i], 0);
 }
 
+/* Bulk conversions back to f32: the wire's activation codecs and the BLAS path's tiles. F16C
+ * conversion is exact, and Q8_0 is d * q in float as in the scalar path, so both equal it bit
+ * for bit. */
+static void dequant_f16(const void *src, float *dst, int64_t n)
+{
+    const uint16_t *h = src;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
+    for (; i < n; i++) dst[i] = _cvtsh_ss(h[i]);
+}
+
+static void dequant_q8_0(const void *src, float *dst, int64_t n)
+{
+    const kern_block_q8_0 *b = src;
+    for (int64_t i = 0; i < n / KERN_QK32; i++) {
+        const __m256 d = _mm256_set1_ps(_cvtsh_ss(b[i].d));
+        for (int j = 0; j < KERN_QK32; j += 8) {
+            __m128i q = _mm_loadl_epi64((const __m128i *)(b[i].qs + j));
+            __m256 f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
+            _mm256_storeu_ps(dst + i * KERN_QK32 + j, _mm256_mul_ps(d, f));
+        }
+    }
+}
+
+static void dequant_bf16(const void *src, float *dst, int64_t n)
+{
+    const uint16_t *h = src;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(h + i)));
+        _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
+    }
+    for (; i < n; i++) dst[i] = kern_bf16_to_fp32(h[i]);
+}
+
+/* bf16 = the top half of the f32, rounded to nearest even; NaN quieted (kern_fp32_to_bf16). */
+static void quant_bf16(const float *x, void *dst, int64_t n)
+{
+    uint16_t *y = dst;
+    const __m256i abs_mask = _mm256_set1_epi32(0x7fffffff), inf = _mm256_set1_epi32(0x7f800000);
+    const __m256i bias = _mm256_set1_epi32(0x7fff), one = _mm256_set1_epi32(1);
+    const __m256i quiet = _mm256_set1_epi32(64);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256i u = _mm256_castps_si256(_mm256_loadu_ps(x + i));
+        __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, abs_mask), inf);
+        __m256i r = _mm256_add_epi32(
+            u, _mm256_add_epi32(bias, _mm256_and_si256(_mm256_srli_epi32(u, 16), one)));
+        r = _mm256_srli_epi32(r, 16);
+        __m256i q = _mm256_or_si256(_mm256_srli_epi32(u, 16), quiet);
+        r = _mm256_blendv_epi8(r, q, nan);
+        /* Pack 8 x u32 (all < 65536) into 8 x u16 in order. */
+        __m128i lo = _mm256_castsi256_si128(r), hi = _mm256_extracti128_si256(r, 1);
+        _mm_storeu_si128((__m128i *)(y + i), _mm_packus_epi32(lo, hi));
+    }
+    for (; i < n; i++) y[i] = kern_fp32_to_bf16(x[i]);
+}
+
+const kern__dequant_fn kern__dequant_avx2[KERN_TYPE_COUNT] = {
+    [KERN_F16] = dequant_f16,
+    [KERN_BF16] = dequant_bf16,
+    [KERN_Q8_0] = dequant_q8_0,
+};
+
 const kern__dot_fn kern__dot_avx2[KERN_TYPE_COUNT] = {
     [KERN_F32] = dot_f32,   [KERN_F16] = dot_f16,   [KERN_BF16] = dot_bf16,
     [KERN_Q8_0] = dot_q8_0, [KERN_Q4_0] = dot_q4_0, [KERN_Q5_0] = dot_q5_0,
@@ -629,6 +694,7 @@ const kern__quant_fn kern__quant_act_avx2[KERN_TYPE_COUNT] = {
     [KERN_Q8_0] = quant_q8_0,
     [KERN_Q8_1] = quant_q8_1,
     [KERN_F16] = quant_f16,
+    [KERN_BF16] = quant_bf16,
 };
 
 const kern__dotn_fn kern__dotn_avx2[KERN_TYPE_COUNT] = {

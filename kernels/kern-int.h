@@ -53,6 +53,9 @@ extern const kern__dot_fn kern__dot_scalar[KERN_TYPE_COUNT];
 extern const kern__dot_fn kern__dot_avx2[KERN_TYPE_COUNT];
 extern const kern__quant_fn kern__quant_act_scalar[KERN_TYPE_COUNT];
 extern const kern__quant_fn kern__quant_act_avx2[KERN_TYPE_COUNT];
+/* dst (n floats) = src (n elements of the type); NULL where only the scalar path exists. */
+typedef void (*kern__dequant_fn)(const void *src, float *dst, int64_t n);
+extern const kern__dequant_fn kern__dequant_avx2[KERN_TYPE_COUNT];
 
 /* The ISA in force (kern_set_isa); read on every dispatch. */
 extern kern_isa_t kern__isa;

@@ -248,6 +248,10 @@ void kern_dequantize(kern_type_t t, const void *src, float *dst, int64_t n)
     const kern_type_info_t *ti = kern_type_info(t);
     CHECK(ti != NULL && ti->compute && n >= 0 && n % ti->block == 0);
     const int64_t nb = n / ti->block;
+    if (kern__isa >= KERN_ISA_AVX2 && kern__dequant_avx2[t]) {
+        kern__dequant_avx2[t](src, dst, n);
+        return;
+    }
     switch (t) {
     case KERN_F32: memcpy(dst, src, (size_t)n * sizeof(float)); break;
     case KERN_F16:

@@ -1,6 +1,7 @@
-/* `moemesh-model plan FILE --nodes N [--node-mem GiB,GiB,...] [--ctx C]`: prints how
- * model_plan_new spreads the routed experts over N expert nodes (expert ids per node for each
- * layer) and the memory each machine needs, or why they do not fit. Argument parsing and
+/* `moemesh-model plan FILE --nodes N [--replicas R] [--node-mem GiB,GiB,...] [--ctx C]`: prints
+ * how model_plan_new_r spreads the routed experts over N expert nodes, each on R of them (expert
+ * ids per node for each layer, the primary copies marked when R > 1) and the memory each
+ * machine needs, or why they do not fit. Argument parsing and
  * printing only; the planning itself is model/plan.c.
  */
 #include "model/model.h"
@@ -16,8 +17,9 @@
 
 static int usage(void)
 {
-    fprintf(stderr, "usage: moemesh-model plan FILE --nodes N [--node-mem GiB[,GiB...]] "
-                    "[--ctx TOKENS]\n"
+    fprintf(stderr, "usage: moemesh-model plan FILE --nodes N [--replicas R] "
+                    "[--node-mem GiB[,GiB...]] [--ctx TOKENS]\n"
+                    "  --replicas: copies of every expert, each on its own node (default 1)\n"
                     "  --node-mem: memory for experts on each node (one value: every node)\n");
     return 2;
 }
@@ -68,10 +70,14 @@ static void print_plan(const model_gguf_t *g, const model_plan_t *p)
            "norms, head) + f16 KV cache %s (%lld tokens)\n",
            human(p->coord_weight_bytes + p->coord_kv_bytes, a), human(p->coord_weight_bytes, b),
            human(p->coord_kv_bytes, c), (long long)p->n_ctx);
+    if (p->replicas > 1 && p->n_expert)
+        printf("replicas     %d: every expert on %d distinct nodes; * marks the primary copy, "
+               "the one calls go to\n", p->replicas, p->replicas);
     for (int n = 0; n < p->n_nodes; n++)
         printf("node %-7d %s (%llu bytes) of experts, %d (layer, expert) pairs\n", n,
                human(p->node_bytes[n], a), (unsigned long long)p->node_bytes[n],
                p->node_experts[n]);
+    const int R = p->replicas;
     for (int l = 0; l < p->n_layers; l++) {
         bool any = false;
         for (int e = 0; e < p->n_expert; e++) any |= p->owner[l * p->n_expert + e] >= 0;
@@ -81,8 +87,11 @@ static void print_plan(const model_gguf_t *g, const model_plan_t *p)
             printf(" node %d [", n);
             bool first = true;
             for (int e = 0; e < p->n_expert; e++) {
-                if (p->owner[l * p->n_expert + e] != n) continue;
-                printf(first ? "%d" : " %d", e);
+                const int *o = p->owners + ((size_t)l * p->n_expert + e) * R;
+                bool held = false;
+                for (int r = 0; r < R; r++) held |= o[r] == n;
+                if (!held) continue;
+                printf(first ? "%d%s" : " %d%s", e, R > 1 && o[0] == n ? "*" : "");
                 first = false;
             }
             printf("]");
@@ -94,7 +103,7 @@ static void print_plan(const model_gguf_t *g, const model_plan_t *p)
 int model_cli_plan(int argc, char **argv)
 {
     const char *path = NULL, *mem = NULL;
-    long nodes = 0;
+    long nodes = 0, replicas = 1;
     long long ctx = 0;
     for (int i = 1; i < argc; i++) {
         bool has = i + 1 < argc;
@@ -102,6 +111,10 @@ int model_cli_plan(int argc, char **argv)
             char *end;
             nodes = strtol(argv[++i], &end, 10);
             if (*end || nodes < 1 || nodes > 65536) return usage();
+        } else if (strcmp(argv[i], "--replicas") == 0 && has) {
+            char *end;
+            replicas = strtol(argv[++i], &end, 10);
+            if (*end || replicas < 1 || replicas > 65536) return usage();
         } else if (strcmp(argv[i], "--node-mem") == 0 && has) {
             mem = argv[++i];
         } else if (strcmp(argv[i], "--ctx") == 0 && has) {
@@ -115,6 +128,12 @@ int model_cli_plan(int argc, char **argv)
         }
     }
     if (!path || nodes < 1) return usage();
+    if (replicas > nodes) {
+        fprintf(stderr, "moemesh-model plan: --replicas %ld needs at least %ld nodes (each copy "
+                        "of an expert on its own node), got --nodes %ld\n", replicas, replicas,
+                nodes);
+        return 2;
+    }
     uint64_t *caps = NULL;
     if (mem) {
         caps = xcalloc((size_t)nodes, sizeof(uint64_t));
@@ -133,7 +152,7 @@ int model_cli_plan(int argc, char **argv)
         return 1;
     }
     model_plan_t *p;
-    err = model_plan_new(g, (int)nodes, caps, ctx, &p);
+    err = model_plan_new_r(g, (int)nodes, caps, ctx, (int)replicas, &p);
     if (err) {
         fprintf(stderr, "moemesh-model plan: cannot place the experts of %s: %s\n", path,
                 err == -ENOSPC ? "they do not fit in the nodes' memory (see above)"

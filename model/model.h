@@ -224,22 +224,31 @@ void model_weights_info(const model_gguf_t *g, model_weights_t *out);
 typedef struct {
     int n_nodes;
     int n_layers, n_expert;
-    int *owner;              /* (n_layers, n_expert) node serving expert e of layer l; -1 when
-                                layer l has no routed experts */
-    uint64_t *expert_bytes;  /* (n_layers, n_expert) bytes of expert e of layer l */
-    uint64_t *node_bytes;    /* (n_nodes) expert bytes each node holds */
-    int *node_experts;       /* (n_nodes) number of (layer, expert) pairs each node serves */
+    int replicas;            /* owners of every placed (layer, expert) pair, 1..n_nodes */
+    int *owner;              /* (n_layers, n_expert) primary node serving expert e of layer l
+                                (owners[.., 0]); -1 when layer l has no routed experts */
+    int *owners;             /* (n_layers, n_expert, replicas) the distinct nodes holding expert e
+                                of layer l, primary first; all -1 when layer l has none */
+    uint64_t *expert_bytes;  /* (n_layers, n_expert) bytes of one copy of expert e of layer l */
+    uint64_t *node_bytes;    /* (n_nodes) expert bytes each node holds, replicas included */
+    int *node_experts;       /* (n_nodes) number of (layer, expert) pairs each node holds */
     uint64_t coord_weight_bytes; /* everything that is not a routed expert */
     uint64_t coord_kv_bytes;     /* f16 KV cache for n_ctx tokens */
     int64_t n_ctx;
 } model_plan_t;
 
-/* Plans n_nodes (>= 1) expert nodes for g. node_mem: (n_nodes) bytes each node may use for
- * experts, or NULL for no limit. n_ctx: tokens of KV cache (<= 0: the model's context length).
- * Returns 0 and *out (owned; model_plan_free), or -EINVAL (bad arguments) or -ENOSPC (the
- * experts do not fit; the reason is logged with the sizes involved). */
+/* Plans n_nodes (>= 1) expert nodes for g, one copy of every expert: model_plan_new_r with
+ * replicas = 1. node_mem: (n_nodes) bytes each node may use for experts, or NULL for no limit.
+ * n_ctx: tokens of KV cache (<= 0: the model's context length). Returns 0 and *out (owned;
+ * model_plan_free), or -EINVAL (bad arguments) or -ENOSPC (the experts do not fit; the reason
+ * is logged with the sizes involved). */
 int model_plan_new(const model_gguf_t *g, int n_nodes, const uint64_t *node_mem, int64_t n_ctx,
                    model_plan_t **out);
+/* As model_plan_new, with every (layer, expert) pair on `replicas` distinct nodes (1 <=
+ * replicas <= n_nodes, else -EINVAL with the reason logged), each copy counted against its
+ * node's memory. Deterministic: the same arguments give the same plan. */
+int model_plan_new_r(const model_gguf_t *g, int n_nodes, const uint64_t *node_mem, int64_t n_ctx,
+                     int replicas, model_plan_t **out);
 void model_plan_free(model_plan_t *p); /* NULL-safe */
 
 /* ---- synthetic model generator (model/gen.c) ----

@@ -1,6 +1,6 @@
-/* Memory planner: how much of a model is routed experts, and which expert node serves which
- * (layer, expert) pair. The coordinator (attention, routers, shared experts, embeddings, head,
- * KV cache) and `moemesh-model plan` both use it.
+/* Memory planner: how much of a model is routed experts, and which expert nodes (one, or R
+ * distinct ones with replicas) hold which (layer, expert) pair. The coordinator (attention,
+ * routers, shared experts, embeddings, head, KV cache) and `moemesh-model plan` both use it.
  *
  * A routed-expert tensor is a `blk.<L>.*_exps*` tensor of 2+ dims whose last dimension is the
  * model's expert count; expert e owns the e-th slice of that last dimension, nbytes/n_expert
@@ -97,6 +97,7 @@ void model_plan_free(model_plan_t *p)
 {
     if (!p) return;
     free(p->owner);
+    free(p->owners);
     free(p->expert_bytes);
     free(p->node_bytes);
     free(p->node_experts);
@@ -108,59 +109,110 @@ static double gib(uint64_t b)
     return (double)b / (1024.0 * 1024.0 * 1024.0);
 }
 
-/* Spreads the experts: each (layer, expert) in order goes to the node where it fits and that
- * would be least full relative to its memory afterwards, ties to the node with fewer experts of
- * this layer, then the lower id. With equal experts and nodes this deals each layer's experts
- * out round-robin, so every node does about the same work for every layer. */
+/* True when node n already holds one of the first r copies of pair i. */
+static bool holds(const model_plan_t *p, size_t i, int r, int n)
+{
+    for (int j = 0; j < r; j++)
+        if (p->owners[i * (size_t)p->replicas + j] == n) return true;
+    return false;
+}
+
+/* Spreads the experts: each copy of each (layer, expert) in order goes to the node, among those
+ * not yet holding that pair, where it fits and that would be least full relative to its memory
+ * afterwards, ties to the node with fewer experts of this layer, then the lower id. With equal
+ * experts and nodes this deals each layer's copies out round-robin, so every node holds about
+ * the same number of every layer's experts.
+ *
+ * Holding is not working: calls go to the primary copy only, so the primary is chosen apart,
+ * among the pair's owners, as the one with the fewest primaries in this layer, then the fewest
+ * primary bytes overall, then the earlier placed; it moves to the front of the owner list. With
+ * placement alone, 4 nodes and 2 replicas would pair nodes (0, 1) and (2, 3) and make 0 and 2
+ * the primaries of everything, leaving half the nodes idle. */
 static int assign(model_plan_t *p, const uint64_t *cap)
 {
     int *in_layer = xcalloc((size_t)p->n_nodes, sizeof(int));
+    int *prim_layer = xcalloc((size_t)p->n_nodes, sizeof(int));
+    uint64_t *prim_bytes = xcalloc((size_t)p->n_nodes, sizeof(uint64_t));
+    const int R = p->replicas;
     int err = 0;
     for (int l = 0; l < p->n_layers && !err; l++) {
         memset(in_layer, 0, (size_t)p->n_nodes * sizeof(int));
+        memset(prim_layer, 0, (size_t)p->n_nodes * sizeof(int));
         for (int e = 0; e < p->n_expert && !err; e++) {
-            uint64_t b = p->expert_bytes[(size_t)l * p->n_expert + e];
+            const size_t i = (size_t)l * p->n_expert + e;
+            uint64_t b = p->expert_bytes[i];
             if (b == 0) continue;
-            int best = -1;
-            double best_fill = 0;
-            for (int n = 0; n < p->n_nodes; n++) {
-                if (cap && (p->node_bytes[n] > cap[n] || b > cap[n] - p->node_bytes[n])) continue;
-                double fill = cap ? (double)(p->node_bytes[n] + b) / (double)cap[n]
-                                  : (double)(p->node_bytes[n] + b);
-                if (best < 0 || fill < best_fill ||
-                    (fill == best_fill && in_layer[n] < in_layer[best])) {
-                    best = n;
-                    best_fill = fill;
+            for (int r = 0; r < R && !err; r++) {
+                int best = -1;
+                double best_fill = 0;
+                for (int n = 0; n < p->n_nodes; n++) {
+                    if (holds(p, i, r, n)) continue;
+                    if (cap && (p->node_bytes[n] > cap[n] || b > cap[n] - p->node_bytes[n]))
+                        continue;
+                    double fill = cap ? (double)(p->node_bytes[n] + b) / (double)cap[n]
+                                      : (double)(p->node_bytes[n] + b);
+                    if (best < 0 || fill < best_fill ||
+                        (fill == best_fill && in_layer[n] < in_layer[best])) {
+                        best = n;
+                        best_fill = fill;
+                    }
                 }
+                if (best < 0) {
+                    uint64_t most_free = 0;
+                    for (int n = 0; n < p->n_nodes; n++)
+                        if (!holds(p, i, r, n) && cap[n] > p->node_bytes[n] &&
+                            cap[n] - p->node_bytes[n] > most_free)
+                            most_free = cap[n] - p->node_bytes[n];
+                    LOG_ERR("layer %d expert %d (%llu bytes, %.3f GiB), copy %d of %d, fits on "
+                            "no node that lacks it: the most free memory left on one is %llu "
+                            "bytes (%.3f GiB); give the nodes more memory, add nodes or lower "
+                            "--replicas", l, e, (unsigned long long)b, gib(b), r + 1, R,
+                            (unsigned long long)most_free, gib(most_free));
+                    err = -ENOSPC;
+                    break;
+                }
+                p->owners[i * (size_t)R + r] = best;
+                p->node_bytes[best] += b;
+                p->node_experts[best]++;
+                in_layer[best]++;
             }
-            if (best < 0) {
-                uint64_t most_free = 0;
-                for (int n = 0; n < p->n_nodes; n++)
-                    if (cap[n] > p->node_bytes[n] && cap[n] - p->node_bytes[n] > most_free)
-                        most_free = cap[n] - p->node_bytes[n];
-                LOG_ERR("layer %d expert %d (%llu bytes, %.3f GiB) fits on no node: the most "
-                        "free memory left on one node is %llu bytes (%.3f GiB); give the nodes "
-                        "more memory or add nodes", l, e, (unsigned long long)b, gib(b),
-                        (unsigned long long)most_free, gib(most_free));
-                err = -ENOSPC;
-                break;
-            }
-            p->owner[(size_t)l * p->n_expert + e] = best;
-            p->node_bytes[best] += b;
-            p->node_experts[best]++;
-            in_layer[best]++;
+            if (err) break;
+            int *o = p->owners + i * (size_t)R, j = 0;
+            for (int r = 1; r < R; r++)
+                if (prim_layer[o[r]] < prim_layer[o[j]] ||
+                    (prim_layer[o[r]] == prim_layer[o[j]] && prim_bytes[o[r]] < prim_bytes[o[j]]))
+                    j = r;
+            int first = o[j];
+            memmove(o + 1, o, sizeof(int) * (size_t)j);
+            o[0] = first;
+            p->owner[i] = first;
+            prim_layer[first]++;
+            prim_bytes[first] += b;
         }
     }
     free(in_layer);
+    free(prim_layer);
+    free(prim_bytes);
     return err;
 }
 
 int model_plan_new(const model_gguf_t *g, int n_nodes, const uint64_t *node_mem, int64_t n_ctx,
                    model_plan_t **out)
 {
+    return model_plan_new_r(g, n_nodes, node_mem, n_ctx, 1, out);
+}
+
+int model_plan_new_r(const model_gguf_t *g, int n_nodes, const uint64_t *node_mem, int64_t n_ctx,
+                     int replicas, model_plan_t **out)
+{
     *out = NULL;
     if (n_nodes < 1 || n_nodes > 65536) {
         LOG_ERR("%d expert nodes: need 1..65536", n_nodes);
+        return -EINVAL;
+    }
+    if (replicas < 1 || replicas > n_nodes) {
+        LOG_ERR("%d replicas of every expert on %d expert node(s): each copy needs its own node, "
+                "so replicas must be 1..%d", replicas, n_nodes, n_nodes);
         return -EINVAL;
     }
     model_weights_t w;
@@ -184,11 +236,14 @@ int model_plan_new(const model_gguf_t *g, int n_nodes, const uint64_t *node_mem,
 
     model_plan_t *p = xcalloc(1, sizeof(*p));
     p->n_nodes = n_nodes;
+    p->replicas = replicas;
     p->n_layers = n_layers;
     p->n_expert = n_layers ? w.n_expert : 0;
     size_t pairs = (size_t)p->n_layers * (size_t)p->n_expert;
     p->owner = xmalloc((pairs + 1) * sizeof(int));
     for (size_t i = 0; i < pairs; i++) p->owner[i] = -1;
+    p->owners = xmalloc((pairs * (size_t)replicas + 1) * sizeof(int));
+    for (size_t i = 0; i < pairs * (size_t)replicas; i++) p->owners[i] = -1;
     p->expert_bytes = xcalloc(pairs + 1, sizeof(uint64_t));
     p->node_bytes = xcalloc((size_t)n_nodes, sizeof(uint64_t));
     p->node_experts = xcalloc((size_t)n_nodes, sizeof(int));
@@ -207,11 +262,17 @@ int model_plan_new(const model_gguf_t *g, int n_nodes, const uint64_t *node_mem,
     int err = 0;
     if (node_mem) {
         uint64_t offered = 0;
-        for (int n = 0; n < n_nodes; n++) offered += node_mem[n];
-        if (w.expert_bytes > offered) {
-            LOG_ERR("%s: the routed experts need %llu bytes (%.3f GiB) but the %d nodes offer "
-                    "%llu (%.3f GiB)", model_gguf_path(g), (unsigned long long)w.expert_bytes,
-                    gib(w.expert_bytes), n_nodes, (unsigned long long)offered, gib(offered));
+        for (int n = 0; n < n_nodes; n++)
+            offered = node_mem[n] > UINT64_MAX - offered ? UINT64_MAX : offered + node_mem[n];
+        /* Saturating: replicas of a huge model must not wrap around and look small. */
+        uint64_t need = w.expert_bytes > UINT64_MAX / (uint64_t)replicas
+                            ? UINT64_MAX
+                            : w.expert_bytes * (uint64_t)replicas;
+        if (need > offered) {
+            LOG_ERR("%s: %d cop%s of the routed experts need %llu bytes (%.3f GiB) but the %d "
+                    "nodes offer %llu (%.3f GiB)", model_gguf_path(g), replicas,
+                    replicas == 1 ? "y" : "ies", (unsigned long long)need, gib(need), n_nodes,
+                    (unsigned long long)offered, gib(offered));
             err = -ENOSPC;
         }
     }

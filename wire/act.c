@@ -67,11 +67,16 @@ static int check_shape(wire_dtype_t dt, uint32_t rows, uint32_t cols, size_t byt
 
 static bool in_range(const float *x, size_t n, float max)
 {
+    /* One branch-free pass (it runs over every activation sent): inf exceeds max, and NaN is
+     * the one value unequal to itself. */
+    float m = 0.0f;
+    int nan = 0;
     for (size_t i = 0; i < n; i++) {
-        /* Written so NaN fails the test too. */
-        if (!isfinite(x[i]) || !(fabsf(x[i]) <= max)) return false;
+        float a = fabsf(x[i]);
+        nan |= a != a;
+        m = a > m ? a : m;
     }
-    return true;
+    return !nan && m <= max;
 }
 
 int wire_act_pack(wire_dtype_t dt, const float *x, uint32_t n_rows, uint32_t row_len, void *dst,
@@ -87,14 +92,12 @@ int wire_act_pack(wire_dtype_t dt, const float *x, uint32_t n_rows, uint32_t row
         break;
     case WIRE_DTYPE_F16: {
         if (!in_range(x, n, F16_MAX)) return -ERANGE;
-        uint16_t *h = dst;
-        for (size_t i = 0; i < n; i++) h[i] = kern_fp32_to_fp16(x[i]);
+        kern_quantize_act(KERN_F16, x, dst, (int64_t)n);
         break;
     }
     case WIRE_DTYPE_BF16: {
         if (!in_range(x, n, 3.38e38f)) return -ERANGE; /* rounds to inf above ~3.39e38 */
-        uint16_t *h = dst;
-        for (size_t i = 0; i < n; i++) h[i] = kern_fp32_to_bf16(x[i]);
+        kern_quantize_act(KERN_BF16, x, dst, (int64_t)n);
         break;
     }
     case WIRE_DTYPE_Q8_0:
@@ -115,16 +118,8 @@ int wire_act_unpack(wire_dtype_t dt, const void *src, size_t src_bytes, uint32_t
     size_t n = (size_t)n_rows * row_len;
     switch (dt) {
     case WIRE_DTYPE_F32: memcpy(x, src, n * sizeof(float)); break;
-    case WIRE_DTYPE_F16: {
-        const uint16_t *h = src;
-        for (size_t i = 0; i < n; i++) x[i] = kern_fp16_to_fp32(h[i]);
-        break;
-    }
-    case WIRE_DTYPE_BF16: {
-        const uint16_t *h = src;
-        for (size_t i = 0; i < n; i++) x[i] = kern_bf16_to_fp32(h[i]);
-        break;
-    }
+    case WIRE_DTYPE_F16: kern_dequantize(KERN_F16, src, x, (int64_t)n); break;
+    case WIRE_DTYPE_BF16: kern_dequantize(KERN_BF16, src, x, (int64_t)n); break;
     case WIRE_DTYPE_Q8_0: kern_dequantize(KERN_Q8_0, src, x, (int64_t)n); break;
     default: return WIRE_E_DTYPE;
     }

@@ -258,11 +258,11 @@ static double compare(const float *ref, const float *out, int n, int V, double t
     return worst;
 }
 
-/* Starts n nodes (from the file when from_file, else streamed) for golden model name, and
- * checks remote against local with wire type wt: within tol sd at every position but
- * `outliers`, and the same greedy tokens when exact_greedy. */
-static void check_model(const char *name, int n, bool from_file, wire_dtype_t wt, double tol,
-                        int outliers, bool exact_greedy)
+/* Starts n nodes (from the file when from_file, else streamed) for golden model name, places
+ * every expert on `replicas` of them, and checks remote against local with wire type wt: within
+ * tol sd at every position but `outliers`, and the same greedy tokens when exact_greedy. */
+static void check_model_r(const char *name, int n, int replicas, bool from_file, wire_dtype_t wt,
+                          double tol, int outliers, bool exact_greedy)
 {
     char path[512];
     snprintf(path, sizeof(path), "%s/%s.gguf", GOLDEN, name);
@@ -278,22 +278,41 @@ static void check_model(const char *name, int n, bool from_file, wire_dtype_t wt
     cc.n_nodes = n;
     cc.endpoints = eps;
     cc.wire_type = wt;
+    cc.replicas = replicas;
     cc.progress = false;
     coord_cluster_t *c = coord_cluster_new(&cc, m);
     cr_assert_not_null(c, "%s: cluster of %d did not start", name, n);
+    cr_assert_eq(coord_cluster_replicas(c), replicas);
+    int moe_layers = 0;
+    for (int l = 0; l < m->hp.n_layer; l++) moe_layers += m->layers[l].gate_exps != NULL;
+    /* Each node holds its share of the copies: R/n of all pairs, rounded either way. */
+    const int copies = replicas * moe_layers * m->hp.n_expert;
     int total = 0;
     for (int i = 0; i < n; i++) {
         coord_node_stats_t st;
         coord_cluster_node_stats(c, i, &st);
         total += st.experts;
+        cr_assert(st.experts >= copies / n && st.experts <= (copies + n - 1) / n,
+                  "%s: node %d holds %d pairs; %d copies over %d nodes", name, i, st.experts,
+                  copies, n);
         cr_assert(from_file || st.shard_bytes > 0 || st.experts == 0,
                   "%s: node %d has experts but nothing was streamed", name, i);
         cr_assert(!from_file || st.shard_bytes == 0, "%s: node %d holds the file yet got %llu "
                   "bytes streamed", name, i, (unsigned long long)st.shard_bytes);
     }
-    int moe_layers = 0;
-    for (int l = 0; l < m->hp.n_layer; l++) moe_layers += m->layers[l].gate_exps != NULL;
-    cr_assert_eq(total, moe_layers * m->hp.n_expert, "every pair placed exactly once");
+    cr_assert_eq(total, copies, "every pair placed exactly %d time(s)", replicas);
+    for (int l = 0; l < m->hp.n_layer; l++) {
+        const int *o = coord_cluster_owners(c, l, 0);
+        cr_assert_eq(o != NULL, m->layers[l].gate_exps != NULL, "layer %d owners", l);
+        for (int e = 0; o && e < m->hp.n_expert; e++) {
+            o = coord_cluster_owners(c, l, e);
+            cr_assert_eq(o[0], coord_cluster_owner(c, l, e), "the primary comes first");
+            for (int r = 0; r < replicas; r++) {
+                cr_assert(o[r] >= 0 && o[r] < n);
+                for (int q = 0; q < r; q++) cr_assert_neq(o[q], o[r], "distinct owners");
+            }
+        }
+    }
 
     kern_pool_t *pool = kern_pool_new(2);
     coord_experts_t *lx = coord_experts_local_new(m, pool, N);
@@ -305,8 +324,9 @@ static void check_model(const char *name, int n, bool from_file, wire_dtype_t wt
     run_engine(m, rx, pool, ids, N, n_prompt, out, gout);
     int over;
     double worst = compare(ref, out, N, V, tol, &over);
-    cr_log_info("%s, %d node(s)%s, %s wire: worst %.3g sd (tol %.3g), %d over", name, n,
-                from_file ? " with -m" : "", wire_dtype_name(wt), worst, tol, over);
+    cr_log_info("%s, %d node(s)%s, %d replica(s), %s wire: worst %.3g sd (tol %.3g), %d over",
+                name, n, from_file ? " with -m" : "", replicas, wire_dtype_name(wt), worst, tol,
+                over);
     cr_expect_leq(over, outliers, "%s, %d nodes, %s: %d positions beyond %.3g sd (worst %.3g)",
                   name, n, wire_dtype_name(wt), over, tol, worst);
     if (exact_greedy)
@@ -319,6 +339,10 @@ static void check_model(const char *name, int n, bool from_file, wire_dtype_t wt
         coord_cluster_node_stats(c, i, &st);
         reqs += st.requests;
         cr_expect_eq(st.stale, 0);
+        /* The planner spreads the primaries, so no copy holder sits idle. */
+        if (replicas > 1)
+            cr_expect_gt(st.requests, 0, "%s: node %d holds primaries yet served nothing", name,
+                         i);
     }
     cr_expect_geq(reqs, (uint64_t)moe_layers * (1 + G), "every layer of every call went out");
     free(ref), free(out);
@@ -328,6 +352,12 @@ static void check_model(const char *name, int n, bool from_file, wire_dtype_t wt
     coord_cluster_free(c);
     model_free(m);
     reap_all();
+}
+
+static void check_model(const char *name, int n, bool from_file, wire_dtype_t wt, double tol,
+                        int outliers, bool exact_greedy)
+{
+    check_model_r(name, n, 1, from_file, wt, tol, outliers, exact_greedy);
 }
 
 static const char *const f32_models[] = {"qwen3moe-tiny-f32", "mixtral-tiny-f32",
@@ -351,6 +381,17 @@ Test(cluster, three_streamed_nodes_equal_local_path, .timeout = 240)
 {
     for (int i = 0; i < N_MODELS; i++)
         check_model(f32_models[i], 3, false, WIRE_DTYPE_F32, 1e-5, 0, true);
+}
+
+/* Two copies of every expert over three nodes: each node holds 2/3 of the pairs, calls go to
+ * the primaries, and the logits are the local ones within 1e-5 sd, streamed or from the file. */
+Test(cluster, three_nodes_with_two_replicas_equal_local_path, .timeout = 240)
+{
+    check_model_r("qwen3moe-tiny-f32", 3, 2, false, WIRE_DTYPE_F32, 1e-5, 0, true);
+    check_model_r("mixtral-tiny-f32", 3, 2, false, WIRE_DTYPE_F32, 1e-5, 0, true);
+    check_model_r("qwen3moe-tiny-f32", 3, 2, true, WIRE_DTYPE_F32, 1e-5, 0, true);
+    check_model_r("mixtral-tiny-f32", 3, 2, true, WIRE_DTYPE_F32, 1e-5, 0, true);
+    check_model_r("olmoe-tiny-f32", 3, 3, false, WIRE_DTYPE_F32, 1e-5, 0, true);
 }
 
 /* Rounded activations on the wire: the error budget of a file of that type (golden README
@@ -447,6 +488,33 @@ Test(cluster, corrupted_chunk_fails_start_up, .timeout = 60)
     model_free(m);
 }
 
+/* More copies than nodes: refused before any connection, saying why. */
+Test(cluster, more_replicas_than_nodes_are_refused, .timeout = 30)
+{
+    model_t *m = load("qwen3moe-tiny-f32");
+    const char *eps[2] = {"tcp://127.0.0.1:1", "tcp://127.0.0.1:2"};
+    coord_cluster_config_t cc = coord_cluster_config_default();
+    cc.n_nodes = 2;
+    cc.endpoints = eps;
+    cc.replicas = 3;
+    cc.progress = false;
+    capture_begin();
+    double t0 = wire_now();
+    coord_cluster_t *c = coord_cluster_new(&cc, m);
+    double dt = wire_now() - t0;
+    char *log = capture_end();
+    cr_expect_null(c);
+    cr_expect_lt(dt, 1.0, "refused at once, not at a deadline");
+    cr_expect_not_null(strstr(log, "replicas must be 1..2"), "the log says why:\n%s", log);
+    free(log);
+    cc.replicas = 0;
+    capture_begin();
+    c = coord_cluster_new(&cc, m);
+    free(capture_end());
+    cr_expect_null(c);
+    model_free(m);
+}
+
 /* Nothing listening: start-up gives up at the connect deadline, naming the address. */
 Test(cluster, unreachable_node_fails_start_up_at_the_deadline, .timeout = 30)
 {
@@ -530,6 +598,45 @@ Test(cluster, run_command_through_two_nodes_tells_the_local_story, .timeout = 12
     cr_expect_not_null(strstr(err, want), "summary names '%s':\n%s", want, err);
     cr_expect_not_null(strstr(err, "bytes per token"), "summary:\n%s", err);
     free(err), free(local), free(remote);
+}
+
+/* `run --replicas 2` (and its MOEMESH_REPLICAS twin) over two nodes tells the local story;
+ * more replicas than nodes is a usage error that says so. */
+Test(cluster, run_command_with_replicas_tells_the_local_story, .timeout = 120)
+{
+    char coord[PATH_MAX], cmd[3 * PATH_MAX];
+    char self[PATH_MAX - 64];
+    ssize_t len = readlink("/proc/self/exe", self, sizeof(self) - 1);
+    cr_assert(len > 0);
+    self[len] = 0;
+    *strrchr(self, '/') = 0;
+    *strrchr(self, '/') = 0;
+    snprintf(coord, sizeof(coord), "%s/bin/moemesh-coordinator", self);
+    const char *a = spawn_node(NULL)->endpoint, *b = spawn_node(NULL)->endpoint;
+    const char *args = "-m " GOLDEN "/stories-moe-f32.gguf -p 'Once upon a time' -n 24 --seed 5 "
+                       "--temp 0.8";
+    snprintf(cmd, sizeof(cmd), "%s run %s 2>/dev/null", coord, args);
+    char *local = run_cmd(cmd);
+    snprintf(cmd, sizeof(cmd), "%s run %s --expert-nodes %s,%s --replicas 2 2>/dev/null", coord,
+             args, a, b);
+    char *remote = run_cmd(cmd);
+    cr_expect_str_eq(remote, local);
+    free(remote);
+    snprintf(cmd, sizeof(cmd), "MOEMESH_REPLICAS=2 %s run %s --expert-nodes %s,%s 2>/dev/null",
+             coord, args, a, b);
+    remote = run_cmd(cmd);
+    cr_expect_str_eq(remote, local);
+    free(remote);
+    snprintf(cmd, sizeof(cmd), "%s run %s --expert-nodes %s,%s --replicas 3 2>&1", coord, args,
+             a, b);
+    FILE *p = popen(cmd, "r");
+    cr_assert_not_null(p);
+    char out[4096];
+    size_t n = fread(out, 1, sizeof(out) - 1, p);
+    out[n] = 0;
+    cr_expect_neq(pclose(p), 0, "3 replicas on 2 nodes must fail");
+    cr_expect_not_null(strstr(out, "--replicas 3 needs at least 3 expert nodes"), "%s", out);
+    free(local);
 }
 
 /* ---------------------------------------------------------------- CURVE */

@@ -176,3 +176,40 @@ Test(kern_dot_avx2, multi_row_dot_equals_single_row_dots)
         }
     }
 }
+
+/* The AVX2 bulk conversions must equal the scalar ones bit for bit: the wire codecs and BLAS
+ * tiles use them, and an f16/bf16 value has exactly one f32 meaning. */
+Test(kern_dot_avx2, dequantize_and_float_rounding_are_bit_exact)
+{
+    if (kern_isa_best() < KERN_ISA_AVX2) return;
+    const int64_t n = 32 * 131;
+    float *x = malloc(sizeof(float) * n), *a = malloc(sizeof(float) * n);
+    float *b = malloc(sizeof(float) * n);
+    uint8_t *qa = malloc(2 * n + 64), *qb = malloc(2 * n + 64);
+    uint64_t s = 99;
+    for (int64_t i = 0; i < n; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        x[i] = ldexpf((float)((int64_t)(s >> 40) - (1 << 23)), (int)((s >> 20) % 40) - 40);
+    }
+    x[3] = NAN, x[5] = INFINITY, x[7] = -0.0f, x[9] = 1e-42f; /* specials and a subnormal */
+    const kern_type_t types[] = {KERN_F16, KERN_BF16};
+    for (int t = 0; t < 2; t++) {
+        kern_set_isa(KERN_ISA_SCALAR);
+        kern_quantize_act(types[t], x, qa, n);
+        kern_dequantize(types[t], qa, a, n);
+        kern_set_isa(KERN_ISA_AVX2);
+        kern_quantize_act(types[t], x, qb, n);
+        kern_dequantize(types[t], qb, b, n);
+        cr_assert_eq(memcmp(qa, qb, 2 * n), 0, "%s rounding differs", kern_type_info(types[t])->name);
+        cr_assert_eq(memcmp(a, b, sizeof(float) * n), 0, "%s dequantize differs",
+                     kern_type_info(types[t])->name);
+    }
+    for (int64_t i = 0; i < n; i++) x[i] = isfinite(x[i]) ? x[i] : 1.0f;
+    kern_quantize_act(KERN_Q8_0, x, qa, n);
+    kern_set_isa(KERN_ISA_SCALAR);
+    kern_dequantize(KERN_Q8_0, qa, a, n);
+    kern_set_isa(KERN_ISA_AVX2);
+    kern_dequantize(KERN_Q8_0, qa, b, n);
+    cr_assert_eq(memcmp(a, b, sizeof(float) * n), 0, "Q8_0 dequantize differs");
+    free(x), free(a), free(b), free(qa), free(qb);
+}

@@ -1,9 +1,13 @@
 /* Tests for model/plan.c: weight accounting against a direct count over the tensors, and expert
- * placement invariants (every expert placed once, balance, memory limits, refusals). */
+ * placement invariants (every expert placed once, or on R distinct nodes with replicas; balance,
+ * memory limits, refusals) and the `plan` command's --replicas. */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "model/model.h"
 #include "wire/wire.h"
@@ -168,4 +172,194 @@ Test(model_plan, dense_model_keeps_everything_on_the_coordinator)
     for (int n = 0; n < 3; n++) cr_assert_eq(p->node_bytes[n], 0);
     model_plan_free(p);
     model_gguf_free(g);
+}
+
+/* ---------------------------------------------------------------- replicas */
+
+/* Every placed pair on R distinct nodes with the primary first, the counts and bytes adding up
+ * to R copies of everything, each node within its limit; unlimited, each layer's copies and
+ * primaries differ by at most one between nodes and node bytes by at most one expert. */
+static void check_replicas(const model_gguf_t *g, const model_plan_t *p, int R,
+                           const uint64_t *cap)
+{
+    model_weights_t w;
+    model_weights_info(g, &w);
+    cr_assert_eq(p->replicas, R);
+    uint64_t sum = 0;
+    int pairs = 0, held = 0;
+    for (int n = 0; n < p->n_nodes; n++) {
+        sum += p->node_bytes[n];
+        held += p->node_experts[n];
+        if (cap) cr_assert_leq(p->node_bytes[n], cap[n]);
+    }
+    cr_assert_eq(sum, w.expert_bytes * (uint64_t)R);
+    uint64_t max_expert = 0;
+    for (int l = 0; l < p->n_layers; l++) {
+        int copies[16] = {0}, primaries[16] = {0};
+        for (int e = 0; e < p->n_expert; e++) {
+            size_t i = (size_t)l * p->n_expert + e;
+            const int *o = p->owners + i * R;
+            if (p->expert_bytes[i] == 0) {
+                cr_assert_eq(p->owner[i], -1);
+                for (int r = 0; r < R; r++) cr_assert_eq(o[r], -1);
+                continue;
+            }
+            pairs++;
+            if (p->expert_bytes[i] > max_expert) max_expert = p->expert_bytes[i];
+            cr_assert_eq(p->owner[i], o[0], "the primary is the first owner");
+            primaries[o[0]]++;
+            for (int r = 0; r < R; r++) {
+                cr_assert(o[r] >= 0 && o[r] < p->n_nodes);
+                copies[o[r]]++;
+                for (int q = 0; q < r; q++)
+                    cr_assert_neq(o[q], o[r], "layer %d expert %d: copies %d and %d on node %d",
+                                  l, e, q, r, o[r]);
+            }
+        }
+        if (!cap) {
+            int lo = 1 << 30, hi = 0, plo = 1 << 30, phi = 0;
+            for (int n = 0; n < p->n_nodes; n++) {
+                lo = copies[n] < lo ? copies[n] : lo;
+                hi = copies[n] > hi ? copies[n] : hi;
+                plo = primaries[n] < plo ? primaries[n] : plo;
+                phi = primaries[n] > phi ? primaries[n] : phi;
+            }
+            cr_assert_leq(hi - lo, 1, "layer %d copies spread", l);
+            cr_assert_leq(phi - plo, 1, "layer %d primaries spread", l);
+        }
+    }
+    cr_assert_eq(held, pairs * R);
+    if (!cap) {
+        uint64_t lo = UINT64_MAX, hi = 0;
+        for (int n = 0; n < p->n_nodes; n++) {
+            lo = p->node_bytes[n] < lo ? p->node_bytes[n] : lo;
+            hi = p->node_bytes[n] > hi ? p->node_bytes[n] : hi;
+        }
+        cr_assert_leq(hi - lo, max_expert);
+    }
+}
+
+Test(model_plan, replicas_put_every_expert_on_distinct_nodes)
+{
+    static const char *const files[] = {"qwen3moe-tiny-f32", "mixtral-tiny-f32",
+                                        "deepseek2-tiny-f32", "qwen3moe-kq-q5_k_m"};
+    for (int k = 0; k < 4; k++) {
+        model_gguf_t *g = open_golden(files[k]);
+        for (int nodes = 1; nodes <= 7; nodes++)
+            for (int R = 1; R <= nodes && R <= 3; R++) {
+                model_plan_t *p;
+                cr_assert_eq(model_plan_new_r(g, nodes, NULL, 0, R, &p), 0, "%s %d/%d",
+                             files[k], nodes, R);
+                check_replicas(g, p, R, NULL);
+                model_plan_free(p);
+            }
+        model_gguf_free(g);
+    }
+}
+
+Test(model_plan, one_replica_is_the_plain_plan)
+{
+    model_gguf_t *g = open_golden("qwen3moe-kq-q4_k_m");
+    model_plan_t *a, *b;
+    cr_assert_eq(model_plan_new(g, 3, NULL, 0, &a), 0);
+    cr_assert_eq(model_plan_new_r(g, 3, NULL, 0, 1, &b), 0);
+    cr_assert_eq(a->replicas, 1);
+    size_t pairs = (size_t)a->n_layers * a->n_expert;
+    cr_assert_arr_eq(a->owner, b->owner, pairs * sizeof(int));
+    cr_assert_arr_eq(a->owner, a->owners, pairs * sizeof(int));
+    cr_assert_arr_eq(a->node_bytes, b->node_bytes, 3 * sizeof(uint64_t));
+    model_plan_free(a);
+    model_plan_free(b);
+    model_gguf_free(g);
+}
+
+Test(model_plan, replicas_are_deterministic)
+{
+    model_gguf_t *g = open_golden("qwen3moe-kq-q4_k_m");
+    model_plan_t *a, *b;
+    cr_assert_eq(model_plan_new_r(g, 5, NULL, 0, 3, &a), 0);
+    cr_assert_eq(model_plan_new_r(g, 5, NULL, 0, 3, &b), 0);
+    size_t pairs = (size_t)a->n_layers * a->n_expert;
+    cr_assert_arr_eq(a->owners, b->owners, pairs * 3 * sizeof(int));
+    model_plan_free(a);
+    model_plan_free(b);
+    model_gguf_free(g);
+}
+
+Test(model_plan, replicas_honour_memory_or_are_refused)
+{
+    wire__log_level = -1;
+    model_gguf_t *g = open_golden("qwen3moe-kq-q4_k_m"); /* experts of mixed types and sizes */
+    model_weights_t w;
+    model_weights_info(g, &w);
+    model_plan_t *p = NULL;
+    /* Two copies on three nodes with room for 2.4 copies in all: placed within every limit. */
+    uint64_t cap[3] = {w.expert_bytes * 4 / 5, w.expert_bytes * 4 / 5, w.expert_bytes * 4 / 5};
+    cr_assert_eq(model_plan_new_r(g, 3, cap, 0, 2, &p), 0);
+    check_replicas(g, p, 2, cap);
+    model_plan_free(p);
+    /* Room for 1.8 copies: one copy fits, two do not. */
+    uint64_t small[3] = {w.expert_bytes * 3 / 5, w.expert_bytes * 3 / 5, w.expert_bytes * 3 / 5};
+    cr_assert_eq(model_plan_new_r(g, 3, small, 0, 1, &p), 0);
+    model_plan_free(p);
+    cr_assert_eq(model_plan_new_r(g, 3, small, 0, 2, &p), -ENOSPC);
+    cr_assert_null(p);
+    /* Enough in total, but one node holds almost everything: a second copy has nowhere to go. */
+    uint64_t lop[2] = {w.expert_bytes * 3 / 2, w.expert_bytes * 3 / 4};
+    cr_assert_eq(model_plan_new_r(g, 2, lop, 0, 2, &p), -ENOSPC);
+    cr_assert_null(p);
+    /* Each copy needs its own node. */
+    cr_assert_eq(model_plan_new_r(g, 2, NULL, 0, 3, &p), -EINVAL);
+    cr_assert_eq(model_plan_new_r(g, 2, NULL, 0, 0, &p), -EINVAL);
+    cr_assert_null(p);
+    model_gguf_free(g);
+}
+
+/* Runs the plan command with stdout in a file; returns its status and *out (malloc'd). */
+static int run_plan(int argc, char **argv, char **out)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/tmp/moemesh-plan-test-%d.out", (int)getpid());
+    fflush(stdout);
+    int saved = dup(1), fd = open(path, O_CREAT | O_TRUNC | O_WRONLY, 0600);
+    cr_assert(saved >= 0 && fd >= 0);
+    dup2(fd, 1);
+    close(fd);
+    int rc = model_cli_plan(argc, argv);
+    fflush(stdout);
+    dup2(saved, 1);
+    close(saved);
+    FILE *f = fopen(path, "rb");
+    cr_assert_not_null(f);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    *out = malloc((size_t)n + 1);
+    cr_assert_eq(fread(*out, 1, (size_t)n, f), (size_t)n);
+    (*out)[n] = 0;
+    fclose(f);
+    unlink(path);
+    return rc;
+}
+
+Test(model_plan, plan_command_shows_replicas)
+{
+    wire__log_level = -1;
+    char *out;
+    /* mixtral-tiny: 4 layers of 8 experts, 2 copies on 4 nodes: 16 pairs per node. */
+    char *ok[] = {"plan", "../shared/golden/mixtral-tiny-f32.gguf", "--nodes", "4", "--replicas",
+                  "2", NULL};
+    cr_assert_eq(run_plan(6, ok, &out), 0);
+    cr_assert_not_null(strstr(out, "replicas     2"), "%s", out);
+    cr_assert_not_null(strstr(out, "16 (layer, expert) pairs"), "%s", out);
+    cr_assert_not_null(strstr(out, "*"), "%s", out);
+    free(out);
+    char *too_many[] = {"plan", "../shared/golden/mixtral-tiny-f32.gguf", "--nodes", "2",
+                        "--replicas", "3", NULL};
+    cr_assert_eq(run_plan(6, too_many, &out), 2);
+    free(out);
+    char *zero[] = {"plan", "../shared/golden/mixtral-tiny-f32.gguf", "--nodes", "2",
+                    "--replicas", "0", NULL};
+    cr_assert_eq(run_plan(6, zero, &out), 2);
+    free(out);
 }
