@@ -18,7 +18,7 @@
 
 #define MS 1000000ull /* nanoseconds */
 
-enum { SERVER_ECHO, SERVER_CLOSE_ON_DATA };
+enum { SERVER_ECHO, SERVER_CLOSE_ON_DATA, SERVER_STALL_THEN_SINK };
 
 typedef struct {
     uv_loop_t loop;
@@ -45,6 +45,8 @@ typedef struct {
     uint64_t sent_ns;
     double one_way_ms[64], rtt_ms[64];
     uv_timer_t poll;
+    uv_timer_t stall;         /* SERVER_STALL_THEN_SINK: when the server starts reading */
+    size_t stalled_queue;     /* client bytes libuv still held when the server started */
     wire_proxy_stats_t final;
     bool ended;
 } env_t;
@@ -103,8 +105,8 @@ static void end_all(env_t *e)
     if (e->sconn_used && !uv_is_closing((uv_handle_t *)&e->sconn))
         uv_close((uv_handle_t *)&e->sconn, NULL);
     uv_close((uv_handle_t *)&e->server, NULL);
-    if (uv_is_active((uv_handle_t *)&e->poll) || e->poll.loop)
-        uv_close((uv_handle_t *)&e->poll, NULL);
+    if (e->poll.loop) uv_close((uv_handle_t *)&e->poll, NULL);
+    if (e->stall.loop) uv_close((uv_handle_t *)&e->stall, NULL);
     wire_proxy_close(e->px, NULL, NULL);
 }
 
@@ -122,6 +124,10 @@ static void on_server_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
             e->mismatch = true;
         }
         e->s_got += (size_t)nread;
+        if (e->mode == SERVER_STALL_THEN_SINK) {
+            free(buf->base);
+            return;
+        }
         if (e->mode == SERVER_CLOSE_ON_DATA) {
             free(buf->base);
             uv_close((uv_handle_t *)s, NULL);
@@ -138,6 +144,13 @@ static void on_server_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
 }
 
+static void on_stall_end(uv_timer_t *t)
+{
+    env_t *e = t->data;
+    e->stalled_queue = uv_stream_get_write_queue_size((uv_stream_t *)&e->client);
+    uv_read_start((uv_stream_t *)&e->sconn, on_alloc, on_server_read);
+}
+
 static void on_server_conn(uv_stream_t *server, int status)
 {
     env_t *e = server->data;
@@ -148,6 +161,12 @@ static void on_server_conn(uv_stream_t *server, int status)
     e->sconn.data = e;
     cr_assert_eq(uv_accept(server, (uv_stream_t *)&e->sconn), 0);
     uv_tcp_nodelay(&e->sconn, 1);
+    if (e->mode == SERVER_STALL_THEN_SINK) {
+        uv_timer_init(&e->loop, &e->stall);
+        e->stall.data = e;
+        uv_timer_start(&e->stall, on_stall_end, 500, 0);
+        return;
+    }
     uv_read_start((uv_stream_t *)&e->sconn, on_alloc, on_server_read);
 }
 
@@ -327,6 +346,26 @@ Test(wire_proxy, rate_cap_each_way, .timeout = 30)
             down);
     cr_assert(up >= 0.7 * mbit && up <= 1.3 * mbit, "up %.2f Mbit/s", up);
     cr_assert(down >= 0.7 * mbit && down <= 1.3 * mbit, "down %.2f Mbit/s", down);
+}
+
+Test(wire_proxy, back_pressure_holds_the_sender, .timeout = 30)
+{
+    /* The target reads nothing for 500 ms while the client offers 48 MB: kernel buffers and the
+     * relay's bounded queue (~1 MiB per direction) fill, and the rest must stay with the sender.
+     * Then the target drains everything, intact. */
+    static env_t e;
+    e.mode = SERVER_STALL_THEN_SINK;
+    e.len = 48u << 20;
+    e.data = seeded(e.len, 11);
+    env_start(&e, (wire_proxy_config_t){0});
+    env_finish(&e);
+    fprintf(stderr, "proxy back-pressure: %zu of %zu bytes held by the sender during the stall\n",
+            e.stalled_queue, e.len);
+    cr_assert_gt(e.stalled_queue, 0, "the relay absorbed everything");
+    cr_assert(!e.mismatch);
+    cr_assert_eq(e.s_got, e.len);
+    cr_assert_eq(e.final.to_target, e.len);
+    cr_assert_eq(e.final.open, 0);
 }
 
 Test(wire_proxy, target_close_reaches_client, .timeout = 30)
