@@ -115,6 +115,8 @@ int bench_proxy_main(int argc, char **argv)
     cfg.listen_host = listen_host;
     cfg.target_host = target_host;
 
+    /* A peer that resets would otherwise kill the relay on its next write. */
+    signal(SIGPIPE, SIG_IGN);
     uv_loop_t loop;
     uv_loop_init(&loop);
     run_t r = {0};

@@ -380,7 +380,8 @@ void wire_zap_free(wire_zap_t *zap);
  * no faster than a rate cap. Byte order is kept (a chunk never leaves before the one read ahead
  * of it) and so is back-pressure (reading stops while a direction holds ~1 MiB). EOF is passed
  * on as a half-close once the bytes before it have left; a connection closes when both
- * directions have ended, or at once on any error. Everything runs on the loop's thread. */
+ * directions have ended, or at once on any error. Everything runs on the loop's thread; the
+ * process must ignore SIGPIPE (a peer that resets would otherwise kill it). */
 typedef struct {
     const char *listen_host; /* numeric address or name, resolved once by wire_proxy_new */
     int listen_port;         /* 0: ephemeral, read it back with wire_proxy_port */

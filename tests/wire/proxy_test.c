@@ -8,6 +8,7 @@
  */
 #include <criterion/criterion.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -243,6 +244,7 @@ static int bound_port(uv_tcp_t *t)
  * connects the client to the relay. */
 static void env_start(env_t *e, wire_proxy_config_t cfg)
 {
+    signal(SIGPIPE, SIG_IGN);
     cr_assert_eq(uv_loop_init(&e->loop), 0);
     uv_tcp_init(&e->loop, &e->server);
     e->server.data = e;
@@ -463,6 +465,7 @@ Test(wire_proxy, zeromq_round_trip_through_delay, .timeout = 30)
 {
     const double delay = 5;
     static zmq_env_t z;
+    signal(SIGPIPE, SIG_IGN);
     z.ctx = zmq_ctx_new();
     z.router = zmq_socket(z.ctx, ZMQ_ROUTER);
     int linger = 0;
