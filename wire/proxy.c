@@ -4,7 +4,7 @@
  * Each accepted connection (client) gets one connection to the target; each of the two
  * directions (dir_t: up = client -> target, down = target -> client) is a FIFO of chunks, one per
  * read, stamped with a release time. The pump writes the head chunk once its release time has
- * come and the token bucket holds enough bytes, slicing chunks when the bucket is short.
+ * come and, under a rate cap, the emulated link has carried it, slicing chunks into ~1 ms writes.
  *
  * Invariants:
  * - Release times never decrease along a queue, so jitter cannot reorder bytes.
@@ -32,7 +32,7 @@
 #define QUEUE_HIGH (1024 * 1024) /* bytes per direction before reading stops */
 #define QUEUE_LOW  (QUEUE_HIGH / 2)
 #define WRITE_MAX  (64 * 1024)   /* most bytes handed to one uv_write */
-#define SLICE_MIN  4096          /* under a rate cap, wait for this many tokens (or the chunk) */
+#define SLICE_MIN  1460          /* smallest write under a rate cap (one Ethernet payload) */
 
 typedef struct chunk {
     struct chunk *next;
@@ -53,8 +53,7 @@ typedef struct {
     chunk_t *head, *tail;
     size_t queued;       /* bytes read, not yet written to the kernel */
     uint64_t last_release_ns;
-    double tokens;       /* token bucket, bytes */
-    uint64_t refill_ns;  /* uv_hrtime() of the last refill */
+    uint64_t link_free_ns; /* uv_hrtime() at which the capped link finished its last slice */
     bool reading;        /* uv_read_start is in effect on src */
     bool eof_read;       /* src gave EOF (or reading ended for good) */
     bool done;           /* EOF passed on: dst shut down */
@@ -77,7 +76,7 @@ struct wire_proxy {
     struct sockaddr_storage target;
     uint64_t delay_ns, jitter_ns;
     double rate_bpns;    /* bytes per nanosecond; 0: no cap */
-    double burst;        /* token bucket depth, bytes */
+    size_t slice;        /* bytes per write under a rate cap: about 1 ms of the link */
     uint64_t rng;        /* splitmix64 state */
     conn_t *conns;
     wire_proxy_stats_t st;
@@ -204,7 +203,7 @@ static void read_stop(dir_t *d)
 static void on_write(uv_write_t *req, int status);
 static void on_shutdown(uv_shutdown_t *req, int status);
 
-/* Writes every chunk whose time has come, as far as the token bucket allows, then arms the
+/* Writes every chunk whose time has come, as fast as the rate cap allows, then arms the
  * timer for the next one. Idempotent: called after every read, write and wake-up. */
 static void pump(dir_t *d)
 {
@@ -231,16 +230,17 @@ static void pump(dir_t *d)
         size_t n = k->len - k->off;
         if (n > WRITE_MAX) n = WRITE_MAX;
         if (px->rate_bpns > 0) {
-            d->tokens += (double)(now - d->refill_ns) * px->rate_bpns;
-            if (d->tokens > px->burst) d->tokens = px->burst;
-            d->refill_ns = now;
-            size_t want = n < SLICE_MIN ? n : SLICE_MIN;
-            if (d->tokens < (double)want) {
-                arm(d, (uint64_t)ceil(((double)want - d->tokens) / px->rate_bpns));
+            /* A FIFO link of the capped rate behind the delay line: it starts on a slice once it
+             * is free and the chunk is released, and the slice leaves when its last byte would
+             * have crossed. Idle time earns no credit; a late wake-up catches up. */
+            if (n > px->slice) n = px->slice;
+            uint64_t start = d->link_free_ns > k->release_ns ? d->link_free_ns : k->release_ns;
+            uint64_t finish = start + (uint64_t)ceil((double)n / px->rate_bpns);
+            if (finish > now) {
+                arm(d, finish - now);
                 return;
             }
-            if ((double)n > d->tokens) n = (size_t)d->tokens;
-            d->tokens -= (double)n;
+            d->link_free_ns = finish;
         }
         wreq_t *w = xcalloc(1, sizeof(*w));
         w->d = d;
@@ -378,8 +378,6 @@ static int dir_init(wire_proxy_t *px, conn_t *c, dir_t *d, bool up)
     d->up = up;
     d->src = up ? (uv_stream_t *)&c->client : (uv_stream_t *)&c->target;
     d->dst = up ? (uv_stream_t *)&c->target : (uv_stream_t *)&c->client;
-    d->tokens = px->burst;
-    d->refill_ns = uv_hrtime();
     d->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
     if (d->tfd < 0) return -errno;
     int rc = uv_poll_init(px->loop, &d->wake, d->tfd);
@@ -480,10 +478,9 @@ wire_proxy_t *wire_proxy_new(struct uv_loop_s *loop, const wire_proxy_config_t *
     px->delay_ns = (uint64_t)llround(cfg->delay_ms * 1e6);
     px->jitter_ns = (uint64_t)llround(cfg->jitter_ms * 1e6);
     px->rate_bpns = cfg->rate_mbit * 1e6 / 8 / 1e9;
-    /* Deep enough that a wake-up a few milliseconds late loses no tokens, shallow enough that
-     * a burst is small against any transfer worth measuring. */
-    px->burst = px->rate_bpns * 4e6;
-    if (px->burst < 2 * SLICE_MIN) px->burst = 2 * SLICE_MIN;
+    /* About 1 ms of the link per write: fine-grained pacing without a wake-up per packet. */
+    double slice = px->rate_bpns * 1e6;
+    px->slice = slice < SLICE_MIN ? SLICE_MIN : slice > WRITE_MAX ? WRITE_MAX : (size_t)slice;
     px->rng = cfg->seed;
     uv_tcp_init(loop, &px->listener);
     px->listener.data = px;
