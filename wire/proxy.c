@@ -13,8 +13,9 @@
  *   bounded by QUEUE_HIGH + one read, and a slow receiver slows the sender (back-pressure).
  * - Wake-ups use a timerfd per direction (libuv timers only have millisecond resolution, too
  *   coarse for a 0.25 ms one-way delay).
- * - A conn owns six handles; it is freed in the last close callback. Write, shutdown and connect
- *   callbacks run (with UV_ECANCELED) before close callbacks, so they may still touch it.
+ * - A conn owns four handles (two sockets, two timerfd polls) and is freed in the last close
+ *   callback. Write, shutdown and connect callbacks run (with UV_ECANCELED) before close
+ *   callbacks, so they may still touch it.
  */
 #include <errno.h>
 #include <math.h>

@@ -412,7 +412,7 @@ Test(wire_proxy, refused_target_closes_client, .timeout = 30)
     cr_assert_eq(e.final.open, 0);
 }
 
-/* ---- ZeroMQ through the relay: the sockets live on one thread, the relay's loop on another ---- */
+/* ---- ZeroMQ through the relay: the sockets live on one thread, the relay's loop on another */
 
 typedef struct {
     int proxy_port;
