@@ -67,7 +67,8 @@ static void on_signal(uv_signal_t *h, int signum)
     fflush(stdout);
     wire_proxy_close(r->px, NULL, NULL);
     r->px = NULL;
-    for (int i = 0; i < 2; i++) uv_close((uv_handle_t *)&r->sig[i], NULL);
+    for (int i = 0; i < 2; i++)
+        uv_close((uv_handle_t *)&r->sig[i], NULL);
 }
 
 int bench_proxy_main(int argc, char **argv)

@@ -32,8 +32,8 @@
 #define READ_BYTES (64 * 1024)   /* one read buffer */
 #define QUEUE_HIGH (1024 * 1024) /* bytes per direction before reading stops */
 #define QUEUE_LOW  (QUEUE_HIGH / 2)
-#define WRITE_MAX  (64 * 1024)   /* most bytes handed to one uv_write */
-#define SLICE_MIN  1460          /* smallest write under a rate cap (one Ethernet payload) */
+#define WRITE_MAX  (64 * 1024) /* most bytes handed to one uv_write */
+#define SLICE_MIN  1460        /* smallest write under a rate cap (one Ethernet payload) */
 
 typedef struct chunk {
     struct chunk *next;
@@ -48,17 +48,17 @@ typedef struct conn conn_t;
 typedef struct {
     conn_t *c;
     uv_stream_t *src, *dst;
-    uv_poll_t wake;      /* readable when tfd expires */
-    int tfd;             /* timerfd, CLOCK_MONOTONIC like uv_hrtime */
+    uv_poll_t wake; /* readable when tfd expires */
+    int tfd;        /* timerfd, CLOCK_MONOTONIC like uv_hrtime */
     uv_shutdown_t shut;
     chunk_t *head, *tail;
-    size_t queued;       /* bytes read, not yet written to the kernel */
+    size_t queued; /* bytes read, not yet written to the kernel */
     uint64_t last_release_ns;
     uint64_t link_free_ns; /* uv_hrtime() at which the capped link finished its last slice */
-    bool reading;        /* uv_read_start is in effect on src */
-    bool eof_read;       /* src gave EOF (or reading ended for good) */
-    bool done;           /* EOF passed on: dst shut down */
-    bool up;             /* client -> target */
+    bool reading;          /* uv_read_start is in effect on src */
+    bool eof_read;         /* src gave EOF (or reading ended for good) */
+    bool done;             /* EOF passed on: dst shut down */
+    bool up;               /* client -> target */
 } dir_t;
 
 struct conn {
@@ -67,7 +67,7 @@ struct conn {
     uv_tcp_t client, target;
     uv_connect_t connect;
     dir_t up, down;
-    int n_open;          /* handles not yet closed */
+    int n_open; /* handles not yet closed */
     bool connected, closing;
 };
 
@@ -76,9 +76,9 @@ struct wire_proxy {
     uv_tcp_t listener;
     struct sockaddr_storage target;
     uint64_t delay_ns, jitter_ns;
-    double rate_bpns;    /* bytes per nanosecond; 0: no cap */
-    size_t slice;        /* bytes per write under a rate cap: about 1 ms of the link */
-    uint64_t rng;        /* splitmix64 state */
+    double rate_bpns; /* bytes per nanosecond; 0: no cap */
+    size_t slice;     /* bytes per write under a rate cap: about 1 ms of the link */
+    uint64_t rng;     /* splitmix64 state */
     conn_t *conns;
     wire_proxy_stats_t st;
     int port;
@@ -90,7 +90,7 @@ struct wire_proxy {
 typedef struct {
     uv_write_t req;
     dir_t *d;
-    chunk_t *owned;      /* freed when this write completes: the last slice of its chunk */
+    chunk_t *owned; /* freed when this write completes: the last slice of its chunk */
     size_t len;
 } wreq_t;
 
@@ -129,8 +129,10 @@ static void conn_handle_closed(conn_t *c)
     wire_proxy_t *px = c->px;
     free_queue(&c->up);
     free_queue(&c->down);
-    if (c->prev) c->prev->next = c->next;
-    else px->conns = c->next;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        px->conns = c->next;
     if (c->next) c->next->prev = c->prev;
     px->st.open--;
     free(c);
@@ -164,8 +166,8 @@ static void conn_close(conn_t *c)
 static void arm(dir_t *d, uint64_t ns)
 {
     if (ns == 0) ns = 1;
-    struct itimerspec its = {.it_value = {.tv_sec = (time_t)(ns / 1000000000u),
-                                          .tv_nsec = (long)(ns % 1000000000u)}};
+    struct itimerspec its = {
+        .it_value = {.tv_sec = (time_t)(ns / 1000000000u), .tv_nsec = (long)(ns % 1000000000u)}};
     if (timerfd_settime(d->tfd, 0, &its, NULL) != 0) {
         LOG_ERR("timerfd_settime: %s", strerror(errno));
         conn_close(d->c);
@@ -277,8 +279,10 @@ static void on_write(uv_write_t *req, int status)
         return;
     }
     d->queued -= len;
-    if (d->up) c->px->st.to_target += len;
-    else c->px->st.to_client += len;
+    if (d->up)
+        c->px->st.to_target += len;
+    else
+        c->px->st.to_client += len;
     if (d->queued <= QUEUE_LOW) read_start(d);
 }
 
@@ -299,8 +303,8 @@ static void enqueue(dir_t *d, chunk_t *k, size_t len)
     wire_proxy_t *px = d->c->px;
     uint64_t delay = px->delay_ns;
     if (px->jitter_ns > 0) {
-        int64_t j = (int64_t)(rng_next(&px->rng) % (2 * px->jitter_ns + 1)) -
-                    (int64_t)px->jitter_ns;
+        int64_t j =
+            (int64_t)(rng_next(&px->rng) % (2 * px->jitter_ns + 1)) - (int64_t)px->jitter_ns;
         delay = (int64_t)delay + j < 0 ? 0 : (uint64_t)((int64_t)delay + j);
     }
     k->release_ns = uv_hrtime() + delay;
@@ -309,8 +313,10 @@ static void enqueue(dir_t *d, chunk_t *k, size_t len)
     k->len = len;
     k->off = 0;
     k->next = NULL;
-    if (d->tail) d->tail->next = k;
-    else d->head = k;
+    if (d->tail)
+        d->tail->next = k;
+    else
+        d->head = k;
     d->tail = k;
     d->queued += len;
 }
@@ -435,8 +441,8 @@ static int resolve(const char *host, int port, struct sockaddr_storage *out)
 {
     char serv[16];
     snprintf(serv, sizeof(serv), "%d", port);
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-                             .ai_flags = AI_NUMERICSERV};
+    struct addrinfo hints = {
+        .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV};
     struct addrinfo *ai = NULL;
     int rc = getaddrinfo(host, serv, &hints, &ai);
     if (rc != 0) {
@@ -518,6 +524,7 @@ void wire_proxy_close(wire_proxy_t *px, wire_proxy_close_cb *cb, void *arg)
     px->closing = true;
     px->close_cb = cb;
     px->close_arg = arg;
-    for (conn_t *c = px->conns; c; c = c->next) conn_close(c);
+    for (conn_t *c = px->conns; c; c = c->next)
+        conn_close(c);
     uv_close((uv_handle_t *)&px->listener, on_listener_closed);
 }

@@ -34,11 +34,11 @@ typedef struct {
     uv_tcp_t client;
     uv_connect_t creq;
     uv_shutdown_t cshut, sshut;
-    uint8_t *data;            /* (len) bytes the client sends */
+    uint8_t *data; /* (len) bytes the client sends */
     size_t len;
-    size_t s_got, c_got;      /* bytes received by server and client, checked against data */
+    size_t s_got, c_got; /* bytes received by server and client, checked against data */
     bool s_eof, c_eof;
-    int c_err;                /* client read error (negative) */
+    int c_err; /* client read error (negative) */
     bool mismatch;
     uint64_t s_first_ns, s_last_ns, c_first_ns, c_last_ns;
     /* ping mode */
@@ -46,8 +46,8 @@ typedef struct {
     uint64_t sent_ns;
     double one_way_ms[64], rtt_ms[64];
     uv_timer_t poll;
-    uv_timer_t stall;         /* SERVER_STALL_THEN_SINK: when the server starts reading */
-    size_t stalled_queue;     /* client bytes libuv still held when the server started */
+    uv_timer_t stall;     /* SERVER_STALL_THEN_SINK: when the server starts reading */
+    size_t stalled_queue; /* client bytes libuv still held when the server started */
     wire_proxy_stats_t final;
     bool ended;
 } env_t;
@@ -63,7 +63,8 @@ static uint64_t splitmix(uint64_t *s)
 static uint8_t *seeded(size_t n, uint64_t seed)
 {
     uint8_t *p = xmalloc(n);
-    for (size_t i = 0; i < n; i++) p[i] = (uint8_t)(splitmix(&seed) >> 56);
+    for (size_t i = 0; i < n; i++)
+        p[i] = (uint8_t)(splitmix(&seed) >> 56);
     return p;
 }
 
@@ -192,8 +193,10 @@ static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         e->c_last_ns = now;
         if (e->pings) {
             e->rtt_ms[e->pings_done++] = (double)(now - e->sent_ns) / 1e6;
-            if (e->pings_done < e->pings) send_ping(e);
-            else cr_assert_eq(uv_shutdown(&e->cshut, s, NULL), 0);
+            if (e->pings_done < e->pings)
+                send_ping(e);
+            else
+                cr_assert_eq(uv_shutdown(&e->cshut, s, NULL), 0);
         } else if (e->c_got + (size_t)nread > e->len ||
                    memcmp(buf->base, e->data + e->c_got, (size_t)nread) != 0) {
             e->mismatch = true;
@@ -204,8 +207,10 @@ static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
     free(buf->base);
     if (nread == 0) return;
-    if (nread == UV_EOF) e->c_eof = true;
-    else e->c_err = (int)nread;
+    if (nread == UV_EOF)
+        e->c_eof = true;
+    else
+        e->c_err = (int)nread;
     /* The client's side is over: close it, then wait for the relay to close its connection. */
     uv_close((uv_handle_t *)s, NULL);
     uv_timer_init(&e->loop, &e->poll);
@@ -264,8 +269,8 @@ static void env_start(env_t *e, wire_proxy_config_t cfg)
     e->client.data = e;
     e->creq.data = e;
     uv_ip4_addr("127.0.0.1", wire_proxy_port(e->px), &a);
-    cr_assert_eq(uv_tcp_connect(&e->creq, &e->client, (const struct sockaddr *)&a,
-                                on_client_connected), 0);
+    cr_assert_eq(
+        uv_tcp_connect(&e->creq, &e->client, (const struct sockaddr *)&a, on_client_connected), 0);
 }
 
 static void env_finish(env_t *e)
@@ -324,9 +329,10 @@ Test(wire_proxy, delay_is_added_each_way, .timeout = 30)
         rlo = e.rtt_ms[i] < rlo ? e.rtt_ms[i] : rlo;
         rhi = e.rtt_ms[i] > rhi ? e.rtt_ms[i] : rhi;
     }
-    fprintf(stderr, "proxy delay %.0f ms: one-way min %.3f median %.3f max %.3f ms; "
-            "rtt min %.3f median %.3f max %.3f ms\n", delay, lo, median(e.one_way_ms, e.pings),
-            hi, rlo, median(e.rtt_ms, e.pings), rhi);
+    fprintf(stderr,
+            "proxy delay %.0f ms: one-way min %.3f median %.3f max %.3f ms; "
+            "rtt min %.3f median %.3f max %.3f ms\n",
+            delay, lo, median(e.one_way_ms, e.pings), hi, rlo, median(e.rtt_ms, e.pings), rhi);
     cr_assert_geq(lo, delay, "one way %.3f ms", lo);
     cr_assert_geq(rlo, 2 * delay, "round trip %.3f ms", rlo);
     double med = median(e.one_way_ms, e.pings), rmed = median(e.rtt_ms, e.pings);
@@ -349,8 +355,7 @@ Test(wire_proxy, rate_cap_each_way, .timeout = 30)
     cr_assert_eq(e.c_got, e.len);
     double up = (double)e.s_got * 8 / ((double)(e.s_last_ns - e.s_first_ns) / 1e9) / 1e6;
     double down = (double)e.c_got * 8 / ((double)(e.c_last_ns - e.c_first_ns) / 1e9) / 1e6;
-    fprintf(stderr, "proxy rate %.0f Mbit/s: measured up %.2f, down %.2f Mbit/s\n", mbit, up,
-            down);
+    fprintf(stderr, "proxy rate %.0f Mbit/s: measured up %.2f, down %.2f Mbit/s\n", mbit, up, down);
     cr_assert(up >= 0.7 * mbit && up <= 1.3 * mbit, "up %.2f Mbit/s", up);
     cr_assert(down >= 0.7 * mbit && down <= 1.3 * mbit, "down %.2f Mbit/s", down);
 }
@@ -483,9 +488,10 @@ Test(wire_proxy, zeromq_round_trip_through_delay, .timeout = 30)
 
     uv_loop_t loop;
     cr_assert_eq(uv_loop_init(&loop), 0);
-    wire_proxy_t *px = wire_proxy_new(&loop, &(wire_proxy_config_t){
-        .listen_host = "127.0.0.1", .target_host = "127.0.0.1", .target_port = router_port,
-        .delay_ms = delay});
+    wire_proxy_t *px = wire_proxy_new(&loop, &(wire_proxy_config_t){.listen_host = "127.0.0.1",
+                                                                    .target_host = "127.0.0.1",
+                                                                    .target_port = router_port,
+                                                                    .delay_ms = delay});
     cr_assert(px);
     z.proxy_port = wire_proxy_port(px);
     uv_async_init(&loop, &z.done, on_zmq_done);
