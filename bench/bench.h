@@ -33,6 +33,12 @@ double bench__read_bandwidth(struct kern_pool *pool);
  * TCP by token count and activation dtype against a raw ZeroMQ ping of the same bytes. */
 int bench_wire_main(int argc, char **argv);
 
+/* `moemesh-bench proxy --listen HOST:PORT --to HOST:PORT [--delay-ms D] [--jitter-ms J]
+ * [--rate-mbit R] [--seed S]` (bench/proxy.c): wire/proxy.c's relay on its own loop until SIGINT
+ * or SIGTERM; prints `listening on HOST:PORT` when ready and byte counters at exit. Exit status
+ * 0, 1 (cannot listen or resolve), or 2 (usage). */
+int bench_proxy_main(int argc, char **argv);
+
 /* Sum of buf (words) with 32-byte loads (bench/read_avx2.c); only when the CPU has AVX2. */
 uint64_t bench__read_sum_avx2(const uint64_t *buf, size_t words);
 

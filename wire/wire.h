@@ -373,4 +373,47 @@ void wire_zap_counts(const wire_zap_t *zap, uint64_t *accepted, uint64_t *denied
 /* Stops the thread, unbinds the endpoint, frees. NULL-safe. Call before zmq_ctx_term. */
 void wire_zap_free(wire_zap_t *zap);
 
+/* ---- network emulation relay (wire/proxy.c) ----
+ * A TCP relay on a caller's libuv loop that makes loopback look like a slower network (the
+ * kernels here lack netem): every connection accepted on the listen address gets its own
+ * connection to the target, and bytes each way leave after a one-way delay (optional jitter) and
+ * no faster than a rate cap. Byte order is kept (a chunk never leaves before the one read ahead
+ * of it) and so is back-pressure (reading stops while a direction holds ~1 MiB). EOF is passed
+ * on as a half-close once the bytes before it have left; a connection closes when both
+ * directions have ended, or at once on any error. Everything runs on the loop's thread; the
+ * process must ignore SIGPIPE (a peer that resets would otherwise kill it). */
+typedef struct {
+    const char *listen_host; /* numeric address or name, resolved once by wire_proxy_new */
+    int listen_port;         /* 0: ephemeral, read it back with wire_proxy_port */
+    const char *target_host;
+    int target_port;
+    double delay_ms;         /* one-way delay added in each direction, >= 0 */
+    double jitter_ms;        /* a chunk's delay is delay_ms + U(-jitter_ms, jitter_ms), >= 0 */
+    double rate_mbit;        /* cap per direction in 10^6 bit/s; 0: none */
+    uint64_t seed;           /* of the jitter PRNG */
+} wire_proxy_config_t;
+
+typedef struct {
+    uint64_t to_target;      /* bytes written to target connections */
+    uint64_t to_client;      /* bytes written to accepted connections */
+    uint64_t accepted;       /* connections accepted so far */
+    uint64_t open;           /* connections not yet fully closed */
+} wire_proxy_stats_t;
+
+typedef struct wire_proxy wire_proxy_t;
+typedef void(wire_proxy_close_cb)(void *arg);
+struct uv_loop_s;
+
+/* Resolves both addresses, binds and listens on loop (not yet running is fine). NULL on failure,
+ * reason logged; a listener already made is then closing, so run the loop once more before
+ * uv_loop_close. The config's strings are copied. */
+wire_proxy_t *wire_proxy_new(struct uv_loop_s *loop, const wire_proxy_config_t *cfg);
+/* The port really listened on (the ephemeral one when listen_port was 0). */
+int wire_proxy_port(const wire_proxy_t *px);
+/* Counters so far; bytes count when written to the kernel. */
+wire_proxy_stats_t wire_proxy_stats(const wire_proxy_t *px);
+/* Stops listening and closes every connection at once (queued bytes are dropped). Consumes px:
+ * it is freed when its last handle has closed, then cb(arg) runs (cb may be NULL). */
+void wire_proxy_close(wire_proxy_t *px, wire_proxy_close_cb *cb, void *arg);
+
 #endif
