@@ -99,26 +99,45 @@ static int recv_until(coord_cluster_t *c, int i, double deadline, wire_msg_t *m)
     }
 }
 
-/* Non-blocking: fails when node i has already sent an ERROR (say, a checksum failure in the
- * middle of streaming), so start-up stops at the first problem. Other messages are dropped. */
-static int check_no_error(coord_cluster_t *c, int i)
+/* Non-blocking, after ASSIGN: reads everything node i has queued. HEARTBEATs are dropped; a
+ * READY is kept in n->ready for wait_ready, because it arrives whenever the node has its last
+ * slice — often while we are still reading for errors after that very chunk, or streaming to
+ * another node — and dropping it would leave start-up waiting for a READY already received.
+ * An ERROR (say, a checksum failure in the middle of streaming) fails start-up at the first
+ * problem; so does anything else, which a node has no reason to send now. Reading every node
+ * now and then also keeps its receive queue below the HWM: a full queue stops ZeroMQ reading
+ * that connection, ZMTP pings go unanswered, and after HEARTBEAT_TIMEOUT the connection is
+ * dropped with whatever was queued on it. Returns 0 or an error (logged). */
+static int drain_node(coord_cluster_t *c, int i)
 {
-    wire_msg_t m;
+    coord__node_t *n = &c->nodes[i];
     for (;;) {
-        int err = wire_msg_recv(c->nodes[i].sock, &c->lim, &m);
+        wire_msg_t m;
+        int err = wire_msg_recv(n->sock, &c->lim, &m);
         if (err == -EAGAIN) return 0;
         if (err) {
             NODE_ERR(c, i, "malformed message: %s", wire_strerror(err));
             return err;
         }
-        if (m.kind == WIRE_KIND_ERROR) {
+        if (m.kind == WIRE_KIND_READY) {
+            n->ready = m.u.ready.n_experts;
+        } else if (m.kind == WIRE_KIND_ERROR) {
             report_node_error(c, i, &m.u.error);
             err = m.u.error.code ? m.u.error.code : -EPROTO;
-            wire_msg_deinit(&m);
-            return err;
+        } else if (m.kind != WIRE_KIND_HEARTBEAT) {
+            NODE_ERR(c, i, "sent %s while we waited for READY", wire_kind_name(m.kind));
+            err = -EPROTO;
         }
         wire_msg_deinit(&m);
+        if (err) return err;
     }
+}
+
+static int drain_all(coord_cluster_t *c)
+{
+    int err = 0;
+    for (int i = 0; i < c->n_nodes && !err; i++) err = drain_node(c, i);
+    return err;
 }
 
 static int open_node(coord_cluster_t *c, int i, const wire_keypair_t *me, const char *server)
@@ -317,10 +336,15 @@ static void no_free(void *data, void *hint)
 
 typedef struct {
     uint64_t total, done;
+    uint64_t node_left; /* bytes still to stream to the current node */
     double last;
+    double drained;     /* wire_now() when every node's socket was last read */
     bool on;
-    int chunks;  /* SHARD_CHUNKs sent so far, for the test hook */
+    int chunks;         /* SHARD_CHUNKs sent so far, for the test hook */
 } progress_t;
+
+/* Every node's socket is read at least this often while we stream (see drain_node). */
+#define DRAIN_ALL_S 0.1
 
 static void progress_show(progress_t *pg, bool final)
 {
@@ -386,35 +410,75 @@ static int send_slice(coord_cluster_t *c, int i, int l, int e, wire_shard_kind_t
         }
         n->st.shard_bytes += len;
         pg->done += len;
+        pg->node_left -= len;
         progress_show(pg, false);
-        if ((err = check_no_error(c, i))) return err;
+        if (pg->node_left == 0 && c->cfg.test_stall_ms > 0) usleep(c->cfg.test_stall_ms * 1000u);
+        if ((err = drain_node(c, i))) return err;
+        if (wire_now() - pg->drained >= DRAIN_ALL_S) {
+            pg->drained = wire_now();
+            if ((err = drain_all(c))) return err;
+        }
     }
     return 0;
 }
 
-/* Step 5: READY from node i, with as many experts as it was assigned. */
-static int wait_ready(coord_cluster_t *c, int i)
+/* Step 5: READY from every node, with as many experts as it was assigned. Some may have come
+ * already (drain_node kept them); the others are awaited together, every socket read on each
+ * wake-up, with at most timeout_ms between one READY and the next. */
+static int wait_ready(coord_cluster_t *c)
 {
-    wire_msg_t m;
-    int err = recv_until(c, i, wire_now() + c->cfg.timeout_ms / 1e3, &m);
-    if (err == -ETIMEDOUT) {
-        NODE_ERR(c, i, "not READY within %d ms of its last shard", c->cfg.timeout_ms);
-        return err;
+    zmq_pollitem_t *it = xmalloc(sizeof(*it) * c->n_nodes);
+    int *who = xmalloc(sizeof(int) * c->n_nodes);
+    double deadline = wire_now() + c->cfg.timeout_ms / 1e3;
+    int err = drain_all(c);
+    while (!err) {
+        int np = 0;
+        for (int i = 0; i < c->n_nodes; i++)
+            if (c->nodes[i].ready < 0)
+                it[np] = (zmq_pollitem_t){c->nodes[i].sock, 0, ZMQ_POLLIN, 0}, who[np++] = i;
+        if (np == 0) break;
+        int left = coord__ms_left(deadline);
+        int rc = left ? zmq_poll(it, np, left) : 0;
+        if (rc < 0 && zmq_errno() == EINTR) continue;
+        if (rc < 0) {
+            err = -zmq_errno();
+            LOG_ERR("zmq_poll: %s", zmq_strerror(-err));
+            break;
+        }
+        if (rc == 0 && coord__ms_left(deadline) == 0) {
+            for (int j = 0; j < np; j++)
+                NODE_ERR(c, who[j], "not READY within %d ms of its last shard",
+                         c->cfg.timeout_ms);
+            err = -ETIMEDOUT;
+            break;
+        }
+        err = drain_all(c);
+        for (int j = 0; j < np; j++)
+            if (c->nodes[who[j]].ready >= 0) deadline = wire_now() + c->cfg.timeout_ms / 1e3;
     }
-    if (err) return err;
-    if (m.kind == WIRE_KIND_ERROR) {
-        report_node_error(c, i, &m.u.error);
-        err = m.u.error.code ? m.u.error.code : -EPROTO;
-    } else if (m.kind != WIRE_KIND_READY) {
-        NODE_ERR(c, i, "sent %s while we waited for READY", wire_kind_name(m.kind));
-        err = -EPROTO;
-    } else if (m.u.ready.n_experts != (uint32_t)c->nodes[i].st.experts) {
-        NODE_ERR(c, i, "READY with %u experts, assigned %d", m.u.ready.n_experts,
-                 c->nodes[i].st.experts);
-        err = -EPROTO;
-    }
-    wire_msg_deinit(&m);
+    for (int i = 0; i < c->n_nodes && !err; i++)
+        if (c->nodes[i].ready != c->nodes[i].st.experts) {
+            NODE_ERR(c, i, "READY with %lld experts, assigned %d", (long long)c->nodes[i].ready,
+                     c->nodes[i].st.experts);
+            err = -EPROTO;
+        }
+    free(it);
+    free(who);
     return err;
+}
+
+/* Bytes of shard data node i needs: its pairs that have (n_nodes, pairs) does not mark. */
+static uint64_t to_stream(const coord_cluster_t *c, const uint8_t *have, int i)
+{
+    const size_t pairs = (size_t)c->n_layers * c->n_expert;
+    uint64_t bytes = 0;
+    for (size_t p = 0; p < pairs; p++)
+        if (holds(c, p, i) && !have[(size_t)i * pairs + p]) {
+            const model_layer_t *ly = &c->m->layers[p / c->n_expert];
+            bytes += model_expert_stride(ly->gate_exps) + model_expert_stride(ly->up_exps) +
+                     model_expert_stride(ly->down_exps);
+        }
+    return bytes;
 }
 
 static int start(coord_cluster_t *c)
@@ -429,14 +493,10 @@ static int start(coord_cluster_t *c)
     for (int i = 0; i < c->n_nodes && !err; i++) err = assign(c, i, fp);
 
     progress_t pg = {.on = c->cfg.progress && isatty(STDERR_FILENO)};
-    for (int i = 0; i < c->n_nodes && !err; i++)
-        for (size_t p = 0; p < pairs; p++)
-            if (holds(c, p, i) && !have[(size_t)i * pairs + p]) {
-                const model_layer_t *ly = &m->layers[p / c->n_expert];
-                pg.total += model_expert_stride(ly->gate_exps) +
-                            model_expert_stride(ly->up_exps) + model_expert_stride(ly->down_exps);
-            }
+    for (int i = 0; i < c->n_nodes && !err; i++) pg.total += to_stream(c, have, i);
+    pg.drained = wire_now();
     for (int i = 0; i < c->n_nodes && !err; i++) {
+        pg.node_left = to_stream(c, have, i);
         for (size_t p = 0; p < pairs && !err; p++) {
             if (!holds(c, p, i) || have[(size_t)i * pairs + p]) continue;
             int l = (int)(p / c->n_expert), e = (int)(p % c->n_expert);
@@ -447,7 +507,7 @@ static int start(coord_cluster_t *c)
         }
     }
     if (pg.total && pg.on) progress_show(&pg, true);
-    for (int i = 0; i < c->n_nodes && !err; i++) err = wait_ready(c, i);
+    if (!err) err = wait_ready(c);
     if (!err)
         for (int i = 0; i < c->n_nodes; i++)
             LOG_INFO("expert node %d (%s) ready: %d experts, %.2f MiB streamed", i,
@@ -498,6 +558,7 @@ coord_cluster_t *coord_cluster_new(const coord_cluster_config_t *cfg, const mode
         c->nodes[i].endpoint = xstrdup(cfg->endpoints[i]);
         c->nodes[i].st.endpoint = c->nodes[i].endpoint;
         c->nodes[i].st.name = c->nodes[i].name;
+        c->nodes[i].ready = -1;
     }
     c->ctx = zmq_ctx_new();
     if (!c->ctx) {

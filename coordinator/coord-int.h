@@ -13,6 +13,7 @@ typedef struct {
     uint64_t mem_bytes;       /* from WELCOME; 0 when the node did not say */
     uint32_t cores, dtypes;
     coord_node_stats_t st;    /* endpoint and name point into this struct */
+    int64_t ready;            /* start-up: n_experts of the node's READY, -1 until it came */
 } coord__node_t;
 
 struct coord_cluster {

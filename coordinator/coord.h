@@ -82,9 +82,13 @@ typedef struct {
      * SHARD_CHUNK sent with its first byte flipped, so a node's CRC-32C check can be seen to
      * fail start-up; -1 (the default) corrupts nothing. */
     int test_corrupt_chunk;
+    /* Test hook: milliseconds to sleep after each node's last SHARD_CHUNK is queued, before
+     * its socket is read again, so the node's READY is already waiting there (as when the
+     * coordinator's thread is preempted at that point); 0 (the default) never sleeps. */
+    int test_stall_ms;
 } coord_cluster_config_t;
 
-/* Zero nodes, f32, one replica, 10 s deadlines, progress on, no test hook. */
+/* Zero nodes, f32, one replica, 10 s deadlines, progress on, no test hooks. */
 coord_cluster_config_t coord_cluster_config_default(void);
 
 typedef struct coord_cluster coord_cluster_t;

@@ -311,15 +311,21 @@ static void on_hello(xnode_t *xn, const wire_msg_t *req)
     free(expert);
 }
 
+/* Sends READY once the assignment is complete. The coordinator waits for it with nothing else
+ * to go on, so it is due until sent: a send that timed out on a full queue is tried again at
+ * the next heartbeat; only a coordinator that has gone (EHOSTUNREACH) is given up on. */
 static void maybe_ready(xnode_t *xn)
 {
     if (!xn->ready_due || !xnode__shard_complete(&xn->shard)) return;
-    xn->ready_due = false;
     wire_msg_t m;
     wire_msg_init(&m, WIRE_KIND_READY);
     m.route = xn->assign_route;
     m.u.ready = (wire_ready_t){xn->shard.n_pairs, xn->shard.held};
-    if (send_msg(xn, &m) == 0) atomic_fetch_add(&xn->ctr.ready, 1);
+    int err = send_msg(xn, &m);
+    if (err == -EAGAIN) return;
+    xn->ready_due = false;
+    if (err) return;
+    atomic_fetch_add(&xn->ctr.ready, 1);
     LOG_INFO("READY: %u experts, %" PRIu64 " weight bytes, resident %.1f MiB", xn->shard.n_pairs,
              xn->shard.held, (double)resident_bytes() / (1 << 20));
 }
@@ -348,6 +354,9 @@ static void on_chunk(xnode_t *xn, const wire_msg_t *req)
         return;
     }
     atomic_fetch_add(&xn->ctr.chunks, 1);
+    /* READY answers the connection the shard arrived on: had the coordinator's connection
+     * been re-established since ASSIGN, the old routing id would be gone. */
+    if (xn->ready_due) xn->assign_route = req->route;
     maybe_ready(xn);
 }
 
@@ -532,6 +541,10 @@ static void send_replies(xnode_t *xn)
 static void heartbeat(xnode_t *xn)
 {
     uint32_t inflight = atomic_load(&xn->compute.inflight);
+    /* A beat never waits for room: a full queue means the peer is not reading, and what room
+     * there is belongs to replies. */
+    int zero = 0, ms = SEND_MS;
+    CHECK(zmq_setsockopt(xn->sock, ZMQ_SNDTIMEO, &zero, sizeof(zero)) == 0);
     for (int i = xn->n_peers - 1; i >= 0; i--) {
         wire_msg_t m;
         wire_msg_init(&m, WIRE_KIND_HEARTBEAT);
@@ -540,6 +553,7 @@ static void heartbeat(xnode_t *xn)
         /* A full queue (-EAGAIN) skips this beat; a vanished peer is dropped by send_msg. */
         if (send_msg(xn, &m) == 0) atomic_fetch_add(&xn->ctr.heartbeats, 1);
     }
+    CHECK(zmq_setsockopt(xn->sock, ZMQ_SNDTIMEO, &ms, sizeof(ms)) == 0);
 }
 
 int xnode_run(xnode_t *xn)
@@ -577,6 +591,7 @@ int xnode_run(xnode_t *xn)
             }
         }
         if (wire_now() >= next_hb) {
+            maybe_ready(xn);
             heartbeat(xn);
             next_hb = wire_now() + HEARTBEAT_S;
         }

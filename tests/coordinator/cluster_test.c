@@ -8,7 +8,8 @@
  * a node that never existed, a corrupted shard chunk.
  *
  * Every node is started with PR_SET_PDEATHSIG, and killed and reaped in the suite's fini, so no
- * process outlives a test even when an assertion fails or Criterion kills the test.
+ * process outlives a test even when an assertion fails or Criterion kills the test. Node logs
+ * go to /dev/null; MOEMESH_TEST_NODE_LOG=DIR keeps them as DIR/node-PID.log.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -21,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -92,10 +94,20 @@ static node_t *spawn_node_curve(const char *model, const char *curve)
         if (getppid() != parent) _exit(127);
         dup2(fds[1], 1);
         close(fds[0]), close(fds[1]);
-        if (!getenv("MOEMESH_TEST_NODE_LOG")) {
-            int dn = open("/dev/null", O_WRONLY);
-            dup2(dn, 2);
+        /* Node logs are noise unless asked for: MOEMESH_TEST_NODE_LOG=DIR keeps each node's
+         * in DIR/node-PID.log (for failures seen only in long runs), any other value lets
+         * them through to our stderr. */
+        const char *keep = getenv("MOEMESH_TEST_NODE_LOG");
+        char where[PATH_MAX];
+        struct stat sb;
+        int fd = -1;
+        if (keep && stat(keep, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+            snprintf(where, sizeof(where), "%s/node-%d.log", keep, (int)getpid());
+            fd = open(where, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        } else if (!keep) {
+            fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
         }
+        if (fd >= 0) dup2(fd, 2);
         char *argv[8];
         int a = 0;
         argv[a++] = prog;
@@ -484,6 +496,34 @@ Test(cluster, corrupted_chunk_fails_start_up, .timeout = 60)
     cr_expect_not_null(strstr(log, "checksum"), "the log says checksum");
     cr_expect_not_null(strstr(log, "expert node 0 ("), "the log names the node");
     free(log);
+    coord_cluster_free(c);
+    model_free(m);
+}
+
+/* A node's READY that is already queued when the coordinator next reads the node's socket —
+ * it was preempted after queueing the last chunk — is start-up completing, not a message to
+ * drop: the cluster starts, well within the deadline. The hook holds the coordinator long
+ * enough after each node's last chunk for the READY to be there every time. */
+Test(cluster, ready_queued_behind_the_last_chunk_is_kept, .timeout = 60)
+{
+    model_t *m = load("qwen3moe-tiny-f32");
+    const char *eps[2] = {spawn_node(NULL)->endpoint, spawn_node(NULL)->endpoint};
+    coord_cluster_config_t cc = coord_cluster_config_default();
+    cc.n_nodes = 2;
+    cc.endpoints = eps;
+    cc.timeout_ms = 5000;
+    cc.progress = false;
+    cc.test_stall_ms = 500;
+    double t0 = wire_now();
+    coord_cluster_t *c = coord_cluster_new(&cc, m);
+    double dt = wire_now() - t0;
+    cr_expect_not_null(c, "start-up must see the READYs that came during the stalls");
+    cr_expect_lt(dt, 4.0, "started after %.2f s: two 0.5 s stalls, no deadline", dt);
+    for (int i = 0; c && i < 2; i++) {
+        coord_node_stats_t st;
+        coord_cluster_node_stats(c, i, &st);
+        cr_expect_gt(st.shard_bytes, 0, "node %d was streamed", i);
+    }
     coord_cluster_free(c);
     model_free(m);
 }
