@@ -142,7 +142,7 @@ static void on_loaded(uv_async_t *h)
         return;
     }
     coord_api_stack_t st = {.m = s->m, .tok = s->tok, .sched = s->sched, .n_ctx = s->n_ctx,
-                            .n_slots = s->p.n_slots};
+                            .n_slots = s->p.n_slots, .eng = s->eng, .cluster = s->cluster};
     coord_api_set_stack(s->api, &st);
     LOG_INFO("model %s ready: %d slots of %d positions", s->model_id, s->p.n_slots, s->n_ctx);
 }
