@@ -451,6 +451,7 @@ typedef struct {
     const char *wire_type;           /* f32 | f16 | bf16 | q8_0 */
     int node_timeout_ms;
     const char *curve_keys;          /* directory, or NULL */
+    int replicas;                    /* copies of every expert, each on its own node (1) */
 } coord_server_params_t;
 coord_server_params_t coord_server_params_default(void);
 typedef struct coord_server coord_server_t;
