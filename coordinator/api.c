@@ -70,6 +70,11 @@ struct coord_api {
     coord_api_params_t p;
     coord_metrics_t *metrics;
     coord_api_stack_t st;
+    /* Copies for /metrics and /health, sized at set_stack (loop thread). */
+    bool *moe_layer;           /* (n_layer) layers with routed experts */
+    uint64_t *expert_tokens;   /* (n_layer, n_expert) */
+    coord_node_stats_t *nodes; /* (n_nodes) */
+    int n_nodes;
     bool ready;
     char status[200];
     const char *chat_tmpl;  /* template name or Jinja text for model_chat_apply */
@@ -233,8 +238,27 @@ static bool body_object(coord_api_t *a, coord_http_req_t *req, json_t **out)
 
 /* ---- simple routes ---- */
 
+/* Health with expert nodes: 503 naming the first node that is down, 200 otherwise. A node is
+ * down from the moment a call to it fails (it answered ERROR, gave no RESULT within the node
+ * timeout, could not be sent to, or sent something unreadable; such a call fails the request
+ * too) until it next answers a call with a RESULT; remote.c keeps that state in the cluster's
+ * node stats. Nodes are only heard from while requests run (their sockets belong to the
+ * scheduler thread), so an idle cluster's lost node shows at the next request; and since that
+ * request then fails, a node that stays gone keeps /health at 503. */
 static void route_health(coord_api_t *a, coord_http_req_t *req)
 {
+    if (a->ready && a->st.cluster) {
+        coord_cluster_snapshot(a->st.cluster, a->nodes, a->n_nodes);
+        for (int i = 0; i < a->n_nodes; i++) {
+            if (!a->nodes[i].down) continue;
+            char msg[256];
+            snprintf(msg, sizeof(msg), "expert node %d (%s) failed: %s", i,
+                     a->nodes[i].endpoint, a->nodes[i].failure);
+            send_json(a, req, 503, json_pack("{s:s,s:s}", "status", "error", "message", msg),
+                      "Retry-After: 1\r\n");
+            return;
+        }
+    }
     if (a->ready)
         send_json(a, req, 200, json_pack("{s:s}", "status", "ok"), NULL);
     else if (!strcmp(a->status, "loading"))
@@ -265,6 +289,20 @@ static void route_metrics(coord_api_t *a, coord_http_req_t *req)
         g.queue_length = ss.queued;
         g.slots_busy = ss.slots_busy;
         g.slots_total = a->st.n_slots;
+        g.kv_usage = ss.kv_capacity > 0 ? (double)ss.kv_used / (double)ss.kv_capacity : 0;
+        if (a->st.cluster) {
+            coord_cluster_snapshot(a->st.cluster, a->nodes, a->n_nodes);
+            g.nodes = a->nodes;
+            g.n_nodes = a->n_nodes;
+        }
+        if (a->st.eng && a->expert_tokens) {
+            const model_hparams_t *hp = &a->st.m->hp;
+            coord_engine_expert_tokens(a->st.eng, a->expert_tokens, hp->n_layer * hp->n_expert);
+            g.expert_tokens = a->expert_tokens;
+            g.moe_layer = a->moe_layer;
+            g.n_layers = hp->n_layer;
+            g.n_expert = hp->n_expert;
+        }
     }
     coord_metrics_request(a->metrics, 200);
     char *text;
@@ -1032,6 +1070,16 @@ void coord_api_set_stack(coord_api_t *a, const coord_api_stack_t *st)
     a->chat_tmpl = tmpl ? model_chat_detect(tmpl) : NULL;
     if (tmpl && !a->chat_tmpl) LOG_WARN("unrecognised chat template; using chatml");
     if (!a->chat_tmpl) a->chat_tmpl = "chatml";
+    const model_hparams_t *hp = &st->m->hp;
+    if (hp->n_expert > 0) {
+        a->moe_layer = xcalloc((size_t)hp->n_layer + 1, sizeof(bool));
+        for (int l = 0; l < hp->n_layer; l++) a->moe_layer[l] = st->m->layers[l].gate_inp != NULL;
+        a->expert_tokens = xcalloc((size_t)hp->n_layer * hp->n_expert, sizeof(uint64_t));
+    }
+    if (st->cluster) {
+        a->n_nodes = coord_cluster_n_nodes(st->cluster);
+        a->nodes = xcalloc((size_t)a->n_nodes, sizeof(coord_node_stats_t));
+    }
     a->ready = true;
 }
 
@@ -1055,6 +1103,9 @@ static void on_api_closed(uv_handle_t *h)
     coord_api_t *a = h->data;
     uv_mutex_destroy(&a->mu);
     coord_metrics_free(a->metrics);
+    free(a->moe_layer);
+    free(a->expert_tokens);
+    free(a->nodes);
     free(a);
 }
 

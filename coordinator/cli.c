@@ -4,47 +4,15 @@
  * --expert-dns): then the stack also holds the cluster those experts talk through.
  */
 #include "coordinator/coord.h"
+#include "coordinator/coordinator-int.h"
 
 #include <errno.h>
-#include <netdb.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "wire/wire.h"
-
-/* The cluster flags both commands take. */
-typedef struct {
-    coord_opt_list_t node;   /* --expert-node tcp://HOST:PORT (repeatable, or a comma list) */
-    coord_opt_list_t nodes;  /* --expert-nodes HOST:PORT,HOST:PORT */
-    coord_opt_list_t dns;    /* --expert-dns NAME:PORT: every address NAME resolves to */
-    const char *wire_type;   /* f32 | f16 | bf16 | q8_0 */
-    int node_timeout;        /* ms */
-    int replicas;            /* copies of every expert, each on its own node */
-    const char *curve_keys;  /* directory, or NULL */
-} cluster_flags_t;
-
-#define CLUSTER_OPTS(cf)                                                                           \
-    {"expert-node", 0, "MOEMESH_EXPERT_NODE", COORD_OPT_LIST, &(cf).node, "URL",                   \
-     "expert node tcp://HOST:PORT (repeatable; commas allowed)"},                                  \
-    {"expert-nodes", 0, "MOEMESH_EXPERT_NODES", COORD_OPT_LIST, &(cf).nodes, "LIST",               \
-     "expert nodes HOST:PORT,HOST:PORT"},                                                          \
-    {"expert-dns", 0, "MOEMESH_EXPERT_DNS", COORD_OPT_LIST, &(cf).dns, "NAME:PORT",                \
-     "one expert node per address NAME resolves to"},                                              \
-    {"wire-type", 0, "MOEMESH_WIRE_TYPE", COORD_OPT_STR, &(cf).wire_type, "T",                     \
-     "activations on the wire: f32, f16, bf16, q8_0 (default f32)"},                               \
-    {"node-timeout", 0, "MOEMESH_NODE_TIMEOUT", COORD_OPT_INT, &(cf).node_timeout, "MS",           \
-     "deadline for an expert node's answer (default 10000)"},                                      \
-    {"replicas", 0, "MOEMESH_REPLICAS", COORD_OPT_INT, &(cf).replicas, "R",                        \
-     "copies of every expert, each on its own node (default 1; at most the node count)"},          \
-    {"curve-keys", 0, "MOEMESH_CURVE_KEYS", COORD_OPT_STR, &(cf).curve_keys, "DIR",                \
-     "CURVE keys (coordinator.key/.pub, node.pub) for encrypted node links"}
-
-static cluster_flags_t cluster_flags_default(void)
-{
-    return (cluster_flags_t){.wire_type = "f32", .node_timeout = 10000, .replicas = 1};
-}
 
 typedef struct {
     model_t *m;
@@ -53,8 +21,7 @@ typedef struct {
     coord_cluster_t *cluster; /* NULL: experts are local */
     coord_experts_t *ex;
     coord_engine_t *eng;
-    char **endpoints;         /* (n_endpoints) owned "tcp://..." strings */
-    int n_endpoints;
+    coord__endpoints_t eps;   /* the nodes' "tcp://..." endpoints */
 } run_stack_t;
 
 static void stack_free(run_stack_t *s)
@@ -65,90 +32,11 @@ static void stack_free(run_stack_t *s)
     kern_pool_free(s->pool);
     model_tok_free(s->tok);
     model_free(s->m);
-    for (int i = 0; i < s->n_endpoints; i++) free(s->endpoints[i]);
-    free(s->endpoints);
-}
-
-static void add_endpoint(run_stack_t *s, const char *prefix, const char *ep, size_t len)
-{
-    for (int i = 0; i < s->n_endpoints; i++)
-        if (strlen(s->endpoints[i]) == strlen(prefix) + len &&
-            !strncmp(s->endpoints[i], prefix, strlen(prefix)) &&
-            !strncmp(s->endpoints[i] + strlen(prefix), ep, len))
-            return; /* the same node twice would serve nothing more */
-    s->endpoints = xrealloc(s->endpoints, sizeof(char *) * (s->n_endpoints + 1));
-    char *e = xmalloc(strlen(prefix) + len + 1);
-    memcpy(e, prefix, strlen(prefix));
-    memcpy(e + strlen(prefix), ep, len);
-    e[strlen(prefix) + len] = 0;
-    s->endpoints[s->n_endpoints++] = e;
-}
-
-/* NAME:PORT -> one tcp:// endpoint per address getaddrinfo gives, in its order. */
-static int resolve(run_stack_t *s, const char *spec, size_t len)
-{
-    char buf[300];
-    const char *colon = memrchr(spec, ':', len);
-    if (!colon || colon == spec || len >= sizeof(buf) || colon + 1 == spec + len) {
-        fprintf(stderr, "--expert-dns: '%.*s' is not NAME:PORT\n", (int)len, spec);
-        return -EINVAL;
-    }
-    memcpy(buf, spec, len);
-    buf[len] = 0;
-    buf[colon - spec] = 0;
-    const char *port = buf + (colon - spec) + 1;
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
-    int rc = getaddrinfo(buf, port, &hints, &res);
-    if (rc) {
-        fprintf(stderr, "--expert-dns: cannot resolve %s: %s\n", buf, gai_strerror(rc));
-        return -EINVAL;
-    }
-    int n = 0;
-    for (struct addrinfo *a = res; a; a = a->ai_next) {
-        char host[NI_MAXHOST], ep[NI_MAXHOST + 16];
-        if (getnameinfo(a->ai_addr, a->ai_addrlen, host, sizeof(host), NULL, 0, NI_NUMERICHOST))
-            continue;
-        int w = snprintf(ep, sizeof(ep), a->ai_family == AF_INET6 ? "[%s]:%s" : "%s:%s", host,
-                         port);
-        add_endpoint(s, "tcp://", ep, (size_t)w);
-        n++;
-    }
-    freeaddrinfo(res);
-    if (n == 0) {
-        fprintf(stderr, "--expert-dns: %s resolves to no address\n", buf);
-        return -EINVAL;
-    }
-    return 0;
-}
-
-/* Every node endpoint the flags name, deduplicated, in flag order. */
-static int collect_endpoints(run_stack_t *s, const cluster_flags_t *cf)
-{
-    const coord_opt_list_t *lists[3] = {&cf->node, &cf->nodes, &cf->dns};
-    for (int k = 0; k < 3; k++) {
-        for (int i = 0; i < lists[k]->n; i++) {
-            const char *p = lists[k]->v[i];
-            while (*p) {
-                size_t len = strcspn(p, ", ");
-                if (len) {
-                    if (k == 2) {
-                        if (resolve(s, p, len)) return -EINVAL;
-                    } else {
-                        /* tcp:// is optional in both flags. */
-                        bool has = len > 6 && !strncmp(p, "tcp://", 6);
-                        add_endpoint(s, has ? "" : "tcp://", p, len);
-                    }
-                }
-                p += len;
-                while (*p == ',' || *p == ' ') p++;
-            }
-        }
-    }
-    return 0;
+    coord__endpoints_free(&s->eps);
 }
 
 static int stack_init(run_stack_t *s, const char *path, int threads, int ctx, int batch,
-                      bool kv_f16, const cluster_flags_t *cf)
+                      bool kv_f16, const coord__cluster_flags_t *cf)
 {
     memset(s, 0, sizeof(*s));
     if (!path) {
@@ -156,26 +44,9 @@ static int stack_init(run_stack_t *s, const char *path, int threads, int ctx, in
         return -EINVAL;
     }
     coord_cluster_config_t cc = coord_cluster_config_default();
-    if (wire_dtype_parse(cf->wire_type, &cc.wire_type) != 0 ||
-        cc.wire_type == WIRE_DTYPE_BYTES) {
-        fprintf(stderr, "bad --wire-type '%s' (f32, f16, bf16 or q8_0)\n", cf->wire_type);
-        return -EINVAL;
-    }
-    if (cf->node_timeout < 1) {
-        fprintf(stderr, "bad --node-timeout %d (milliseconds, >= 1)\n", cf->node_timeout);
-        return -EINVAL;
-    }
-    if (cf->replicas < 1) {
-        fprintf(stderr, "bad --replicas %d (copies of every expert, >= 1)\n", cf->replicas);
-        return -EINVAL;
-    }
-    int err = collect_endpoints(s, cf);
+    int err = coord__cluster_flags_check(cf, &s->eps);
     if (err) return err;
-    if (cf->replicas > 1 && cf->replicas > s->n_endpoints) {
-        fprintf(stderr, "--replicas %d needs at least %d expert nodes (each copy on its own "
-                "node), got %d\n", cf->replicas, cf->replicas, s->n_endpoints);
-        return -EINVAL;
-    }
+    CHECK(wire_dtype_parse(cf->wire_type, &cc.wire_type) == 0);
     if ((err = model_load(path, &s->m)) != 0) {
         fprintf(stderr, "cannot load %s: %s\n", path, model_strerror(err));
         return err;
@@ -189,9 +60,9 @@ static int stack_init(run_stack_t *s, const char *path, int threads, int ctx, in
         return -EINVAL;
     }
     s->pool = kern_pool_new(threads);
-    if (s->m->hp.n_expert > 0 && s->n_endpoints > 0) {
-        cc.n_nodes = s->n_endpoints;
-        cc.endpoints = (const char *const *)s->endpoints;
+    if (s->m->hp.n_expert > 0 && s->eps.n > 0) {
+        cc.n_nodes = s->eps.n;
+        cc.endpoints = (const char *const *)s->eps.v;
         cc.timeout_ms = cc.connect_ms = cf->node_timeout;
         cc.curve_dir = cf->curve_keys;
         cc.replicas = cf->replicas;
@@ -203,7 +74,7 @@ static int stack_init(run_stack_t *s, const char *path, int threads, int ctx, in
         s->ex = coord_experts_remote_new(s->cluster, batch);
     } else if (s->m->hp.n_expert > 0) {
         s->ex = coord_experts_local_new(s->m, s->pool, batch);
-    } else if (s->n_endpoints > 0) {
+    } else if (s->eps.n > 0) {
         fprintf(stderr, "%s is a dense model: no experts for the nodes; running locally\n", path);
     }
     coord_engine_params_t p = coord_engine_params_default();
@@ -287,7 +158,7 @@ int coord_cmd_run(int argc, char **argv)
     coord_sampler_params_t sp = coord_sampler_params_default();
     float temp = sp.temperature, top_p = sp.top_p, min_p = sp.min_p, rep = sp.repeat_penalty;
     int top_k = sp.top_k;
-    cluster_flags_t cf = cluster_flags_default();
+    coord__cluster_flags_t cf = coord__cluster_flags_default();
     const coord_opt_t opts[] = {
         {"model", 'm', "MOEMESH_MODEL", COORD_OPT_STR, &model, "FILE", "GGUF model"},
         {"prompt", 'p', "MOEMESH_PROMPT", COORD_OPT_STR, &prompt, "TEXT", "prompt text"},
@@ -310,7 +181,7 @@ int coord_cmd_run(int argc, char **argv)
         {"ids", 0, "MOEMESH_IDS", COORD_OPT_BOOL, &ids_out, NULL, "print token ids, one per line"},
         {"kv-f16", 0, "MOEMESH_KV_F16", COORD_OPT_BOOL, &kv_f16, NULL, "f16 KV cache"},
         {"quiet", 'q', "MOEMESH_QUIET", COORD_OPT_BOOL, &quiet, NULL, "no timings on stderr"},
-        CLUSTER_OPTS(cf),
+        COORD__CLUSTER_OPTS(cf),
         {"parallel", 0, "MOEMESH_PARALLEL", COORD_OPT_INT, &n_par, "N",
          "sequence slots, also -np (default 1)"},
         {"draft", 0, "MOEMESH_DRAFT", COORD_OPT_INT, &draft, "N",
@@ -419,13 +290,13 @@ int coord_cmd_eval(int argc, char **argv)
 {
     const char *model = NULL, *idstr = NULL;
     int top = 5, threads = 2;
-    cluster_flags_t cf = cluster_flags_default();
+    coord__cluster_flags_t cf = coord__cluster_flags_default();
     const coord_opt_t opts[] = {
         {"model", 'm', "MOEMESH_MODEL", COORD_OPT_STR, &model, "FILE", "GGUF model"},
         {"ids", 0, "MOEMESH_IDS", COORD_OPT_STR, &idstr, "IDS", "token ids, \"1 2 3\""},
         {"top", 0, "MOEMESH_TOP", COORD_OPT_INT, &top, "K", "logits printed per position"},
         {"threads", 't', "MOEMESH_THREADS", COORD_OPT_INT, &threads, "N", "threads (default 2)"},
-        CLUSTER_OPTS(cf),
+        COORD__CLUSTER_OPTS(cf),
     };
     int r = coord_opts_parse(opts, (int)(sizeof(opts) / sizeof(opts[0])), "eval", argc, argv, 2);
     if (r) return r > 0 ? 0 : 2;

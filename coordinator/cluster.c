@@ -13,12 +13,16 @@
 #include "coordinator/coord-int.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <zmq.h>
 
 #define CHUNK_MAX (4u << 20) /* protocol bound on one SHARD_CHUNK's data */
+
+const double coord_rtt_bounds[COORD_RTT_BUCKETS] = {
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5};
 
 static const char *kind_names[WIRE_SHARD_KIND_COUNT] = {"gate", "up", "down"};
 
@@ -553,6 +557,7 @@ coord_cluster_t *coord_cluster_new(const coord_cluster_config_t *cfg, const mode
     for (size_t p = 0; p < pairs; p++) c->owner[p] = -1;
     c->owners = xmalloc(sizeof(int) * (pairs * (size_t)c->replicas + 1));
     for (size_t p = 0; p < pairs * (size_t)c->replicas; p++) c->owners[p] = -1;
+    CHECK(pthread_mutex_init(&c->st_mu, NULL) == 0);
     c->nodes = xcalloc((size_t)c->n_nodes, sizeof(coord__node_t));
     for (int i = 0; i < c->n_nodes; i++) {
         c->nodes[i].endpoint = xstrdup(cfg->endpoints[i]);
@@ -594,6 +599,7 @@ void coord_cluster_free(coord_cluster_t *c)
     free(c->nodes);
     free(c->owner);
     free(c->owners);
+    pthread_mutex_destroy(&c->st_mu);
     free(c);
 }
 
@@ -623,7 +629,68 @@ const int *coord_cluster_owners(const coord_cluster_t *c, int layer, int expert)
 void coord_cluster_node_stats(const coord_cluster_t *c, int node, coord_node_stats_t *out)
 {
     CHECK(node >= 0 && node < c->n_nodes);
+    /* The mutex is not part of the observable state: locking it does not change c. */
+    pthread_mutex_t *mu = (pthread_mutex_t *)&c->st_mu;
+    pthread_mutex_lock(mu);
     *out = c->nodes[node].st;
+    pthread_mutex_unlock(mu);
+}
+
+int coord_cluster_snapshot(const coord_cluster_t *c, coord_node_stats_t *out, int cap)
+{
+    pthread_mutex_t *mu = (pthread_mutex_t *)&c->st_mu;
+    pthread_mutex_lock(mu);
+    for (int i = 0; i < c->n_nodes && i < cap; i++) out[i] = c->nodes[i].st;
+    pthread_mutex_unlock(mu);
+    return c->n_nodes;
+}
+
+void coord__node_sent(coord_cluster_t *c, int node, int n_tok, uint64_t bytes)
+{
+    coord_node_stats_t *st = &c->nodes[node].st;
+    pthread_mutex_lock(&c->st_mu);
+    st->requests++;
+    st->tokens += (uint64_t)n_tok;
+    st->bytes_sent += bytes;
+    pthread_mutex_unlock(&c->st_mu);
+}
+
+void coord__node_result(coord_cluster_t *c, int node, double rtt, uint64_t bytes)
+{
+    coord_node_stats_t *st = &c->nodes[node].st;
+    int b = 0;
+    while (b < COORD_RTT_BUCKETS && rtt > coord_rtt_bounds[b]) b++;
+    pthread_mutex_lock(&c->st_mu);
+    st->results++;
+    st->rtt_sum_s += rtt;
+    if (rtt > st->rtt_max_s) st->rtt_max_s = rtt;
+    if (b < COORD_RTT_BUCKETS) st->rtt_bucket[b]++;
+    st->bytes_recv += bytes;
+    st->down = false; /* it answered: healthy again */
+    st->failure[0] = 0;
+    pthread_mutex_unlock(&c->st_mu);
+}
+
+void coord__node_stale(coord_cluster_t *c, int node)
+{
+    pthread_mutex_lock(&c->st_mu);
+    c->nodes[node].st.stale++;
+    pthread_mutex_unlock(&c->st_mu);
+}
+
+void coord__node_failed(coord_cluster_t *c, int node, const char *fmt, ...)
+{
+    coord_node_stats_t *st = &c->nodes[node].st;
+    char why[sizeof(st->failure)];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof(why), fmt, ap);
+    va_end(ap);
+    pthread_mutex_lock(&c->st_mu);
+    st->errors++;
+    st->down = true;
+    memcpy(st->failure, why, sizeof(why));
+    pthread_mutex_unlock(&c->st_mu);
 }
 
 void coord_cluster_print_summary(const coord_cluster_t *c, FILE *f, int64_t n_tokens)

@@ -6,13 +6,16 @@
 
 #include "coordinator/coord.h"
 
+#include <pthread.h>
+
 typedef struct {
     char *endpoint;           /* owned copy, "tcp://host:port" */
     char name[64];            /* from WELCOME */
     void *sock;               /* DEALER; touched only by the cluster's thread */
     uint64_t mem_bytes;       /* from WELCOME; 0 when the node did not say */
     uint32_t cores, dtypes;
-    coord_node_stats_t st;    /* endpoint and name point into this struct */
+    coord_node_stats_t st;    /* endpoint and name point into this struct; written by the
+                                 cluster's thread, after start-up under the cluster's st_mu */
     int64_t ready;            /* start-up: n_experts of the node's READY, -1 until it came */
 } coord__node_t;
 
@@ -30,7 +33,16 @@ struct coord_cluster {
     int *owners;              /* (n_layers, n_expert, replicas) nodes holding each pair, primary
                                  first; -1 for layers without routed experts */
     uint64_t next_request;    /* request ids start at 1; 0 means "not about a request" */
+    pthread_mutex_t st_mu;    /* guards every node's st against readers on other threads */
 };
+
+/* Counter updates from the FORWARD/RESULT path (cluster's thread), under st_mu. */
+void coord__node_sent(coord_cluster_t *c, int node, int n_tok, uint64_t bytes);
+void coord__node_result(coord_cluster_t *c, int node, double rtt, uint64_t bytes);
+void coord__node_stale(coord_cluster_t *c, int node);
+/* Node failed a call: counts an error and marks it down with a reason (printf-style). */
+__attribute__((format(printf, 3, 4))) void coord__node_failed(coord_cluster_t *c, int node,
+                                                             const char *fmt, ...);
 
 /* Sets the send timeout of node's socket to ms (>= 0) so one send never blocks past a
  * deadline; returns 0 or -errno. */

@@ -112,6 +112,10 @@ int coord_cluster_replicas(const coord_cluster_t *c);
  * coord_cluster_free. */
 const int *coord_cluster_owners(const coord_cluster_t *c, int layer, int expert);
 
+/* Upper bounds (seconds) of the per-node RTT histogram's buckets. */
+#define COORD_RTT_BUCKETS 14
+extern const double coord_rtt_bounds[COORD_RTT_BUCKETS];
+
 /* What one node did; counters cover FORWARD/RESULT traffic since start-up. Bytes are the
  * payload of the frames (tensors plus the per-token arrays of the header). */
 typedef struct {
@@ -124,9 +128,22 @@ typedef struct {
     double rtt_sum_s, rtt_max_s; /* FORWARD sent to RESULT received */
     uint64_t bytes_sent, bytes_recv;
     uint64_t stale;           /* results or errors for requests already given up */
+    uint64_t errors;          /* calls this node failed: ERROR, no answer in time, send or
+                                 decode failure */
+    uint64_t results;         /* RESULTs taken: the RTT observations */
+    uint64_t rtt_bucket[COORD_RTT_BUCKETS]; /* RTTs <= coord_rtt_bounds[i] (not cumulative);
+                                               larger ones count only in requests */
+    /* Health: true from a failed call to this node until its next RESULT; failure says what
+     * went wrong ("" while healthy). */
+    bool down;
+    char failure[96];
 } coord_node_stats_t;
 
+/* The node's counters. Any thread: the cluster's thread writes them under a mutex, and this
+ * copies them under the same mutex, so a reader sees one consistent moment. */
 void coord_cluster_node_stats(const coord_cluster_t *c, int node, coord_node_stats_t *out);
+/* Every node's stats (at most cap of them) into out; returns the node count. Any thread. */
+int coord_cluster_snapshot(const coord_cluster_t *c, coord_node_stats_t *out, int cap);
 /* Writes one line per node (endpoint, experts, requests, mean/max RTT, bytes each way, bytes
  * per token over n_tokens tokens the engine processed) to f. */
 void coord_cluster_print_summary(const coord_cluster_t *c, FILE *f, int64_t n_tokens);
@@ -176,6 +193,10 @@ int coord_engine_decode(coord_engine_t *e, const coord_batch_t *b, float *logits
 void coord_engine_clear_slot(coord_engine_t *e, int slot);
 /* Number of positions slot holds. */
 int coord_engine_slot_len(const coord_engine_t *e, int slot);
+/* Tokens the router has sent to each (layer, expert) since start-up, layer-major into out
+ * (at most cap values); returns n_layer * n_expert (0 for a dense model). Any thread: relaxed
+ * atomic reads, so values are each exact but not one consistent moment. */
+int coord_engine_expert_tokens(const coord_engine_t *e, uint64_t *out, int cap);
 /* Forgets positions len and beyond of slot (no-op when it holds fewer): the next token of the
  * slot goes at position len. Used to roll back rejected speculative tokens. */
 void coord_engine_truncate_slot(coord_engine_t *e, int slot, int len);
@@ -290,6 +311,9 @@ typedef struct {
     /* Speculation: gen_passes counts (sequence, step) pairs that produced tokens, so
      * tokens_generated / gen_passes is the tokens per forward pass of one sequence. */
     uint64_t gen_passes, draft_proposed, draft_accepted;
+    /* KV cache: positions the slots hold and could hold (n_slots * n_ctx), as of the last
+     * step. */
+    int64_t kv_used, kv_capacity;
 } coord_sched_stats_t;
 void coord_sched_stats(const coord_sched_t *s, coord_sched_stats_t *out); /* any thread */
 
@@ -366,6 +390,15 @@ typedef struct coord_metrics coord_metrics_t;
 typedef struct {
     int queue_length, slots_busy, slots_total;
     bool ready;
+    double kv_usage;                  /* KV positions used / capacity, 0..1 */
+    /* Expert nodes (none: local experts): stats copied by coord_cluster_snapshot. */
+    const coord_node_stats_t *nodes;  /* (n_nodes) */
+    int n_nodes;
+    /* Routed tokens per (layer, expert), layer-major; moe_layer[l] says whether layer l has
+     * routed experts (only those are shown). NULL/0: none. */
+    const uint64_t *expert_tokens;    /* (n_layers, n_expert) */
+    const bool *moe_layer;            /* (n_layers) */
+    int n_layers, n_expert;
 } coord_metrics_gauges_t;
 coord_metrics_t *coord_metrics_new(void);
 void coord_metrics_free(coord_metrics_t *m); /* NULL-safe */
@@ -390,6 +423,8 @@ typedef struct {
     const model_tok_t *tok;
     coord_sched_t *sched;
     int n_ctx, n_slots;
+    const coord_engine_t *eng;     /* for expert token counts; may be NULL */
+    const coord_cluster_t *cluster; /* NULL: local experts */
 } coord_api_stack_t;
 /* NULL-free (OOM aborts). p's strings are borrowed. The api owns an async handle on loop. */
 coord_api_t *coord_api_new(struct uv_loop_s *loop, const coord_api_params_t *p);
@@ -420,6 +455,7 @@ typedef struct {
     const char *wire_type;           /* f32 | f16 | bf16 | q8_0 */
     int node_timeout_ms;
     const char *curve_keys;          /* directory, or NULL */
+    int replicas;                    /* copies of every expert, each on its own node (1) */
 } coord_server_params_t;
 coord_server_params_t coord_server_params_default(void);
 typedef struct coord_server coord_server_t;

@@ -5,6 +5,8 @@
 
 #include <stdint.h>
 
+#include "coordinator/coord.h"
+
 /* ---- speculative drafts (coordinator/spec.c) ---- */
 
 /* Longest n-gram the prompt-lookup draft tries to match (then shorter ones, down to 1). */
@@ -16,5 +18,51 @@
  * drafted, so a text repeating with a short period drafts whole periods. Returns the number
  * of ids drafted: 0 when nothing recurs. */
 int coord__draft_lookup(const int32_t *ctx, int n_ctx, int max_ngram, int n_draft, int32_t *out);
+
+/* ---- cluster flags (coordinator/flags.c): the expert-node options of run, eval and serve ---- */
+
+/* The flags' values; strings and lists borrow argv/env. */
+typedef struct {
+    coord_opt_list_t node;   /* --expert-node tcp://HOST:PORT (repeatable, or a comma list) */
+    coord_opt_list_t nodes;  /* --expert-nodes HOST:PORT,HOST:PORT */
+    coord_opt_list_t dns;    /* --expert-dns NAME:PORT: every address NAME resolves to */
+    const char *wire_type;   /* f32 | f16 | bf16 | q8_0 */
+    int node_timeout;        /* ms */
+    int replicas;            /* copies of every expert, each on its own node */
+    const char *curve_keys;  /* directory, or NULL */
+} coord__cluster_flags_t;
+
+/* The coord_opt_t entries of those flags, for an options table. */
+#define COORD__CLUSTER_OPTS(cf)                                                                    \
+    {"expert-node", 0, "MOEMESH_EXPERT_NODE", COORD_OPT_LIST, &(cf).node, "URL",                   \
+     "expert node tcp://HOST:PORT (repeatable; commas allowed)"},                                  \
+    {"expert-nodes", 0, "MOEMESH_EXPERT_NODES", COORD_OPT_LIST, &(cf).nodes, "LIST",               \
+     "expert nodes HOST:PORT,HOST:PORT"},                                                          \
+    {"expert-dns", 0, "MOEMESH_EXPERT_DNS", COORD_OPT_LIST, &(cf).dns, "NAME:PORT",                \
+     "one expert node per address NAME resolves to"},                                              \
+    {"wire-type", 0, "MOEMESH_WIRE_TYPE", COORD_OPT_STR, &(cf).wire_type, "T",                     \
+     "activations on the wire: f32, f16, bf16, q8_0 (default f32)"},                               \
+    {"node-timeout", 0, "MOEMESH_NODE_TIMEOUT", COORD_OPT_INT, &(cf).node_timeout, "MS",           \
+     "deadline for an expert node's answer (default 10000)"},                                      \
+    {"replicas", 0, "MOEMESH_REPLICAS", COORD_OPT_INT, &(cf).replicas, "R",                        \
+     "copies of every expert, each on its own node (default 1; at most the node count)"},          \
+    {"curve-keys", 0, "MOEMESH_CURVE_KEYS", COORD_OPT_STR, &(cf).curve_keys, "DIR",                \
+     "CURVE keys (coordinator.key/.pub, node.pub) for encrypted node links"}
+
+/* wire_type f32, node_timeout 10000 ms, one replica, no nodes. */
+coord__cluster_flags_t coord__cluster_flags_default(void);
+
+/* Node endpoints, owned "tcp://HOST:PORT" strings. */
+typedef struct {
+    char **v;
+    int n;
+} coord__endpoints_t;
+void coord__endpoints_free(coord__endpoints_t *e); /* frees the strings; e is empty after */
+
+/* Checks the flags (wire type, node timeout, replicas) and collects every endpoint they name
+ * into eps (empty on entry): commas split lists, "tcp://" is added where missing, --expert-dns
+ * names resolve to one node per address, duplicates are dropped, flag order is kept. Replicas
+ * beyond the node count are refused. Returns 0, or -EINVAL after a message on stderr. */
+int coord__cluster_flags_check(const coord__cluster_flags_t *cf, coord__endpoints_t *eps);
 
 #endif

@@ -11,6 +11,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -43,6 +44,9 @@ struct coord_engine {
     float *sh;              /* (n_batch, n_embd) shared expert output */
     float *shg;             /* (n_batch) shared expert gate logits */
     void *work;             /* kern_matmul scratch */
+    /* (n_layer, n_expert) tokens the router sent to each expert since start-up: written by
+     * the decoding thread, read by any thread, both with relaxed atomics (counters only). */
+    _Atomic uint64_t *expert_tokens;
 };
 
 coord_engine_params_t coord_engine_params_default(void)
@@ -97,6 +101,8 @@ coord_engine_t *coord_engine_new(const model_t *m, coord_experts_t *ex, kern_poo
     e->k_cache = xcalloc(cells, e->kv_elt * e->kv_dim);
     e->v_cache = xcalloc(cells, e->kv_elt * e->kv_dim_v);
     e->slot_len = xcalloc((size_t)P.n_slots, sizeof(int32_t));
+    e->expert_tokens = xcalloc((size_t)hp->n_layer * (size_t)(hp->n_expert > 0 ? hp->n_expert : 0) + 1,
+                               sizeof(*e->expert_tokens));
 
     const size_t B = (size_t)P.n_batch, D = (size_t)hp->n_embd;
     int nth = pool ? kern_pool_size(pool) : 1;
@@ -129,7 +135,7 @@ void coord_engine_free(coord_engine_t *e)
     if (!e) return;
     void *bufs[] = {e->k_cache, e->v_cache, e->slot_len, e->x,  e->xn,     e->q,   e->k,
                     e->v,       e->att,     e->att_w,    e->ff, e->h1,     e->h2,  e->router,
-                    e->ids,     e->gw,      e->sh,     e->shg,  e->work};
+                    e->ids,     e->gw,      e->sh,     e->shg,  e->work, (void *)e->expert_tokens};
     for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++) free(bufs[i]);
     free(e);
 }
@@ -137,6 +143,15 @@ void coord_engine_free(coord_engine_t *e)
 const coord_engine_params_t *coord_engine_params(const coord_engine_t *e) { return &e->p; }
 void coord_engine_clear_slot(coord_engine_t *e, int slot) { e->slot_len[slot] = 0; }
 int coord_engine_slot_len(const coord_engine_t *e, int slot) { return e->slot_len[slot]; }
+
+int coord_engine_expert_tokens(const coord_engine_t *e, uint64_t *out, int cap)
+{
+    const model_hparams_t *hp = &e->m->hp;
+    const int n = hp->n_expert > 0 ? hp->n_layer * hp->n_expert : 0;
+    for (int i = 0; i < n && i < cap; i++)
+        out[i] = atomic_load_explicit(&e->expert_tokens[i], memory_order_relaxed);
+    return n;
+}
 
 void coord_engine_truncate_slot(coord_engine_t *e, int slot, int len)
 {
@@ -281,10 +296,12 @@ static int ffn(coord_engine_t *e, int n, int il)
             kern_softmax(p, E);
             kern_topk(p, E, K, top);
             float sum = 0.0f;
+            _Atomic uint64_t *cnt = e->expert_tokens + (size_t)il * E;
             for (int j = 0; j < K; j++) {
                 ids[j] = top[j];
                 gw[j] = p[top[j]];
                 sum += gw[j];
+                atomic_fetch_add_explicit(&cnt[top[j]], 1, memory_order_relaxed);
             }
             if (hp->expert_norm)
                 for (int j = 0; j < K; j++) gw[j] /= sum;

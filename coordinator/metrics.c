@@ -1,10 +1,13 @@
 /* Server metrics in the Prometheus text exposition format (version 0.0.4), named after vLLM's
  * and llama-server's where they exist, with the `moemesh:` prefix. Updated and rendered on the
- * loop thread only, so nothing here locks. Histograms use fixed bucket bounds in seconds.
+ * loop thread only, so nothing here locks: what other threads own (scheduler, cluster, engine
+ * counters) arrives as copies in coord_metrics_gauges_t. Histograms use fixed bucket bounds in
+ * seconds.
  */
 #include "coordinator/coord.h"
 
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -107,6 +110,70 @@ static void family(sbuf_t *s, const char *name, const char *type, const char *he
     put(s, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
+/* A label value with \\, " and newline escaped, as the text format wants; cut at cap. */
+static const char *label_value(const char *v, char *buf, size_t cap)
+{
+    size_t k = 0;
+    for (; v && *v && k + 3 < cap; v++) {
+        if (*v == '\\' || *v == '"') buf[k++] = '\\', buf[k++] = *v;
+        else if (*v == '\n') buf[k++] = '\\', buf[k++] = 'n';
+        else buf[k++] = *v;
+    }
+    buf[k] = 0;
+    return buf;
+}
+
+/* Per expert node: RTT histogram, bytes each way, errors, and whether it is up. */
+static void render_nodes(sbuf_t *s, const coord_metrics_gauges_t *g)
+{
+    char addr[300];
+    const char *rtt = "moemesh:node_rtt_seconds";
+    family(s, rtt, "histogram", "Expert node round trip, FORWARD sent to RESULT received.");
+    for (int i = 0; i < g->n_nodes; i++) {
+        const coord_node_stats_t *n = &g->nodes[i];
+        label_value(n->endpoint, addr, sizeof(addr));
+        /* Every call that got a RESULT is one observation; count = answered calls. */
+        uint64_t cum = 0;
+        for (int b = 0; b < COORD_RTT_BUCKETS; b++) {
+            cum += n->rtt_bucket[b];
+            put(s, "%s_bucket{node=\"%d\",addr=\"%s\",le=\"%g\"} %llu\n", rtt, i, addr,
+                coord_rtt_bounds[b], (unsigned long long)cum);
+        }
+        const uint64_t answered = n->results;
+        put(s, "%s_bucket{node=\"%d\",addr=\"%s\",le=\"+Inf\"} %llu\n", rtt, i, addr,
+            (unsigned long long)answered);
+        put(s, "%s_sum{node=\"%d\",addr=\"%s\"} %.6f\n", rtt, i, addr, n->rtt_sum_s);
+        put(s, "%s_count{node=\"%d\",addr=\"%s\"} %llu\n", rtt, i, addr,
+            (unsigned long long)answered);
+    }
+    static const struct {
+        const char *name, *help;
+        size_t off;
+    } ctr[] = {
+        {"moemesh:node_bytes_sent_total", "Payload bytes sent to the expert node.",
+         offsetof(coord_node_stats_t, bytes_sent)},
+        {"moemesh:node_bytes_received_total", "Payload bytes received from the expert node.",
+         offsetof(coord_node_stats_t, bytes_recv)},
+        {"moemesh:node_errors_total", "Calls the expert node failed (error, timeout, bad answer).",
+         offsetof(coord_node_stats_t, errors)},
+        {"moemesh:node_requests_total", "FORWARD requests sent to the expert node.",
+         offsetof(coord_node_stats_t, requests)},
+    };
+    for (size_t k = 0; k < sizeof(ctr) / sizeof(ctr[0]); k++) {
+        family(s, ctr[k].name, "counter", ctr[k].help);
+        for (int i = 0; i < g->n_nodes; i++) {
+            uint64_t v;
+            memcpy(&v, (const char *)&g->nodes[i] + ctr[k].off, sizeof(v));
+            put(s, "%s{node=\"%d\",addr=\"%s\"} %llu\n", ctr[k].name, i,
+                label_value(g->nodes[i].endpoint, addr, sizeof(addr)), (unsigned long long)v);
+        }
+    }
+    family(s, "moemesh:node_up", "gauge", "0 while the expert node is failing, else 1.");
+    for (int i = 0; i < g->n_nodes; i++)
+        put(s, "moemesh:node_up{node=\"%d\",addr=\"%s\"} %d\n", i,
+            label_value(g->nodes[i].endpoint, addr, sizeof(addr)), g->nodes[i].down ? 0 : 1);
+}
+
 size_t coord_metrics_render(const coord_metrics_t *m, const coord_metrics_gauges_t *g, char **out)
 {
     sbuf_t s = {.buf = xmalloc(4096), .cap = 4096};
@@ -139,6 +206,20 @@ size_t coord_metrics_render(const coord_metrics_t *m, const coord_metrics_gauges
     put(&s, "moemesh:slots_total %d\n", g->slots_total);
     family(&s, "moemesh:ready", "gauge", "1 when the model is loaded and serving.");
     put(&s, "moemesh:ready %d\n", g->ready ? 1 : 0);
+    family(&s, "moemesh:kv_cache_usage_ratio", "gauge",
+           "KV-cache positions in use over the slots' capacity (0..1).");
+    put(&s, "moemesh:kv_cache_usage_ratio %.6f\n", g->kv_usage);
+    if (g->n_nodes > 0) render_nodes(&s, g);
+    if (g->expert_tokens && g->moe_layer && g->n_expert > 0) {
+        const char *name = "moemesh:expert_tokens_total";
+        family(&s, name, "counter", "Tokens routed to each (layer, expert).");
+        for (int l = 0; l < g->n_layers; l++) {
+            if (!g->moe_layer[l]) continue;
+            for (int e = 0; e < g->n_expert; e++)
+                put(&s, "%s{layer=\"%d\",expert=\"%d\"} %llu\n", name, l, e,
+                    (unsigned long long)g->expert_tokens[(size_t)l * g->n_expert + e]);
+        }
+    }
     *out = s.buf;
     return s.len;
 }

@@ -83,13 +83,14 @@ static int send_forward(remote_t *R, int o, int layer, int mb, const float *x, d
                 err == -EAGAIN ? "not connected within the deadline (node down?)"
                                : wire_strerror(err));
         R->req[o] = 0;
+        coord__node_failed(c, o, "cannot send: %s",
+                           err == -EAGAIN ? "not connected (node down?)" : wire_strerror(err));
         return err == -EAGAIN ? -EHOSTUNREACH : err;
     }
     R->t_sent[o] = wire_now();
-    n->st.requests++;
-    n->st.tokens += (uint64_t)R->ntok[o];
-    n->st.bytes_sent += wire_dtype_row_bytes(c->cfg.wire_type, E) * R->ntok[o] +
-                        4u * R->ntok[o] + 8u * R->tot[o];
+    coord__node_sent(c, o, R->ntok[o],
+                     wire_dtype_row_bytes(c->cfg.wire_type, E) * R->ntok[o] + 4u * R->ntok[o] +
+                         8u * R->tot[o]);
     return 0;
 }
 
@@ -106,7 +107,7 @@ static int on_message(remote_t *R, int o, int layer, wire_msg_t *m)
     case WIRE_KIND_ERROR: {
         const wire_error_t *e = &m->u.error;
         if (e->request_id != 0 && e->request_id != R->req[o]) {
-            n->st.stale++;
+            coord__node_stale(c, o);
             LOG_WARN("expert node %d (%s): dropping ERROR for old request %llu: %s", o,
                      n->endpoint, (unsigned long long)e->request_id, e->message);
             return 0;
@@ -114,12 +115,14 @@ static int on_message(remote_t *R, int o, int layer, wire_msg_t *m)
         LOG_ERR("expert node %d (%s) failed request %llu (layer %d): %s (%s)", o, n->endpoint,
                 (unsigned long long)R->req[o], layer, e->message && *e->message ? e->message : "",
                 wire_strerror(e->code));
+        coord__node_failed(c, o, "answered ERROR: %s",
+                           e->message && *e->message ? e->message : wire_strerror(e->code));
         return e->code < 0 ? e->code : -EPROTO;
     }
     case WIRE_KIND_RESULT: {
         const wire_result_t *r = &m->u.result;
         if (r->request_id != R->req[o]) {
-            n->st.stale++;
+            coord__node_stale(c, o);
             LOG_WARN("expert node %d (%s): dropping RESULT of old request %llu", o, n->endpoint,
                      (unsigned long long)r->request_id);
             return 0;
@@ -131,6 +134,7 @@ static int on_message(remote_t *R, int o, int layer, wire_msg_t *m)
                     "tokens; expected layer %d, %d tokens of %d)", o, n->endpoint,
                     (unsigned long long)r->request_id, r->layer, r->n_tokens, layer, R->ntok[o],
                     E);
+            coord__node_failed(c, o, "RESULT does not match its FORWARD");
             return -EPROTO;
         }
         int err = wire_act_unpack(t->dtype, t->data, t->bytes, t->rows, t->cols,
@@ -138,12 +142,10 @@ static int on_message(remote_t *R, int o, int layer, wire_msg_t *m)
         if (err) {
             LOG_ERR("expert node %d (%s): RESULT %llu unreadable: %s", o, n->endpoint,
                     (unsigned long long)r->request_id, wire_strerror(err));
+            coord__node_failed(c, o, "unreadable RESULT: %s", wire_strerror(err));
             return err;
         }
-        double rtt = wire_now() - R->t_sent[o];
-        n->st.rtt_sum_s += rtt;
-        if (rtt > n->st.rtt_max_s) n->st.rtt_max_s = rtt;
-        n->st.bytes_recv += t->bytes;
+        coord__node_result(c, o, wire_now() - R->t_sent[o], t->bytes);
         R->req[o] = 0;
         return 1;
     }
@@ -176,11 +178,13 @@ static int wait_results(remote_t *R, int layer, double deadline)
             break;
         }
         if (rc == 0 && coord__ms_left(deadline) == 0) {
-            for (int j = 0; j < np; j++)
+            for (int j = 0; j < np; j++) {
                 LOG_ERR("expert node %d (%s): no RESULT for request %llu (layer %d) within "
                         "%d ms; node down or stuck",
                         who[j], c->nodes[who[j]].endpoint, (unsigned long long)R->req[who[j]],
                         layer, c->cfg.timeout_ms);
+                coord__node_failed(c, who[j], "no answer within %d ms", c->cfg.timeout_ms);
+            }
             err = -ETIMEDOUT;
             break;
         }
@@ -194,6 +198,7 @@ static int wait_results(remote_t *R, int layer, double deadline)
                 if (e) {
                     LOG_ERR("expert node %d (%s): malformed message: %s", o,
                             c->nodes[o].endpoint, wire_strerror(e));
+                    coord__node_failed(c, o, "malformed message: %s", wire_strerror(e));
                     err = e;
                     break;
                 }

@@ -135,6 +135,10 @@ static void flush_counters(coord_sched_t *s)
     s->st.draft_accepted += s->step_accepted;
     s->step_prompt = s->step_gen = s->step_passes = 0;
     s->step_proposed = s->step_accepted = 0;
+    /* The engine is the scheduler thread's, like this function's caller. */
+    int64_t used = 0;
+    for (int i = 0; i < s->p.n_slots; i++) used += coord_engine_slot_len(s->eng, i);
+    s->st.kv_used = used;
 }
 
 /* Retires the sequence of slot i: on_done, then the slot is empty and clean for the next. */
@@ -463,6 +467,7 @@ coord_sched_t *coord_sched_new(coord_engine_t *eng, const model_t *m,
     s->p = P;
     s->V = m->hp.n_vocab;
     s->next_id = 1;
+    s->st.kv_capacity = (int64_t)P.n_slots * P.n_ctx;
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);
     s->slots = xcalloc((size_t)P.n_slots, sizeof(slot_t));

@@ -6,6 +6,7 @@
  * async handle, belongs to the loop thread.
  */
 #include "coordinator/coord.h"
+#include "coordinator/coordinator-int.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -60,6 +61,7 @@ coord_server_params_t coord_server_params_default(void)
         .max_prompt = 32768,
         .wire_type = "f32",
         .node_timeout_ms = 10000,
+        .replicas = 1,
     };
 }
 
@@ -90,6 +92,7 @@ static void load(void *arg)
         CHECK(wire_dtype_parse(p->wire_type, &cc.wire_type) == 0);
         cc.timeout_ms = cc.connect_ms = p->node_timeout_ms;
         cc.curve_dir = p->curve_keys;
+        cc.replicas = p->replicas;
         cc.progress = false;
         s->cluster = coord_cluster_new(&cc, s->m);
         if (!s->cluster) {
@@ -142,7 +145,7 @@ static void on_loaded(uv_async_t *h)
         return;
     }
     coord_api_stack_t st = {.m = s->m, .tok = s->tok, .sched = s->sched, .n_ctx = s->n_ctx,
-                            .n_slots = s->p.n_slots};
+                            .n_slots = s->p.n_slots, .eng = s->eng, .cluster = s->cluster};
     coord_api_set_stack(s->api, &st);
     LOG_INFO("model %s ready: %d slots of %d positions", s->model_id, s->p.n_slots, s->n_ctx);
 }
@@ -211,7 +214,7 @@ coord_server_t *coord_server_new(struct uv_loop_s *loop, const coord_server_para
         p->n_batch > 65536 || p->n_ctx < 0 || p->n_threads < 1 || p->n_threads > 256 ||
         p->max_queue < 0 || p->max_body < 1 || p->max_header < 256 || p->max_conns < 1 ||
         p->timeout_ms < 1 || p->grace_ms < 0 || p->max_tokens < 1 || p->max_prompt < 1 ||
-        p->n_expert_nodes < 0 || p->node_timeout_ms < 1) {
+        p->n_expert_nodes < 0 || p->node_timeout_ms < 1 || p->replicas < 1) {
         LOG_ERR("bad server parameters (model, slots, batch, ctx, threads or a limit)");
         return NULL;
     }
@@ -320,46 +323,12 @@ static char *read_key_file(const char *path)
     return xstrdup(buf);
 }
 
-/* The node flags' values, split at commas, "tcp://" added where missing, duplicates dropped
- * (the same node twice would serve nothing more). Returns the count or -E2BIG. */
-static int endpoints(const coord_opt_list_t *a, const coord_opt_list_t *b, char **out, int cap)
-{
-    int n = 0;
-    const coord_opt_list_t *lists[2] = {a, b};
-    for (int k = 0; k < 2; k++) {
-        for (int i = 0; i < lists[k]->n; i++) {
-            for (const char *p = lists[k]->v[i]; *p;) {
-                size_t len = strcspn(p, ", ");
-                if (len) {
-                    bool has = len > 6 && !strncmp(p, "tcp://", 6);
-                    char *e = xmalloc(len + 7);
-                    snprintf(e, len + 7, "%s%.*s", has ? "" : "tcp://", (int)len, p);
-                    bool dup = false;
-                    for (int j = 0; j < n && !dup; j++) dup = !strcmp(out[j], e);
-                    if (dup || n == cap) {
-                        free(e);
-                        if (!dup) {
-                            while (n) free(out[--n]);
-                            return -E2BIG;
-                        }
-                    } else {
-                        out[n++] = e;
-                    }
-                }
-                p += len;
-                while (*p == ',' || *p == ' ') p++;
-            }
-        }
-    }
-    return n;
-}
-
 int coord_cmd_serve(int argc, char **argv)
 {
     coord_server_params_t p = coord_server_params_default();
     const char *key_file = NULL, *log_level = NULL;
     int timeout_s = p.timeout_ms / 1000, grace_s = p.grace_ms / 1000;
-    coord_opt_list_t node = {0}, nodes = {0};
+    coord__cluster_flags_t cf = coord__cluster_flags_default();
     const coord_opt_t opts[] = {
         {"model", 'm', "MOEMESH_MODEL", COORD_OPT_STR, &p.model, "FILE", "GGUF model"},
         {"alias", 'a', "MOEMESH_ALIAS", COORD_OPT_STR, &p.alias, "NAME",
@@ -397,16 +366,7 @@ int coord_cmd_serve(int argc, char **argv)
         {"kv-f16", 0, "MOEMESH_KV_F16", COORD_OPT_BOOL, &p.kv_f16, NULL, "f16 KV cache"},
         {"log-level", 0, "MOEMESH_LOG_LEVEL", COORD_OPT_STR, &log_level, "L",
          "error|warn|info|debug (info)"},
-        {"expert-node", 0, "MOEMESH_EXPERT_NODE", COORD_OPT_LIST, &node, "URL",
-         "expert node tcp://HOST:PORT (repeatable; commas allowed)"},
-        {"expert-nodes", 0, "MOEMESH_EXPERT_NODES", COORD_OPT_LIST, &nodes, "LIST",
-         "expert nodes HOST:PORT,HOST:PORT"},
-        {"wire-type", 0, "MOEMESH_WIRE_TYPE", COORD_OPT_STR, &p.wire_type, "T",
-         "activations on the wire: f32, f16, bf16, q8_0 (default f32)"},
-        {"node-timeout", 0, "MOEMESH_NODE_TIMEOUT", COORD_OPT_INT, &p.node_timeout_ms, "MS",
-         "deadline for an expert node's answer (default 10000)"},
-        {"curve-keys", 0, "MOEMESH_CURVE_KEYS", COORD_OPT_STR, &p.curve_keys, "DIR",
-         "CURVE keys (coordinator.key/.pub, node.pub) for encrypted node links"},
+        COORD__CLUSTER_OPTS(cf),
     };
     /* llama.cpp's -np is two letters; it is spelled --parallel here. */
     char **av = xmalloc(sizeof(char *) * (size_t)(argc + 1));
@@ -433,22 +393,24 @@ int coord_cmd_serve(int argc, char **argv)
         fprintf(stderr, "serve: give --api-key or --api-key-file, not both\n");
         return 2;
     }
-    char *eps[COORD_OPT_LIST_MAX * 4];
-    int n_eps = endpoints(&node, &nodes, eps, (int)(sizeof(eps) / sizeof(eps[0])));
-    if (n_eps < 0) {
-        fprintf(stderr, "serve: too many expert nodes\n");
-        return 2;
-    }
-    p.expert_nodes = (const char *const *)eps;
-    p.n_expert_nodes = n_eps;
     char *key = NULL;
     if (key_file) {
-        if (!(key = read_key_file(key_file))) {
-            for (int i = 0; i < n_eps; i++) free(eps[i]);
-            return 2;
-        }
+        if (!(key = read_key_file(key_file))) return 2;
         p.api_key = key;
     }
+    /* The same checks and endpoint list as `run` (--expert-dns resolves here, before the
+     * loop runs). */
+    coord__endpoints_t eps = {0};
+    if (coord__cluster_flags_check(&cf, &eps) != 0) {
+        free(key);
+        return 2;
+    }
+    p.expert_nodes = (const char *const *)eps.v;
+    p.n_expert_nodes = eps.n;
+    p.wire_type = cf.wire_type;
+    p.node_timeout_ms = cf.node_timeout;
+    p.curve_keys = cf.curve_keys;
+    p.replicas = cf.replicas;
     wire_log_set_role("coord");
     uv_loop_t loop;
     CHECK(uv_loop_init(&loop) == 0);
@@ -474,6 +436,6 @@ int coord_cmd_serve(int argc, char **argv)
     }
     if (uv_loop_close(&loop) != 0) LOG_WARN("handles left open at exit");
     free(key);
-    for (int i = 0; i < n_eps; i++) free(eps[i]);
+    coord__endpoints_free(&eps);
     return rc;
 }

@@ -101,6 +101,9 @@ static void run_loop(void *arg)
     uv_run(&x->loop, UV_RUN_DEFAULT);
 }
 
+/* http_test.c's Prometheus text checker. */
+bool tc_prometheus_ok(const char *text, char *why, size_t cap);
+
 /* One request with Connection: close; the whole answer (head and body) into a string. */
 static char *request(int port, const char *path, const char *body)
 {
@@ -116,7 +119,7 @@ static char *request(int port, const char *path, const char *body)
         snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
                  path);
     cr_assert_eq(send(fd, req, strlen(req), MSG_NOSIGNAL), (ssize_t)strlen(req));
-    size_t len = 0, cap = 65536;
+    size_t len = 0, cap = 1 << 20;
     char *out = malloc(cap);
     struct pollfd pf = {.fd = fd, .events = POLLIN};
     while (len < cap - 1 && poll(&pf, 1, 30000) == 1) {
@@ -129,9 +132,10 @@ static char *request(int port, const char *path, const char *body)
     return out;
 }
 
-static void start(srv_t *x, const char *const *eps, int n_eps)
+static void start_t(srv_t *x, const char *const *eps, int n_eps, int node_timeout_ms)
 {
     coord_server_params_t p = coord_server_params_default();
+    p.node_timeout_ms = node_timeout_ms;
     p.model = MODEL;
     p.port = 0;
     p.n_slots = 2;
@@ -152,6 +156,11 @@ static void start(srv_t *x, const char *const *eps, int n_eps)
         cr_assert_lt(wire_now() - t0, 30.0, "not ready in 30 s");
         usleep(20000);
     }
+}
+
+static void start(srv_t *x, const char *const *eps, int n_eps)
+{
+    start_t(x, eps, n_eps, coord_server_params_default().node_timeout_ms);
 }
 
 static void stop(srv_t *x)
@@ -237,5 +246,132 @@ Test(http_cluster, two_nodes_answer_like_the_local_server, .timeout = 120)
     cr_assert_eq(rg, lg);
     cr_assert_eq(rg, 24);
     free(local), free(remote), free(streamed);
+    stop(&x);
+}
+
+/* The body of a GET /metrics that passed the Prometheus checker. */
+static char *metrics(int port)
+{
+    char *r = request(port, "/metrics", NULL);
+    cr_assert(!strncmp(r, "HTTP/1.1 200", 12), "%s", r);
+    char *body = strdup(strstr(r, "\r\n\r\n") + 4);
+    free(r);
+    char why[256];
+    cr_assert(tc_prometheus_ok(body, why, sizeof(why)), "%s", why);
+    return body;
+}
+
+/* Sum of every sample of the series name (labels any) in a metrics body, -1 when none. */
+static double series_sum(const char *body, const char *name)
+{
+    double sum = -1;
+    size_t n = strlen(name);
+    for (const char *l = body; l && *l; l = strchr(l, '\n'), l = l ? l + 1 : NULL) {
+        if (strncmp(l, name, n) || (l[n] != '{' && l[n] != ' ')) continue;
+        const char *v = strchr(l, ' ');
+        if (l[n] == '{') v = strchr(strchr(l, '}'), ' ');
+        sum = (sum < 0 ? 0 : sum) + strtod(v + 1, NULL);
+    }
+    return sum;
+}
+
+Test(http_cluster, metrics_show_the_nodes_and_expert_load, .timeout = 120)
+{
+    char e0[128], e1[128];
+    spawn(0, e0, sizeof(e0));
+    spawn(1, e1, sizeof(e1));
+    const char *eps[2] = {e0, e1};
+    srv_t x;
+    start(&x, eps, 2);
+    char *before = metrics(x.port);
+    int np, ng;
+    free(complete(x.port, &np, &ng));
+    char *after = metrics(x.port);
+    for (int i = 0; i < 2; i++) {
+        char want[512];
+        snprintf(want, sizeof(want), "moemesh:node_rtt_seconds_bucket{node=\"%d\",addr=\"%s\","
+                 "le=\"+Inf\"} ", i, i ? e1 : e0);
+        cr_assert(strstr(after, want), "no '%s' in\n%s", want, after);
+        snprintf(want, sizeof(want), "moemesh:node_errors_total{node=\"%d\",addr=\"%s\"} 0\n", i,
+                 i ? e1 : e0);
+        cr_assert(strstr(after, want), "no '%s' in\n%s", want, after);
+    }
+    cr_assert_gt(series_sum(after, "moemesh:node_bytes_sent_total"), 0);
+    cr_assert_gt(series_sum(after, "moemesh:node_bytes_received_total"), 0);
+    cr_assert_gt(series_sum(after, "moemesh:node_rtt_seconds_count"), 0);
+    cr_assert_geq(series_sum(after, "moemesh:kv_cache_usage_ratio"), 0);
+    cr_assert(strstr(after, "moemesh:expert_tokens_total{layer=\"0\",expert=\"0\"} "), "%s",
+              after);
+    /* Every token of the prompt and of the generation went through the router of every layer,
+     * top-k experts each: the counts grow. */
+    double t0 = series_sum(before, "moemesh:expert_tokens_total");
+    double t1 = series_sum(after, "moemesh:expert_tokens_total");
+    cr_assert_geq(t0, 0);
+    cr_assert_gt(t1, t0, "expert tokens %g -> %g", t0, t1);
+    free(before), free(after);
+    stop(&x);
+}
+
+/* /health's status and body. */
+static int health(int port, char **body)
+{
+    char *r = request(port, "/health", NULL);
+    int status = 0;
+    sscanf(r, "HTTP/1.1 %d", &status);
+    char *b = strstr(r, "\r\n\r\n");
+    *body = strdup(b ? b + 4 : "");
+    free(r);
+    return status;
+}
+
+Test(http_cluster, health_says_which_node_failed, .timeout = 120)
+{
+    char e0[128], e1[128];
+    spawn(0, e0, sizeof(e0));
+    spawn(1, e1, sizeof(e1));
+    const char *eps[2] = {e0, e1};
+    srv_t x;
+    start_t(&x, eps, 2, 1500);
+    int np, ng;
+    free(complete(x.port, &np, &ng));
+    char *body;
+    cr_assert_eq(health(x.port, &body), 200, "%s", body);
+    free(body);
+
+    /* Node 1 stops answering: the next request fails within the node timeout and /health names
+     * the node until it answers again. */
+    cr_assert_eq(kill(node_pid[1], SIGSTOP), 0);
+    double t0 = wire_now();
+    char *r = request(x.port, "/v1/completions",
+                      "{\"prompt\":\"Once upon a time\",\"max_tokens\":8,\"temperature\":0}");
+    cr_assert(!strncmp(r, "HTTP/1.1 500", 12), "%s", r);
+    free(r);
+    cr_assert_lt(wire_now() - t0, 10.0);
+    cr_assert_eq(health(x.port, &body), 503, "%s", body);
+    cr_assert(strstr(body, "expert node 1") && strstr(body, e1), "%s", body);
+    free(body);
+
+    /* Back: the first answered request makes it healthy again. */
+    cr_assert_eq(kill(node_pid[1], SIGCONT), 0);
+    free(complete(x.port, &np, &ng));
+    cr_assert_eq(health(x.port, &body), 200, "%s", body);
+    free(body);
+
+    /* Killed: requests fail and /health stays 503 naming it. */
+    cr_assert_eq(kill(node_pid[1], SIGKILL), 0);
+    cr_assert_eq(waitpid(node_pid[1], NULL, 0), node_pid[1]);
+    node_pid[1] = 0;
+    t0 = wire_now();
+    r = request(x.port, "/v1/completions",
+                "{\"prompt\":\"Once upon a time\",\"max_tokens\":8,\"temperature\":0}");
+    cr_assert(!strncmp(r, "HTTP/1.1 500", 12), "%s", r);
+    free(r);
+    cr_assert_lt(wire_now() - t0, 10.0);
+    cr_assert_eq(health(x.port, &body), 503, "%s", body);
+    cr_assert(strstr(body, "expert node 1"), "%s", body);
+    free(body);
+    char *m = metrics(x.port);
+    cr_assert_geq(series_sum(m, "moemesh:node_errors_total"), 2, "%s", m);
+    free(m);
     stop(&x);
 }

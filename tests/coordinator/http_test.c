@@ -204,8 +204,10 @@ static tc_resp_t tc_request(int port, const char *method, const char *path, cons
     return r;
 }
 
-/* Prometheus text format, line by line: blank, a comment, or `name{label="v",...} value`. */
-static bool tc_prometheus_ok(const char *text, char *why, size_t cap)
+/* Prometheus text format, line by line: blank, a comment, or `name{label="v",...} value`.
+ * Not static: http_cluster_test.c checks its /metrics with it too. */
+bool tc_prometheus_ok(const char *text, char *why, size_t cap);
+bool tc_prometheus_ok(const char *text, char *why, size_t cap)
 {
     size_t len = strlen(text);
     if (len && text[len - 1] != '\n') {
