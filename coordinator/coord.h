@@ -53,6 +53,10 @@ typedef struct {
     int (*compute)(coord_experts_t *ex, int layer, int n_tok, int k, const float *x,
                    const int32_t *ids, const float *w, float *out);
     void (*free)(coord_experts_t *ex);
+    /* Optional (NULL: nothing to do). Called about once a second by the thread that owns ex
+     * while it has no work, so that a distributed implementation keeps reading its sockets
+     * (node heartbeats) between requests. */
+    void (*idle)(coord_experts_t *ex);
 } coord_experts_vt_t;
 struct coord_experts {
     const coord_experts_vt_t *vt;
@@ -189,6 +193,9 @@ const coord_engine_params_t *coord_engine_params(const coord_engine_t *e);
  * Returns 0, -EINVAL for a malformed batch (bad id, slot, position or size; nothing is
  * changed), or the experts' error. */
 int coord_engine_decode(coord_engine_t *e, const coord_batch_t *b, float *logits);
+/* Lets the routed experts do their between-requests housekeeping (coord_experts_vt_t.idle).
+ * Call only from the thread that runs coord_engine_decode. */
+void coord_engine_idle(coord_engine_t *e);
 /* Forgets everything slot holds (positions restart at 0). */
 void coord_engine_clear_slot(coord_engine_t *e, int slot);
 /* Number of positions slot holds. */

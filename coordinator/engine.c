@@ -140,6 +140,11 @@ void coord_engine_free(coord_engine_t *e)
     free(e);
 }
 
+void coord_engine_idle(coord_engine_t *e)
+{
+    if (e->ex && e->ex->vt->idle) e->ex->vt->idle(e->ex);
+}
+
 const coord_engine_params_t *coord_engine_params(const coord_engine_t *e) { return &e->p; }
 void coord_engine_clear_slot(coord_engine_t *e, int slot) { e->slot_len[slot] = 0; }
 int coord_engine_slot_len(const coord_engine_t *e, int slot) { return e->slot_len[slot]; }

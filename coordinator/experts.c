@@ -42,7 +42,7 @@ static void local_free(coord_experts_t *ex)
     free(L);
 }
 
-static const coord_experts_vt_t local_vt = {local_compute, local_free};
+static const coord_experts_vt_t local_vt = {local_compute, local_free, NULL};
 
 coord_experts_t *coord_experts_local_new(const model_t *m, kern_pool_t *pool, int max_tok)
 {

@@ -289,7 +289,34 @@ static void remote_free(coord_experts_t *ex)
     free(R);
 }
 
-static const coord_experts_vt_t remote_vt = {remote_compute, remote_free};
+/* Between requests nothing else reads the node sockets: drop heartbeats and late answers so a
+ * node's pipe never fills (a full pipe stops ZeroMQ reading it, and its heartbeat timeout then
+ * drops the connection). Bounded per call; the socket is non-blocking. */
+static void remote_idle(coord_experts_t *ex)
+{
+    remote_t *R = (remote_t *)ex;
+    coord_cluster_t *c = R->c;
+    for (int o = 0; o < c->n_nodes; o++) {
+        for (int i = 0; i < 256 && !R->req[o]; i++) {
+            wire_msg_t m;
+            int e = wire_msg_recv(c->nodes[o].sock, &c->lim, &m);
+            if (e == -EAGAIN) break;
+            if (e) {
+                LOG_WARN("expert node %d (%s): malformed message while idle: %s", o,
+                         c->nodes[o].endpoint, wire_strerror(e));
+                continue;
+            }
+            if (m.kind == WIRE_KIND_RESULT || m.kind == WIRE_KIND_ERROR) {
+                coord__node_stale(c, o);
+                LOG_WARN("expert node %d (%s): dropping late %s", o, c->nodes[o].endpoint,
+                         wire_kind_name(m.kind));
+            }
+            wire_msg_deinit(&m);
+        }
+    }
+}
+
+static const coord_experts_vt_t remote_vt = {remote_compute, remote_free, remote_idle};
 
 coord_experts_t *coord_experts_remote_new(coord_cluster_t *c, int max_tok)
 {

@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "coordinator/coordinator-int.h"
 #include "wire/wire.h"
@@ -371,7 +372,19 @@ static void *sched_main(void *arg)
     bool *cancel = xcalloc((size_t)NS, sizeof(bool)), *fresh = xcalloc((size_t)NS, sizeof(bool));
     for (;;) {
         pthread_mutex_lock(&s->mu);
-        while (!s->stop && !s->q_head && !any_active(s)) pthread_cond_wait(&s->cv, &s->mu);
+        while (!s->stop && !s->q_head && !any_active(s)) {
+            /* Idle: wake once a second so the experts can read their sockets (node
+             * heartbeats would otherwise pile up until ZeroMQ drops the connection). */
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_sec += 1;
+            if (pthread_cond_timedwait(&s->cv, &s->mu, &ts) == ETIMEDOUT && !s->stop &&
+                !s->q_head && !any_active(s)) {
+                pthread_mutex_unlock(&s->mu);
+                coord_engine_idle(s->eng);
+                pthread_mutex_lock(&s->mu);
+            }
+        }
         if (s->stop) {
             pthread_mutex_unlock(&s->mu);
             break;
