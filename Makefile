@@ -71,6 +71,12 @@ $(call obj,$(filter wire/%,$(LIB_SRC))): $(PROTO_C:.c=.h)
 # ships rather than copied into the tree; its warnings are not ours to fix.
 LLHTTP_INC := /usr/share/include/llhttp
 LLHTTP_OBJ := $(addprefix $(B)/obj/llhttp/,api.o http.o llhttp.o)
+# On a fresh machine the sources appear only once install-deps.sh has run: this rule lets make
+# wait for that instead of giving up on a missing prerequisite, and .PRECIOUS keeps make from
+# deleting them afterwards as if it had made them.
+.PRECIOUS: /usr/share/llhttp/%.c
+/usr/share/llhttp/%.c: | $(B)/.deps-ok
+	@test -f $@ || { echo "missing $@: is node-llhttp installed? (deploy/install-deps.sh)"; exit 1; }
 $(B)/obj/llhttp/%.o: /usr/share/llhttp/%.c | $(B)/.deps-ok
 	@mkdir -p $(@D)
 	@echo "  CC    $<"
