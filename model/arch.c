@@ -64,11 +64,10 @@ void model_fingerprint(const model_gguf_t *g, char *out, size_t cap)
 {
     /* The header names every tensor with its type, shape and offset, and the file size pins
      * the data length: enough to tell files apart without reading gigabytes of weights. */
-    const model_tensor_t *t0 = model_gguf_tensor_count(g) ? model_gguf_tensor(g, 0) : NULL;
-    const uint8_t *base = t0 ? (const uint8_t *)t0->data - t0->offset - model_gguf_data_offset(g)
-                             : NULL;
-    uint32_t crc = 0;
-    if (base) crc = wire_crc32c(0, base, (size_t)model_gguf_data_offset(g));
+    /* A vocab-only file may end before its (empty) data section: clamp to the file. */
+    uint64_t n = model_gguf_data_offset(g);
+    if (n > model_gguf_file_size(g)) n = model_gguf_file_size(g);
+    uint32_t crc = wire_crc32c(0, model_gguf_bytes(g), (size_t)n);
     snprintf(out, cap, "%08x-%zu", crc, model_gguf_file_size(g));
 }
 

@@ -566,6 +566,7 @@ uint32_t model_gguf_version(const model_gguf_t *g) { return g->version; }
 uint64_t model_gguf_alignment(const model_gguf_t *g) { return g->alignment; }
 uint64_t model_gguf_data_offset(const model_gguf_t *g) { return g->data_offset; }
 size_t model_gguf_file_size(const model_gguf_t *g) { return g->size; }
+const void *model_gguf_bytes(const model_gguf_t *g) { return g->base; }
 int model_gguf_kv_count(const model_gguf_t *g) { return g->n_kv; }
 int model_gguf_tensor_count(const model_gguf_t *g) { return g->n_tensors; }
 

@@ -98,6 +98,8 @@ uint32_t model_gguf_version(const model_gguf_t *g);
 uint64_t model_gguf_alignment(const model_gguf_t *g);
 uint64_t model_gguf_data_offset(const model_gguf_t *g); /* file offset of the data section */
 size_t model_gguf_file_size(const model_gguf_t *g);
+/* The whole file (model_gguf_file_size bytes); valid until model_gguf_free. */
+const void *model_gguf_bytes(const model_gguf_t *g);
 
 int model_gguf_kv_count(const model_gguf_t *g);
 const model_gguf_kv_t *model_gguf_kv(const model_gguf_t *g, int i); /* borrowed */
