@@ -30,6 +30,7 @@ typedef struct {
     int node_timeout;        /* ms */
     int replicas;            /* copies of every expert, each on its own node */
     const char *curve_keys;  /* directory, or NULL */
+    int expert_port;         /* wire port of the nodes a LeaderWorkerSet group names (LWS_*) */
 } coord__cluster_flags_t;
 
 /* The coord_opt_t entries of those flags, for an options table. */
@@ -47,9 +48,11 @@ typedef struct {
     {"replicas", 0, "MOEMESH_REPLICAS", COORD_OPT_INT, &(cf).replicas, "R",                        \
      "copies of every expert, each on its own node (default 1; at most the node count)"},          \
     {"curve-keys", 0, "MOEMESH_CURVE_KEYS", COORD_OPT_STR, &(cf).curve_keys, "DIR",                \
-     "CURVE keys (coordinator.key/.pub, node.pub) for encrypted node links"}
+     "CURVE keys (coordinator.key/.pub, node.pub) for encrypted node links"},                      \
+    {"expert-port", 0, "MOEMESH_EXPERT_PORT", COORD_OPT_INT, &(cf).expert_port, "PORT",            \
+     "wire port of the workers of a LeaderWorkerSet group (LWS_*; default 5555)"}
 
-/* wire_type f32, node_timeout 10000 ms, one replica, no nodes. */
+/* wire_type f32, node_timeout 10000 ms, one replica, no nodes, expert_port 5555. */
 coord__cluster_flags_t coord__cluster_flags_default(void);
 
 /* Node endpoints, owned "tcp://HOST:PORT" strings. */
@@ -62,7 +65,11 @@ void coord__endpoints_free(coord__endpoints_t *e); /* frees the strings; e is em
 /* Checks the flags (wire type, node timeout, replicas) and collects every endpoint they name
  * into eps (empty on entry): commas split lists, "tcp://" is added where missing, --expert-dns
  * names resolve to one node per address, duplicates are dropped, flag order is kept. Replicas
- * beyond the node count are refused. Returns 0, or -EINVAL after a message on stderr. */
+ * beyond the node count are refused. When no flag names a node and the process is the leader
+ * of a LeaderWorkerSet group (LWS_LEADER_ADDRESS, LWS_GROUP_SIZE, LWS_WORKER_INDEX 0 or
+ * unset), the nodes are its workers 1..size-1 by their DNS names, on expert_port; a
+ * LWS_WORKER_INDEX other than 0 is refused (workers run moemesh-expert). Returns 0, or -EINVAL
+ * after a message on stderr. */
 int coord__cluster_flags_check(const coord__cluster_flags_t *cf, coord__endpoints_t *eps);
 
 #endif

@@ -1,5 +1,6 @@
 /* The expert-node flags `run`, `eval` and `serve` share: checking them and turning them into
  * endpoints, --expert-dns names resolved here (getaddrinfo blocks: call before any loop runs).
+ * Without any of them, a LeaderWorkerSet leader finds its workers from the LWS_* variables.
  */
 #include "coordinator/coordinator-int.h"
 
@@ -13,7 +14,8 @@
 
 coord__cluster_flags_t coord__cluster_flags_default(void)
 {
-    return (coord__cluster_flags_t){.wire_type = "f32", .node_timeout = 10000, .replicas = 1};
+    return (coord__cluster_flags_t){.wire_type = "f32", .node_timeout = 10000, .replicas = 1,
+                                    .expert_port = 5555};
 }
 
 void coord__endpoints_free(coord__endpoints_t *e)
@@ -103,6 +105,45 @@ static int collect_endpoints(coord__endpoints_t *s, const coord__cluster_flags_t
     return 0;
 }
 
+/* LeaderWorkerSet names its pods <lws>-<group> (the leader) and <lws>-<group>-<i> (worker i,
+ * 1..size-1) under one headless service, and tells every pod LWS_LEADER_ADDRESS =
+ * "<lws>-<group>.<service>.<namespace>": worker i's name is the leader's first label plus
+ * "-<i>", the rest unchanged. The names stay unresolved: ZeroMQ resolves them on every
+ * (re)connect, so a worker restarted on another address is found again. */
+static int lws_endpoints(coord__endpoints_t *s, int port)
+{
+    const char *lead = getenv("LWS_LEADER_ADDRESS"), *size = getenv("LWS_GROUP_SIZE");
+    const char *idx = getenv("LWS_WORKER_INDEX");
+    if (idx && *idx && strcmp(idx, "0")) {
+        fprintf(stderr, "LWS_WORKER_INDEX is %s: the coordinator is the group's leader (index "
+                        "0); workers run moemesh-expert\n", idx);
+        return -EINVAL;
+    }
+    if (!size || !*size) return 0;
+    char *end;
+    long n = strtol(size, &end, 10);
+    if (*end || n < 1 || n > COORD_OPT_LIST_MAX + 1) {
+        fprintf(stderr, "bad LWS_GROUP_SIZE '%s' (1..%d pods)\n", size, COORD_OPT_LIST_MAX + 1);
+        return -EINVAL;
+    }
+    size_t first = lead ? strcspn(lead, ".") : 0;
+    if (!lead || !first || strlen(lead) > 253) {
+        fprintf(stderr, "LWS_GROUP_SIZE is set but LWS_LEADER_ADDRESS is %s\n",
+                lead ? "not a DNS name" : "missing");
+        return -EINVAL;
+    }
+    if (port < 1 || port > 65535) {
+        fprintf(stderr, "bad --expert-port %d (1..65535)\n", port);
+        return -EINVAL;
+    }
+    for (long i = 1; i < n; i++) {
+        char ep[300];
+        int w = snprintf(ep, sizeof(ep), "%.*s-%ld%s:%d", (int)first, lead, i, lead + first, port);
+        add_endpoint(s, "tcp://", ep, (size_t)w);
+    }
+    return 0;
+}
+
 int coord__cluster_flags_check(const coord__cluster_flags_t *cf, coord__endpoints_t *eps)
 {
     wire_dtype_t dt;
@@ -120,6 +161,7 @@ int coord__cluster_flags_check(const coord__cluster_flags_t *cf, coord__endpoint
         return -EINVAL;
     }
     int err = collect_endpoints(eps, cf);
+    if (!err && eps->n == 0) err = lws_endpoints(eps, cf->expert_port);
     if (err) {
         coord__endpoints_free(eps);
         return err;

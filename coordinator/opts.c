@@ -1,6 +1,8 @@
 /* Command-line and environment options shared by every coordinator command. Flags follow
  * llama.cpp habits (-m, -p, -n, -c, -t); each has a MOEMESH_* twin so containers can be
  * configured by environment alone. The environment is applied first so the command line wins.
+ * --print-config (MOEMESH_PRINT_CONFIG=1) prints every option's effective value and where it
+ * came from, then the command exits 0: deploy/ checks its manifests against the binary so.
  */
 #include "coordinator/coord.h"
 
@@ -53,18 +55,62 @@ static int set_value(const coord_opt_t *o, const char *val, const char *cmd, con
     return -EINVAL;
 }
 
+/* One line per option: name, value, source, tab-separated (values never hold a tab that
+ * matters to the reader: they are paths, numbers and host lists). Lists print comma-joined. */
+static void print_config(const coord_opt_t *opts, int n_opts, const char *cmd, const int *src)
+{
+    static const char *const SRC[] = {"default", "env", "flag"};
+    printf("# moemesh-coordinator %s: effective configuration (option, value, source)\n", cmd);
+    for (int i = 0; i < n_opts; i++) {
+        const coord_opt_t *o = &opts[i];
+        printf("%s\t", o->name);
+        switch (o->kind) {
+        case COORD_OPT_STR: {
+            const char *v = *(const char **)o->dst;
+            /* A secret is shown as set, never printed: this output ends up in CI logs. */
+            if (v && !strcmp(o->name, "api-key")) v = "(set, not shown)";
+            printf("%s", v ? v : "");
+            break;
+        }
+        case COORD_OPT_LIST: {
+            const coord_opt_list_t *l = o->dst;
+            for (int k = 0; k < l->n; k++) printf("%s%s", k ? "," : "", l->v[k]);
+            break;
+        }
+        case COORD_OPT_INT: printf("%d", *(int *)o->dst); break;
+        case COORD_OPT_FLOAT: printf("%g", (double)*(float *)o->dst); break;
+        case COORD_OPT_BOOL: printf("%s", *(bool *)o->dst ? "true" : "false"); break;
+        }
+        if (src[i] == 1) printf("\tenv %s\n", o->env);
+        else printf("\t%s\n", SRC[src[i]]);
+    }
+    fflush(stdout);
+}
+
 int coord_opts_parse(const coord_opt_t *opts, int n_opts, const char *cmd, int argc, char **argv,
                      int first)
 {
+    /* Where each value came from, for --print-config: 0 default, 1 environment, 2 flag. */
+    int *src = xcalloc((size_t)n_opts + 1, sizeof(int));
+    bool print = false;
+    const char *pe = getenv("MOEMESH_PRINT_CONFIG");
+    if (pe && *pe && strcmp(pe, "0") && strcmp(pe, "false") && strcmp(pe, "no")) print = true;
+    int rc = 0;
     for (int i = 0; i < n_opts; i++) {
         const char *v = opts[i].env ? getenv(opts[i].env) : NULL;
-        if (v && set_value(&opts[i], v, cmd, opts[i].env) != 0) return -EINVAL;
+        if (v && set_value(&opts[i], v, cmd, opts[i].env) != 0) goto bad;
+        if (v) src[i] = 1;
     }
     for (int a = first; a < argc; a++) {
         const char *s = argv[a];
         if (!strcmp(s, "-h") || !strcmp(s, "--help")) {
             coord_opts_usage(opts, n_opts, cmd);
-            return 1;
+            rc = 1;
+            goto out;
+        }
+        if (!strcmp(s, "--print-config")) {
+            print = true;
+            continue;
         }
         const coord_opt_t *o = NULL;
         const char *inline_val = NULL;
@@ -80,8 +126,9 @@ int coord_opts_parse(const coord_opt_t *opts, int n_opts, const char *cmd, int a
         }
         if (!o) {
             fprintf(stderr, "%s: unknown option '%s' (see --help)\n", cmd, s);
-            return -EINVAL;
+            goto bad;
         }
+        src[o - opts] = 2;
         if (o->kind == COORD_OPT_BOOL && !inline_val) {
             *(bool *)o->dst = true;
             continue;
@@ -90,13 +137,22 @@ int coord_opts_parse(const coord_opt_t *opts, int n_opts, const char *cmd, int a
         if (!val) {
             if (a + 1 >= argc) {
                 fprintf(stderr, "%s: option '%s' needs a value\n", cmd, s);
-                return -EINVAL;
+                goto bad;
             }
             val = argv[++a];
         }
-        if (set_value(o, val, cmd, s) != 0) return -EINVAL;
+        if (set_value(o, val, cmd, s) != 0) goto bad;
     }
-    return 0;
+    if (print) {
+        print_config(opts, n_opts, cmd, src);
+        rc = 1;
+    }
+out:
+    free(src);
+    return rc;
+bad:
+    free(src);
+    return -EINVAL;
 }
 
 void coord_opts_usage(const coord_opt_t *opts, int n_opts, const char *cmd)
@@ -111,4 +167,6 @@ void coord_opts_usage(const coord_opt_t *opts, int n_opts, const char *cmd)
             snprintf(flag, sizeof(flag), "    --%s %s", opts[i].name, opts[i].arg ? opts[i].arg : "");
         printf("  %-28s %s [%s]\n", flag, opts[i].help, opts[i].env ? opts[i].env : "");
     }
+    printf("  %-28s %s [%s]\n", "    --print-config",
+           "print every option's value and source, then exit 0", "MOEMESH_PRINT_CONFIG");
 }

@@ -1,6 +1,9 @@
 /* moemesh-expert's command line: options and their MOEMESH_* environment twins (the command
  * line wins, so a container can set defaults and an operator still override them), and the
  * keygen command. Everything here only fills an xnode_config_t; main.c runs the node.
+ * --print-config (MOEMESH_PRINT_CONFIG=1) prints each option's value and source and exits 0,
+ * so deployment manifests can be checked against the binary. As a LeaderWorkerSet worker
+ * (LWS_WORKER_INDEX) the node is named "expert-<index>" unless --name says otherwise.
  */
 #include "expert-node/xnode.h"
 
@@ -48,6 +51,60 @@ static void usage(FILE *f)
             snprintf(lhs, sizeof(lhs), "    --%s %s", o->name, o->arg);
         fprintf(f, "  %-28s %s [%s]\n", lhs, o->help, o->env);
     }
+    fprintf(f, "  %-28s %s [%s]\n", "    --print-config",
+            "print every option's value and source, then exit 0", "MOEMESH_PRINT_CONFIG");
+}
+
+/* Tab-separated option, value, source lines (the format moemesh-coordinator prints). */
+static void print_config(const xnode_config_t *cfg, const char *const *val,
+                         const char *const *from)
+{
+    printf("# moemesh-expert: effective configuration (option, value, source)\n");
+    for (int k = 0; k < O_COUNT; k++) {
+        printf("%s\t", OPTS[k].name);
+        switch (k) {
+        case O_LISTEN: printf("%s", cfg->listen ? cfg->listen : ""); break;
+        case O_MODEL: printf("%s", cfg->model ? cfg->model : ""); break;
+        case O_MEM:
+            if (cfg->mem_limit) printf("%g", (double)cfg->mem_limit / (double)(UINT64_C(1) << 30));
+            break;
+        case O_THREADS: printf("%d", cfg->threads); break;
+        case O_CACHE: printf("%s", cfg->cache_dir ? cfg->cache_dir : ""); break;
+        case O_CURVE: printf("%s", cfg->curve_dir ? cfg->curve_dir : ""); break;
+        case O_NAME: printf("%s", cfg->name ? cfg->name : "xnode"); break;
+        default: printf("%s", val[k] ? val[k] : "info"); break;
+        }
+        if (k == O_NAME && !from[k] && cfg->name) printf("\tenv LWS_WORKER_INDEX\n");
+        else if (!from[k]) printf("\tdefault\n");
+        else if (from[k] == OPTS[k].env) printf("\tenv %s\n", from[k]);
+        else printf("\tflag\n");
+    }
+    fflush(stdout);
+}
+
+/* LeaderWorkerSet: index 0 is the leader, which runs the coordinator; a worker's index names
+ * it when nothing else does. The name lives in a static buffer (one parse per process). */
+static bool lws_worker(xnode_config_t *cfg, bool named)
+{
+    static char name[32];
+    const char *idx = getenv("LWS_WORKER_INDEX");
+    if (!idx || !*idx) return true;
+    char *end;
+    long i = strtol(idx, &end, 10);
+    if (*end || i < 0 || i > 1000000) {
+        fprintf(stderr, "moemesh-expert: bad LWS_WORKER_INDEX '%s'\n", idx);
+        return false;
+    }
+    if (i == 0) {
+        fprintf(stderr, "moemesh-expert: LWS_WORKER_INDEX 0 is the group's leader, which runs "
+                        "moemesh-coordinator; expert nodes are workers 1..size-1\n");
+        return false;
+    }
+    if (!named) {
+        snprintf(name, sizeof(name), "expert-%ld", i);
+        cfg->name = name;
+    }
+    return true;
 }
 
 /* Applies one value; false (message printed) when it does not parse. */
@@ -92,6 +149,8 @@ bool xnode_cli_parse(int argc, char **argv, xnode_config_t *cfg, int *status)
     /* Command-line values first, so an environment value is read (and can be refused) only
      * for options the command line leaves alone. */
     const char *val[O_COUNT] = {NULL}, *from[O_COUNT] = {NULL};
+    const char *pe = getenv("MOEMESH_PRINT_CONFIG");
+    bool print = pe && *pe && strcmp(pe, "0") && strcmp(pe, "false") && strcmp(pe, "no");
     *status = 2;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -99,6 +158,10 @@ bool xnode_cli_parse(int argc, char **argv, xnode_config_t *cfg, int *status)
             usage(stdout);
             *status = 0;
             return false;
+        }
+        if (!strcmp(a, "--print-config")) {
+            print = true;
+            continue;
         }
         int o = -1;
         const char *v = NULL;
@@ -134,12 +197,17 @@ bool xnode_cli_parse(int argc, char **argv, xnode_config_t *cfg, int *status)
         }
         if (val[k] && !apply(&OPTS[k], val[k], from[k], cfg)) return false;
     }
+    if (!lws_worker(cfg, val[O_NAME] != NULL)) return false;
     if (!cfg->listen) {
         fprintf(stderr, "moemesh-expert: no endpoint (-l ENDPOINT or MOEMESH_LISTEN)\n");
         usage(stderr);
         return false;
     }
     *status = 0;
+    if (print) {
+        print_config(cfg, val, from);
+        return false;
+    }
     return true;
 }
 
