@@ -1009,6 +1009,13 @@ void coord_api_handle(void *ud, coord_http_req_t *req)
         coord_http_respond(req, 204, NULL, "", 0, NULL);
         return;
     }
+    /* Liveness (Kubernetes livenessProbe): the loop thread answering is all it says, so it
+     * stays 200 while the model loads, a node is down or a long prefill holds the scheduler. */
+    if (!strcmp(p, "/live")) {
+        if (get) send_json(a, req, 200, json_pack("{s:s}", "status", "alive"), NULL);
+        else send_error(a, req, 405, NULL, NULL, "%s needs GET", p);
+        return;
+    }
     if (!strcmp(p, "/health") || !strcmp(p, "/v1/health")) {
         if (get) route_health(a, req);
         else send_error(a, req, 405, NULL, NULL, "%s needs GET", p);
