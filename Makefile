@@ -125,6 +125,19 @@ demo: all
 bench: all
 	@$(B)/bin/moemesh-bench kernels
 
+# ---- image: deploy/Dockerfile (deploy/README.md) ----
+# Needs a reachable Docker daemon; where there is none (only the CLI, or nothing), it says so
+# and fails (exit 1), so `make image && docker push` never pushes a stale image.
+IMAGE ?= moemesh:dev
+.PHONY: image
+image:
+	@command -v docker >/dev/null 2>&1 || { echo "make image: no docker command here: cannot build $(IMAGE) (install Docker, or build deploy/Dockerfile elsewhere)" >&2; exit 1; }
+	@docker info >/dev/null 2>&1 || { echo "make image: docker is installed but no daemon answers (docker info failed): cannot build $(IMAGE) here" >&2; exit 1; }
+	docker build -f deploy/Dockerfile -t $(IMAGE) \
+	    --build-arg VERSION=$$(git describe --tags --always 2>/dev/null || echo dev) \
+	    --build-arg REVISION=$$(git rev-parse HEAD 2>/dev/null || echo unknown) .
+# ---- end image ----
+
 format:
 	@clang-format -i $$(git ls-files '*.c' '*.h')
 
