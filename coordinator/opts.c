@@ -2,7 +2,8 @@
  * llama.cpp habits (-m, -p, -n, -c, -t); each has a MOEMESH_* twin so containers can be
  * configured by environment alone. The environment is applied first so the command line wins.
  * --print-config (MOEMESH_PRINT_CONFIG=1) prints every option's effective value and where it
- * came from, then the command exits 0: deploy/ checks its manifests against the binary so.
+ * came from, then the command exits 0 (2 when a MOEMESH_* variable names no option): deploy/
+ * checks its manifests against the binary so.
  */
 #include "coordinator/coord.h"
 
@@ -87,6 +88,27 @@ static void print_config(const coord_opt_t *opts, int n_opts, const char *cmd, c
     fflush(stdout);
 }
 
+/* MOEMESH_* variables no option reads: a typo in a manifest would otherwise be silently
+ * ignored. Warned about; refused under --print-config, which is how manifests are checked.
+ * Returns how many there are. */
+static int unknown_env(const coord_opt_t *opts, int n_opts, const char *cmd, bool print)
+{
+    extern char **environ;
+    int n = 0;
+    for (char **e = environ; e && *e; e++) {
+        if (strncmp(*e, "MOEMESH_", 8)) continue;
+        size_t len = strcspn(*e, "=");
+        bool known = len == 20 && !strncmp(*e, "MOEMESH_PRINT_CONFIG", 20);
+        for (int i = 0; i < n_opts && !known; i++)
+            known = opts[i].env && strlen(opts[i].env) == len && !strncmp(opts[i].env, *e, len);
+        if (known) continue;
+        fprintf(stderr, "%s: %s: %.*s is no option of this command%s\n", cmd,
+                print ? "error" : "warning", (int)len, *e, print ? "" : " (ignored)");
+        n++;
+    }
+    return n;
+}
+
 int coord_opts_parse(const coord_opt_t *opts, int n_opts, const char *cmd, int argc, char **argv,
                      int first)
 {
@@ -143,6 +165,7 @@ int coord_opts_parse(const coord_opt_t *opts, int n_opts, const char *cmd, int a
         }
         if (set_value(o, val, cmd, s) != 0) goto bad;
     }
+    if (unknown_env(opts, n_opts, cmd, print) && print) goto bad;
     if (print) {
         print_config(opts, n_opts, cmd, src);
         rc = 1;

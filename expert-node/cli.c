@@ -1,8 +1,8 @@
 /* moemesh-expert's command line: options and their MOEMESH_* environment twins (the command
  * line wins, so a container can set defaults and an operator still override them), and the
  * keygen command. Everything here only fills an xnode_config_t; main.c runs the node.
- * --print-config (MOEMESH_PRINT_CONFIG=1) prints each option's value and source and exits 0,
- * so deployment manifests can be checked against the binary. As a LeaderWorkerSet worker
+ * --print-config (MOEMESH_PRINT_CONFIG=1) prints each option's value and source and exits 0
+ * (2 when a MOEMESH_* variable names no option), so manifests can be checked against the binary. As a LeaderWorkerSet worker
  * (LWS_WORKER_INDEX) the node is named "expert-<index>" unless --name says otherwise.
  */
 #include "expert-node/xnode.h"
@@ -80,6 +80,26 @@ static void print_config(const xnode_config_t *cfg, const char *const *val,
         else printf("\tflag\n");
     }
     fflush(stdout);
+}
+
+/* MOEMESH_* variables no option reads (a manifest's typo): warned about, and refused under
+ * --print-config, which is how manifests are checked. Returns how many there are. */
+static int unknown_env(bool print)
+{
+    extern char **environ;
+    int n = 0;
+    for (char **e = environ; e && *e; e++) {
+        if (strncmp(*e, "MOEMESH_", 8)) continue;
+        size_t len = strcspn(*e, "=");
+        bool known = len == 20 && !strncmp(*e, "MOEMESH_PRINT_CONFIG", 20);
+        for (int k = 0; k < O_COUNT && !known; k++)
+            known = strlen(OPTS[k].env) == len && !strncmp(OPTS[k].env, *e, len);
+        if (known) continue;
+        fprintf(stderr, "moemesh-expert: %s: %.*s is no option of moemesh-expert%s\n",
+                print ? "error" : "warning", (int)len, *e, print ? "" : " (ignored)");
+        n++;
+    }
+    return n;
 }
 
 /* LeaderWorkerSet: index 0 is the leader, which runs the coordinator; a worker's index names
@@ -203,6 +223,7 @@ bool xnode_cli_parse(int argc, char **argv, xnode_config_t *cfg, int *status)
         usage(stderr);
         return false;
     }
+    if (unknown_env(print) && print) return false;
     *status = 0;
     if (print) {
         print_config(cfg, val, from);
