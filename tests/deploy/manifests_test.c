@@ -100,6 +100,19 @@ static char *print_config(json_t *c, char **env, int n_env)
     return out;
 }
 
+/* A Kubernetes memory quantity ("512Mi", "8Gi", "1000000") in bytes; 0 when absent. */
+static double quantity(const char *q)
+{
+    if (!q) return 0;
+    char *end;
+    double v = strtod(q, &end);
+    static const char *const suf[] = {"Ki", "Mi", "Gi", "Ti"};
+    for (int i = 0; i < 4; i++)
+        if (!strcmp(end, suf[i])) return v * (double)(1ull << (10 * (i + 1)));
+    cr_assert_eq(*end, 0, "unexpected quantity %s", q);
+    return v;
+}
+
 /* Checks one coordinator or expert container through its --print-config output. */
 static void check_program(json_t *docs, const deploy_pod_t *p, json_t *c)
 {
@@ -140,6 +153,12 @@ static void check_program(json_t *docs, const deploy_pod_t *p, json_t *c)
             cr_assert(m && !json_is_true(json_object_get(m, "readOnly")),
                       "cache-dir %s must be on a writable volume", v);
         }
+        /* The weights a node offers fit its container (kubelet kills past the limit). */
+        cr_assert(deploy_config_value(out, "mem-limit", v, sizeof(v)));
+        double lim = quantity(json_string_value(json_object_get(
+            json_object_get(json_object_get(c, "resources"), "limits"), "memory")));
+        cr_assert(v[0] && lim > 0, "expert node without MOEMESH_MEM_LIMIT or memory limit");
+        cr_assert_lt(atof(v) * 1073741824.0, lim, "mem-limit %s GiB does not fit the limit", v);
         cr_assert(deploy_config_value(out, "name", v, sizeof(v)));
         if (!strcmp(p->role, "lws-worker")) cr_assert_str_eq(v, "expert-1");
         else cr_assert_str_eq(v, pname);
