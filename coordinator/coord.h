@@ -233,7 +233,9 @@ typedef struct {
     const char *help;
 } coord_opt_t;
 /* Applies the environment, then argv[first..argc). Unknown flags, missing or malformed values
- * print a clear message to stderr and return -EINVAL. Returns 1 after printing help for -h. */
+ * print a clear message to stderr and return -EINVAL. Returns 1 after printing help for -h, or
+ * the effective options (name, value, source; tab-separated) for --print-config /
+ * MOEMESH_PRINT_CONFIG=1, which refuses (-EINVAL) MOEMESH_* variables no option reads. */
 int coord_opts_parse(const coord_opt_t *opts, int n_opts, const char *cmd, int argc, char **argv,
                      int first);
 void coord_opts_usage(const coord_opt_t *opts, int n_opts, const char *cmd);

@@ -66,7 +66,9 @@ void xnode_counters(const xnode_t *xn, xnode_counters_t *out);
 /* Fills cfg from argv (argv[0] the program name) and the MOEMESH_* environment, the command
  * line winning. String fields point into argv or the environment. Returns true when the node
  * should start; false with *status the exit status otherwise: 0 after --help (usage on
- * stdout), 2 for a usage error (reason on stderr). The log level (--log-level /
+ * stdout) or --print-config (the effective options on stdout), 2 for a usage error (reason on
+ * stderr). LWS_WORKER_INDEX names the node expert-<i> unless --name does; index 0 is refused
+ * (the LeaderWorkerSet leader runs the coordinator). The log level (--log-level /
  * MOEMESH_LOG_LEVEL) is applied at once. */
 bool xnode_cli_parse(int argc, char **argv, xnode_config_t *cfg, int *status);
 /* `moemesh-expert keygen DIR`: creates DIR/node.{pub,key} and DIR/coordinator.{pub,key} where
