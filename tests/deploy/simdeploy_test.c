@@ -131,8 +131,12 @@ static void simulate(const char *mode)
     snprintf(bin, sizeof(bin), "%s", deploy_prog("moemesh-coordinator"));
     *strrchr(bin, '/') = 0;
     char run[2048];
-    snprintf(run, sizeof(run), "timeout 600 sh tests/deploy/simdeploy.sh %s %s %d %s", bin, work,
-             replicas, mode);
+    /* One simulation at a time: the volume mount points (/models, ...) live on the shared root
+     * filesystem, and a run removes those it created. */
+    snprintf(run, sizeof(run),
+             "flock -w 600 /tmp/moemesh-simdeploy.lock timeout 600 sh tests/deploy/simdeploy.sh "
+             "%s %s %d %s",
+             bin, work, replicas, mode);
     int st = system(run);
     int rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
     if (rc != 0) {
@@ -145,7 +149,7 @@ static void simulate(const char *mode)
     cr_assert_eq(rc, 0, "simulated deployment failed (output above)");
 }
 
-Test(simdeploy, chat_completion_from_manifest_env, .timeout = 660)
+Test(simdeploy, chat_completion_from_manifest_env, .timeout = 1260)
 {
     simulate("");
 }
@@ -154,7 +158,7 @@ Test(simdeploy, chat_completion_from_manifest_env, .timeout = 660)
  * branch reliab): today the restarted pod is reconnected at its new address (ZeroMQ resolves
  * the name again) but gets no ASSIGN, answers "FORWARD before ASSIGN", and /health stays 503.
  * Enable it (drop .disabled) when that lands; it is the issue's "restart gets its shard back". */
-Test(simdeploy, expert_pod_restart_gets_its_shard_back, .timeout = 660, .disabled = true)
+Test(simdeploy, expert_pod_restart_gets_its_shard_back, .timeout = 1260, .disabled = true)
 {
     simulate("restart");
 }

@@ -72,8 +72,9 @@ json_t *deploy_render(const char *variant, char *why, size_t why_cap)
     snprintf(cmd, sizeof(cmd),
              "timeout 60 kubectl kustomize %s 2>/tmp/moemesh-kustomize-%d.err | python3 -c "
              "'import sys, json, yaml; "
-             "json.dump([d for d in yaml.safe_load_all(sys.stdin) if d], sys.stdout)'",
-             src, (int)getpid());
+             "json.dump([d for d in yaml.safe_load_all(sys.stdin) if d], sys.stdout)' "
+             "2>>/tmp/moemesh-kustomize-%d.err",
+             src, (int)getpid(), (int)getpid());
     int st;
     char *out = slurp_cmd(cmd, &st);
     if (copy) {
