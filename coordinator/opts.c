@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static int set_value(const coord_opt_t *o, const char *val, const char *cmd, const char *from)
 {
@@ -93,7 +94,6 @@ static void print_config(const coord_opt_t *opts, int n_opts, const char *cmd, c
  * Returns how many there are. */
 static int unknown_env(const coord_opt_t *opts, int n_opts, const char *cmd, bool print)
 {
-    extern char **environ;
     int n = 0;
     for (char **e = environ; e && *e; e++) {
         if (strncmp(*e, "MOEMESH_", 8)) continue;

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/stat.h>
 
 typedef enum { OPT_STR, OPT_INT, OPT_GIB, OPT_LEVEL } opt_kind_t;
@@ -86,7 +87,6 @@ static void print_config(const xnode_config_t *cfg, const char *const *val,
  * --print-config, which is how manifests are checked. Returns how many there are. */
 static int unknown_env(bool print)
 {
-    extern char **environ;
     int n = 0;
     for (char **e = environ; e && *e; e++) {
         if (strncmp(*e, "MOEMESH_", 8)) continue;
