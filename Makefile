@@ -52,6 +52,7 @@ TESTS     := $(foreach d,$(TEST_DIRS),$(if $(wildcard tests/$(d)/*.c),$(B)/tests
 # build/fuzz/obj (gcc objects cannot carry libFuzzer's coverage hooks). Seeds live in
 # tests/fuzz/corpus/<t>/, inputs that once crashed in tests/fuzz/regress/<t>/; new finds go to
 # build/fuzz/corpus/<t>/ so the committed corpus only changes on purpose.
+.DEFAULT_GOAL := all
 TEST_DIRS    := $(filter-out fuzz,$(TEST_DIRS))
 TESTS        := $(foreach d,$(TEST_DIRS),$(if $(wildcard tests/$(d)/*.c),$(B)/tests/$(d)))
 FUZZ_CC      ?= clang
