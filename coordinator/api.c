@@ -135,9 +135,12 @@ static void send_json(coord_api_t *a, coord_http_req_t *req, int status, json_t 
     free(s);
 }
 
+/* msg may quote the client (a path, say), so it goes through jstr: json_pack's "s" refuses
+ * invalid UTF-8, and a NULL here would take the server down. */
 static json_t *error_obj(const char *type, const char *param, const char *code, const char *msg)
 {
-    return json_pack("{s:{s:s,s:s,s:o,s:o}}", "error", "message", msg, "type", type, "param",
+    return json_pack("{s:{s:o,s:s,s:o,s:o}}", "error", "message", jstr(msg, strlen(msg)), "type",
+                     type, "param",
                      param ? json_string(param) : json_null(), "code",
                      code ? json_string(code) : json_null());
 }

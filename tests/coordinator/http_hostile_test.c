@@ -214,3 +214,27 @@ Test(http_hostile, connections_beyond_the_limit_get_503_and_service_resumes, .ti
     for (int i = 0; i < 24; i++) close(fds[i]);
     stop(&x);
 }
+
+/* Found by fuzz_http: a path that is not UTF-8 used to make the 404's JSON fail to build, and
+ * the server abort. It must get a valid JSON error naming the path (bytes replaced). */
+Test(http_hostile, path_with_invalid_utf8_gets_a_json_404, .timeout = 60)
+{
+    srv_t x;
+    start(&x, 256);
+    static const char *const bad[] = {"/tok\xff\xfe", "/v1/\xc3\x28", "/health\x80"};
+    for (int i = 0; i < 3; i++) {
+        char *r = request(x.port, bad[i], i == 1 ? "{}" : NULL);
+        int st = 0;
+        sscanf(r, "HTTP/1.1 %d", &st);
+        cr_assert(st == 404 || st == 405, "%s", r);
+        json_t *j = json_loads(strstr(r, "\r\n\r\n") + 4, 0, NULL);
+        cr_assert_not_null(j, "not JSON: %s", r);
+        cr_assert_not_null(json_object_get(json_object_get(j, "error"), "message"));
+        json_decref(j);
+        free(r);
+    }
+    char *r = request(x.port, "/health", NULL);
+    cr_assert(!strncmp(r, "HTTP/1.1 200", 12), "%s", r);
+    free(r);
+    stop(&x);
+}
