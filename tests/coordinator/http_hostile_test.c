@@ -238,3 +238,83 @@ Test(http_hostile, path_with_invalid_utf8_gets_a_json_404, .timeout = 60)
     free(r);
     stop(&x);
 }
+
+/* Overload: 2 slots and a queue of 2, offered 8 requests at once. The 4 beyond what the server
+ * can hold are refused at once (429, Retry-After) and the 4 it took produce exactly what they
+ * produce alone (greedy). */
+Test(http_hostile, overload_is_refused_fast_and_admitted_requests_are_unaffected, .timeout = 120)
+{
+    signal(SIGPIPE, SIG_IGN);
+    srv_t x;
+    coord_server_params_t p = coord_server_params_default();
+    p.model = MODEL;
+    p.port = 0;
+    p.n_slots = 2;
+    p.max_queue = 2;
+    p.n_threads = 1;
+    cr_assert_eq(uv_loop_init(&x.loop), 0);
+    x.s = coord_server_new(&x.loop, &p);
+    cr_assert_not_null(x.s);
+    x.port = coord_server_port(x.s);
+    cr_assert_eq(uv_thread_create(&x.th, run_loop, &x), 0);
+    for (double t0 = wire_now();; usleep(20000)) {
+        char *r = request(x.port, "/health", NULL);
+        bool ok = !strncmp(r, "HTTP/1.1 200", 12);
+        free(r);
+        if (ok) break;
+        cr_assert_lt(wire_now() - t0, 20.0);
+    }
+    static const char body[] =
+        "{\"prompt\":\"Once upon a time\",\"max_tokens\":96,\"temperature\":0}";
+    char *want = request(x.port, "/v1/completions", body);
+    cr_assert(!strncmp(want, "HTTP/1.1 200", 12), "%s", want);
+    json_t *wj = json_loads(strstr(want, "\r\n\r\n") + 4, 0, NULL);
+    const char *want_text = json_string_value(
+        json_object_get(json_array_get(json_object_get(wj, "choices"), 0), "text"));
+
+    enum { N = 8 };
+    int fd[N];
+    char req[512];
+    snprintf(req, sizeof(req), "POST /v1/completions HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
+             "Content-Length: %zu\r\n\r\n%s", strlen(body), body);
+    double t0 = wire_now();
+    for (int i = 0; i < N; i++) {
+        fd[i] = tcp_connect(x.port);
+        cr_assert_eq(send(fd[i], req, strlen(req), MSG_NOSIGNAL), (ssize_t)strlen(req));
+    }
+    /* When each answer began: a refusal must not wait for the admitted requests. */
+    double first[N] = {0};
+    for (int got = 0; got < N && wire_now() - t0 < 60;) {
+        struct pollfd pf[N];
+        for (int i = 0; i < N; i++) pf[i] = (struct pollfd){first[i] ? -1 : fd[i], POLLIN, 0};
+        if (poll(pf, N, 100) <= 0) continue;
+        for (int i = 0; i < N; i++)
+            if (pf[i].revents) first[i] = wire_now() - t0, got++;
+    }
+    int ok = 0, refused = 0;
+    for (int i = 0; i < N; i++) {
+        char *r = until_closed(fd[i], 60, NULL);
+        cr_assert_not_null(r);
+        close(fd[i]);
+        if (!strncmp(r, "HTTP/1.1 429", 12)) {
+            refused++;
+            cr_assert(strstr(r, "Retry-After: "), "%s", r);
+            cr_assert_lt(first[i], 2.0, "a refusal took %.2f s", first[i]);
+            printf("overload: refusal %d answered after %.3f s\n", refused, first[i]);
+        } else {
+            cr_assert(!strncmp(r, "HTTP/1.1 200", 12), "%s", r);
+            json_t *j = json_loads(strstr(r, "\r\n\r\n") + 4, 0, NULL);
+            cr_assert_str_eq(json_string_value(json_object_get(
+                                 json_array_get(json_object_get(j, "choices"), 0), "text")),
+                             want_text);
+            json_decref(j);
+            ok++;
+        }
+        free(r);
+    }
+    cr_assert_eq(ok, 4, "%d admitted, %d refused", ok, refused);
+    cr_assert_eq(refused, 4);
+    json_decref(wj);
+    free(want);
+    stop(&x);
+}
