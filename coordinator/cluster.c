@@ -925,7 +925,10 @@ static int guard_compute(coord_experts_t *ex, int layer, int n_tok, int k, const
 {
     guard_t *g = (guard_t *)ex;
     coord_cluster_tend(g->c);
-    for (int i = 0; i < n_tok * k; i++) {
+    bool any_down = false;
+    for (int o = 0; o < g->c->n_nodes && !any_down; o++)
+        any_down = coord_cluster_node_down(g->c, o);
+    for (int i = 0; any_down && i < n_tok * k; i++) {
         int o = ids[i] >= 0 ? coord_cluster_owner(g->c, layer, ids[i]) : -1;
         if (o < 0 || !coord_cluster_node_down(g->c, o)) continue;
         if (wire_now() - g->warned > 1.0) { /* one line a second, not one per request */
