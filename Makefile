@@ -83,26 +83,31 @@ $(FZ)/fuzz_%: $(FZ)/obj/tests/fuzz/fuzz_%.o $(FUZZ_OBJ)
 	@$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $^ $(LIBS)
 
 # Each target runs from the repository root (the targets read ../shared), on a scratch corpus
-# seeded from the committed one; a crash leaves crash-* in build/fuzz/artifacts/<t>/.
-fuzz_run = mkdir -p $(FZ)/corpus/$(1) $(FZ)/artifacts/$(1) && \
-	echo "  FUZZ  $(1) $(2) s" && \
-	ASAN_OPTIONS=detect_leaks=1 $(FZ)/fuzz_$(1) -max_total_time=$(2) -print_final_stats=1 \
-	    -artifact_prefix=$(FZ)/artifacts/$(1)/ -rss_limit_mb=4096 \
-	    $(FZ)/corpus/$(1) tests/fuzz/corpus/$(1) $(wildcard tests/fuzz/regress/$(1)) \
-	    > $(FZ)/$(1).log 2>&1 || { tail -40 $(FZ)/$(1).log; exit 1; }; \
-	grep -E 'stat::number_of_executed_units|Done' $(FZ)/$(1).log | sed 's/^/        /'
+# seeded from the committed one; a crash leaves crash-* in build/fuzz/artifacts/<t>/ and the
+# log's tail on the terminal. $(1): seconds per target.
+fuzz_loop = for t in $(FUZZ_TARGETS); do \
+	mkdir -p $(FZ)/corpus/$$t $(FZ)/artifacts/$$t; \
+	echo "  FUZZ  $$t $(1) s"; \
+	ASAN_OPTIONS=detect_leaks=1 $(FZ)/fuzz_$$t -max_total_time=$(1) -print_final_stats=1 \
+	    -artifact_prefix=$(FZ)/artifacts/$$t/ -rss_limit_mb=4096 \
+	    $(FZ)/corpus/$$t tests/fuzz/corpus/$$t $$(ls -d tests/fuzz/regress/$$t 2>/dev/null) \
+	    > $(FZ)/$$t.log 2>&1 || { tail -40 $(FZ)/$$t.log; exit 1; }; \
+	grep -E 'stat::number_of_executed_units' $(FZ)/$$t.log | sed 's/^/        /'; \
+	done
 # Replays every committed input once (no mutation): the regression check.
-fuzz_replay = echo "  REPLAY $(1)" && \
-	$(FZ)/fuzz_$(1) -runs=0 tests/fuzz/corpus/$(1) $(wildcard tests/fuzz/regress/$(1)) \
-	    > $(FZ)/$(1).replay.log 2>&1 || { tail -40 $(FZ)/$(1).replay.log; exit 1; }
+replay_loop = for t in $(FUZZ_TARGETS); do \
+	echo "  REPLAY $$t"; \
+	$(FZ)/fuzz_$$t -runs=0 tests/fuzz/corpus/$$t $$(ls -d tests/fuzz/regress/$$t 2>/dev/null) \
+	    > $(FZ)/$$t.replay.log 2>&1 || { tail -40 $(FZ)/$$t.replay.log; exit 1; }; \
+	done
 
 .PHONY: fuzz fuzz-build fuzz-check
 fuzz-build: $(FUZZ_BINS)
 fuzz: fuzz-build
-	@$(foreach t,$(FUZZ_TARGETS),$(call fuzz_run,$(t),$(FUZZ_SECONDS)) &&) true
+	@$(call fuzz_loop,$(FUZZ_SECONDS))
 fuzz-check: fuzz-build
-	@$(foreach t,$(FUZZ_TARGETS),$(call fuzz_replay,$(t)) &&) true
-	@$(foreach t,$(FUZZ_TARGETS),$(call fuzz_run,$(t),$(FUZZ_CHECK_SECONDS)) &&) true
+	@$(replay_loop)
+	@$(call fuzz_loop,$(FUZZ_CHECK_SECONDS))
 ifeq ($(SAN),)
 test: fuzz-check
 endif
