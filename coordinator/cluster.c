@@ -2,7 +2,10 @@
  * conversation of wire/proto/moemesh.proto steps 1-5 — HELLO/WELCOME, placement with
  * model_plan_new_r within each node's memory (R copies of every pair on distinct nodes), ASSIGN
  * of every pair a node holds, SHARD_CHUNKs for the pairs a node does not already hold for this
- * very file (same model_fingerprint), and READY from every node.
+ * very file (same model_fingerprint), and READY from every node. After start-up,
+ * coord_cluster_tend keeps the nodes' liveness (heartbeat age) and brings a lost node back by
+ * running steps 1-5 again for it alone; coord_cluster_guard_new puts that in front of the
+ * remote experts.
  *
  * Invariants: every wait has a deadline (connect_ms until all WELCOMEs, then timeout_ms without
  * progress), so a dead or silent node fails start-up with a message naming it instead of

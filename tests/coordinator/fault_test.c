@@ -347,3 +347,43 @@ Test(fault, coordinator_killed_and_replaced, .timeout = 120)
     free(want);
     (void)port;
 }
+
+/* A short soak (the 10-minute one is in docs/RELIABILITY.md): moemesh-bench serve at
+ * concurrency 8 for 20 s against 1 + 2 processes, sampling the coordinator. Zero failed
+ * requests and no descriptor growth after the warm-up; memory is only reported here (a short
+ * run is too noisy for a 2 % bound). */
+Test(fault, short_soak_has_no_failures_and_no_fd_growth, .timeout = 180)
+{
+    char e0[128], e1[128];
+    start_node(NODE0, "tcp://127.0.0.1:*", e0);
+    start_node(NODE1, "tcp://127.0.0.1:*", e1);
+    int port = start_coord(COORD, e0, e1);
+    char bench[PATH_MAX], cmd[PATH_MAX + 256], out[128];
+    prog_path("moemesh-bench", bench, sizeof(bench));
+    snprintf(out, sizeof(out), "/tmp/moemesh-fault-%d-soak.txt", (int)getpid());
+    snprintf(cmd, sizeof(cmd),
+             "%s serve --url http://127.0.0.1:%d -c 8 --duration 20 --warmup 5 --sample 1 "
+             "--pid %d --prompt-len 16 --max-tokens 32 > %s 2>&1",
+             bench, port, (int)procs[COORD].pid, out);
+    int rc = system(cmd);
+    FILE *f = fopen(out, "r");
+    cr_assert_not_null(f);
+    char line[256];
+    int ok = -1, failed = -1, fd0 = -1, fd1 = -1;
+    double rss0 = 0, rss1 = 0;
+    while (fgets(line, sizeof(line), f)) {
+        printf("soak: %s", line);
+        sscanf(line, "successful requests %d", &ok);
+        sscanf(line, "failed requests %d", &failed);
+        sscanf(line, "open file descriptors %d -> %d", &fd0, &fd1);
+        sscanf(line, "resident memory (MiB) %lf -> %lf", &rss0, &rss1);
+    }
+    fclose(f);
+    unlink(out);
+    cr_assert_eq(rc, 0, "moemesh-bench serve failed");
+    cr_assert_gt(ok, 0);
+    cr_assert_eq(failed, 0);
+    cr_assert(fd0 > 0 && fd1 <= fd0, "descriptors %d -> %d", fd0, fd1);
+    cr_assert_gt(rss0, 0);
+    assert_alive(COORD);
+}
