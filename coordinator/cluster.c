@@ -132,7 +132,11 @@ static int drain_node(coord_cluster_t *c, int i)
             return err;
         }
         if (m.kind == WIRE_KIND_HEARTBEAT) n->last_heard = wire_now();
-        if (!strict || (c->started && m.kind == WIRE_KIND_WELCOME)) {
+        /* Even the node being rejoined may still answer a probe twice or a request given up
+         * before it stalled: those are dropped, not failures. */
+        bool stray = c->started && (m.kind == WIRE_KIND_WELCOME || m.kind == WIRE_KIND_RESULT ||
+                                    (m.kind == WIRE_KIND_ERROR && m.u.error.request_id != 0));
+        if (!strict || stray) {
             if (m.kind == WIRE_KIND_RESULT || m.kind == WIRE_KIND_ERROR) coord__node_stale(c, i);
             wire_msg_deinit(&m);
             continue;

@@ -387,3 +387,33 @@ Test(fault, short_soak_has_no_failures_and_no_fd_growth, .timeout = 180)
     cr_assert_gt(rss0, 0);
     assert_alive(COORD);
 }
+
+/* A node stalls with a FORWARD in flight, the request fails, then the node resumes and sends
+ * the RESULT of that given-up request: it is dropped by request id (logged), never combined,
+ * and the next answers are the same greedy text. */
+Test(fault, late_result_of_a_stalled_node_is_dropped, .timeout = 120)
+{
+    char e0[128], e1[128];
+    start_node(NODE0, "tcp://127.0.0.1:*", e0);
+    start_node(NODE1, "tcp://127.0.0.1:*", e1);
+    int port = start_coord(COORD, e0, e1);
+    char *want = complete(port);
+    cr_assert_eq(kill(procs[NODE1].pid, SIGSTOP), 0);
+    char *r = request(port, "/v1/completions", PROMPT "}", 30);
+    cr_assert_eq(status_of(r), 503, "%s", r);
+    free(r);
+    cr_assert_eq(kill(procs[NODE1].pid, SIGCONT), 0);
+    wait_health(port, 200, 15);
+    double t0 = wire_now();
+    while (!log_has(COORD, "dropping late RESULT") && !log_has(COORD, "RESULT of old request")) {
+        cr_assert_lt(wire_now() - t0, 10.0, "the late RESULT was not seen being dropped");
+        usleep(100000);
+    }
+    for (int i = 0; i < 2; i++) {
+        char *got = complete(port);
+        cr_assert_str_eq(got, want);
+        free(got);
+    }
+    free(want);
+    assert_alive(COORD);
+}
