@@ -44,6 +44,75 @@ TEST_DIRS := $(notdir $(wildcard tests/*))
 TEST_DIRS := $(filter-out $(notdir $(wildcard tests/*.*)),$(TEST_DIRS))
 TESTS     := $(foreach d,$(TEST_DIRS),$(if $(wildcard tests/$(d)/*.c),$(B)/tests/$(d)))
 
+# ---- fuzzing (tests/fuzz/) -------------------------------------------------------------------
+#   make fuzz [FUZZ_SECONDS=60]   build the libFuzzer targets with clang and run each for a while
+#   make fuzz-check               replay the seed corpora and regression inputs, then 10 s each
+# tests/fuzz/fuzz_<t>.c is one libFuzzer binary build/fuzz/fuzz_<t> linking the library and the
+# coordinator, all compiled by clang with -fsanitize=fuzzer-no-link,address,undefined into
+# build/fuzz/obj (gcc objects cannot carry libFuzzer's coverage hooks). Seeds live in
+# tests/fuzz/corpus/<t>/, inputs that once crashed in tests/fuzz/regress/<t>/; new finds go to
+# build/fuzz/corpus/<t>/ so the committed corpus only changes on purpose.
+.DEFAULT_GOAL := all
+TEST_DIRS    := $(filter-out fuzz,$(TEST_DIRS))
+TESTS        := $(foreach d,$(TEST_DIRS),$(if $(wildcard tests/$(d)/*.c),$(B)/tests/$(d)))
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_CHECK_SECONDS ?= 10
+FZ           := build/fuzz
+FUZZ_CFLAGS   = -std=c11 -D_GNU_SOURCE -I. -I$(B)/gen -isystem $(LLHTTP_INC) -MMD -MP -pthread \
+                -O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer-no-link,address,undefined \
+                -fno-sanitize-recover=undefined -w
+FUZZ_TARGETS := $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_BINS    := $(addprefix $(FZ)/fuzz_,$(FUZZ_TARGETS))
+FUZZ_OBJ     := $(patsubst %.c,$(FZ)/obj/%.o,$(LIB_SRC) $(COORD_SRC)) \
+                $(addprefix $(FZ)/obj/llhttp/,api.o http.o llhttp.o)
+# The objects stay after a run (make would delete them as intermediates of the binaries).
+.SECONDARY: $(FUZZ_OBJ) $(patsubst %,$(FZ)/obj/tests/fuzz/fuzz_%.o,$(FUZZ_TARGETS))
+fuzz_isa = $(if $(findstring _avx512,$(1)),$(AVX512_FLAGS),$(if $(findstring _avx2,$(1)),$(AVX2_FLAGS)))
+
+$(FZ)/obj/%.o: %.c $(PROTO_C:.c=.h) | $(B)/.deps-ok
+	@mkdir -p $(@D)
+	@echo "  FZCC  $<"
+	@$(FUZZ_CC) $(FUZZ_CFLAGS) $(call fuzz_isa,$<) -c $< -o $@
+$(FZ)/obj/llhttp/%.o: /usr/share/llhttp/%.c | $(B)/.deps-ok
+	@mkdir -p $(@D)
+	@echo "  FZCC  $<"
+	@$(FUZZ_CC) $(FUZZ_CFLAGS) -c $< -o $@
+$(FZ)/fuzz_%: $(FZ)/obj/tests/fuzz/fuzz_%.o $(FUZZ_OBJ)
+	@echo "  FZLD  $@"
+	@$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $^ $(LIBS)
+
+# Each target runs from the repository root (the targets read ../shared), on a scratch corpus
+# seeded from the committed one; a crash leaves crash-* in build/fuzz/artifacts/<t>/ and the
+# log's tail on the terminal. $(1): seconds per target.
+fuzz_loop = for t in $(FUZZ_TARGETS); do \
+	mkdir -p $(FZ)/corpus/$$t $(FZ)/artifacts/$$t; \
+	echo "  FUZZ  $$t $(1) s"; \
+	ASAN_OPTIONS=detect_leaks=1 $(FZ)/fuzz_$$t -max_total_time=$(1) -print_final_stats=1 \
+	    -artifact_prefix=$(FZ)/artifacts/$$t/ -rss_limit_mb=4096 \
+	    $(FZ)/corpus/$$t tests/fuzz/corpus/$$t $$(ls -d tests/fuzz/regress/$$t 2>/dev/null) \
+	    > $(FZ)/$$t.log 2>&1 || { tail -40 $(FZ)/$$t.log; exit 1; }; \
+	grep -E 'stat::number_of_executed_units' $(FZ)/$$t.log | sed 's/^/        /'; \
+	done
+# Replays every committed input once (no mutation): the regression check.
+replay_loop = for t in $(FUZZ_TARGETS); do \
+	echo "  REPLAY $$t"; \
+	$(FZ)/fuzz_$$t -runs=0 tests/fuzz/corpus/$$t $$(ls -d tests/fuzz/regress/$$t 2>/dev/null) \
+	    > $(FZ)/$$t.replay.log 2>&1 || { tail -40 $(FZ)/$$t.replay.log; exit 1; }; \
+	done
+
+.PHONY: fuzz fuzz-build fuzz-check
+fuzz-build: $(FUZZ_BINS)
+fuzz: fuzz-build
+	@$(call fuzz_loop,$(FUZZ_SECONDS))
+fuzz-check: fuzz-build
+	@$(replay_loop)
+	@$(call fuzz_loop,$(FUZZ_CHECK_SECONDS))
+ifeq ($(SAN),)
+test: fuzz-check
+endif
+# ---- end of fuzzing ---------------------------------------------------------------------------
+
 .PHONY: all deps test unit demo bench clean format
 all: $(LIB) $(BINS) $(TESTS)
 

@@ -3,8 +3,11 @@
  * median and p99 of time to first token (TTFT), time per output token (TPOT, after the first)
  * and inter-token latency (ITL, between streamed chunks). Each of -c threads sends streamed
  * /v1/completions requests one after another over keep-alive connections until -n requests have
- * been sent. Prompts are random token ids (so their length is exact) when the server reports its
- * vocabulary in /v1/models, else text.
+ * been sent, or, with --duration, until that many seconds have passed (a soak). Prompts are
+ * random token ids (so their length is exact) when the server reports its vocabulary in
+ * /v1/models, else text. With --pid, a sampler thread reads the server's resident memory and
+ * open file descriptors from /proc every --sample seconds and reports their growth after the
+ * warm-up (the first --warmup seconds), which is what a leak shows as.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -16,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -28,6 +32,7 @@ typedef struct {
     socklen_t addr_len;
     const char *api_key;
     int n_req, prompt_len, max_tokens, n_vocab;
+    double deadline;    /* wire_now() at which a --duration run stops sending; 0: -n counts */
     atomic_int next;
 } cfg_t;
 
@@ -192,7 +197,9 @@ fail:
 
 typedef struct {
     cfg_t *c;
-    result_t *res; /* (n_req), slot per request index */
+    pthread_t th;
+    result_t *res;      /* (n) requests this worker sent, in its order */
+    int n, cap;
 } worker_t;
 
 static void *worker(void *arg)
@@ -201,11 +208,73 @@ static void *worker(void *arg)
     conn_t k = {.fd = -1};
     for (;;) {
         int i = atomic_fetch_add(&w->c->next, 1);
-        if (i >= w->c->n_req) break;
-        w->res[i] = one_request(w->c, &k, (unsigned)i * 2654435761u + 1);
+        if (w->c->deadline > 0 ? wire_now() >= w->c->deadline : i >= w->c->n_req) break;
+        if (w->n == w->cap) {
+            w->cap = w->cap * 2 + 64;
+            w->res = xrealloc(w->res, sizeof(result_t) * (size_t)w->cap);
+        }
+        w->res[w->n++] = one_request(w->c, &k, (unsigned)i * 2654435761u + 1);
     }
     if (k.fd >= 0) close(k.fd);
     free(k.buf);
+    return NULL;
+}
+
+/* ---- the server's footprint, sampled from /proc while the load runs ---- */
+
+typedef struct {
+    int pid;
+    double every, warmup, t0;
+    atomic_bool stop;
+    pthread_t th;
+    /* Filled by the sampler thread; read after it is joined. */
+    int n;
+    double rss_warm, rss_end, rss_max; /* MiB */
+    int fd_warm, fd_end, fd_max;
+    bool warm;
+} sampler_t;
+
+/* Resident MiB of pid from /proc/PID/statm, or -1. */
+static double rss_mib(int pid)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/statm", pid);
+    FILE *f = fopen(path, "r");
+    unsigned long long size, res;
+    int n = f ? fscanf(f, "%llu %llu", &size, &res) : 0;
+    if (f) fclose(f);
+    return n == 2 ? (double)res * (double)sysconf(_SC_PAGESIZE) / 1048576.0 : -1;
+}
+
+/* Open descriptors of pid (entries of /proc/PID/fd), or -1. */
+static int fd_count(int pid)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/fd", pid);
+    DIR *d = opendir(path);
+    if (!d) return -1;
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL;) n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+static void *sampler(void *arg)
+{
+    sampler_t *s = arg;
+    while (!atomic_load(&s->stop)) {
+        double rss = rss_mib(s->pid);
+        int fds = fd_count(s->pid);
+        if (rss < 0 || fds < 0) break; /* the server is gone: the load reports the failures */
+        double t = wire_now() - s->t0;
+        if (!s->warm && t >= s->warmup) s->warm = true, s->rss_warm = rss, s->fd_warm = fds;
+        if (rss > s->rss_max) s->rss_max = rss;
+        if (fds > s->fd_max) s->fd_max = fds;
+        s->rss_end = rss, s->fd_end = fds;
+        s->n++;
+        for (double slept = 0; slept < s->every && !atomic_load(&s->stop); slept += 0.1)
+            usleep(100000);
+    }
     return NULL;
 }
 
@@ -275,7 +344,8 @@ static int fetch_vocab(const cfg_t *c)
 int bench_serve_main(int argc, char **argv)
 {
     const char *url = NULL;
-    int conc = 4, n_req = 32, prompt_len = 32, max_tokens = 64;
+    int conc = 4, n_req = 32, prompt_len = 32, max_tokens = 64, pid = 0;
+    float duration = 0, every = 5, warmup = 60;
     cfg_t c = {0};
     const coord_opt_t opts[] = {
         {"url", 0, "MOEMESH_BENCH_URL", COORD_OPT_STR, &url, "URL", "server, http://HOST:PORT"},
@@ -284,13 +354,25 @@ int bench_serve_main(int argc, char **argv)
         {"prompt-len", 0, NULL, COORD_OPT_INT, &prompt_len, "N", "prompt tokens (32)"},
         {"max-tokens", 0, NULL, COORD_OPT_INT, &max_tokens, "N", "max_tokens per request (64)"},
         {"api-key", 0, "MOEMESH_API_KEY", COORD_OPT_STR, &c.api_key, "KEY", "bearer token"},
+        {"duration", 0, NULL, COORD_OPT_FLOAT, &duration, "S",
+         "send for S seconds instead of -n requests (a soak)"},
+        {"pid", 0, NULL, COORD_OPT_INT, &pid, "PID",
+         "sample this server's RSS and open fds during the run"},
+        {"sample", 0, NULL, COORD_OPT_FLOAT, &every, "S", "seconds between samples (5)"},
+        {"warmup", 0, NULL, COORD_OPT_FLOAT, &warmup, "S",
+         "growth is measured from this many seconds in (60)"},
     };
     int r = coord_opts_parse(opts, (int)(sizeof(opts) / sizeof(opts[0])), "serve", argc, argv, 1);
     if (r) return r > 0 ? 0 : 2;
     if (!url || parse_url(url, &c) != 0 || conc < 1 || conc > 1024 || n_req < 1 ||
-        prompt_len < 1 || prompt_len > 100000 || max_tokens < 1 || max_tokens > 100000) {
+        prompt_len < 1 || prompt_len > 100000 || max_tokens < 1 || max_tokens > 100000 ||
+        !(duration >= 0 && duration < 1e6) || pid < 0 || !(every >= 0.1) || !(warmup >= 0)) {
         fprintf(stderr, "serve: need --url http://HOST:PORT and positive -c, -n, --prompt-len, "
-                        "--max-tokens\n");
+                        "--max-tokens (--duration >= 0, --sample >= 0.1, --warmup >= 0)\n");
+        return 2;
+    }
+    if (pid > 0 && rss_mib(pid) < 0) {
+        fprintf(stderr, "serve: --pid %d: no such process (or /proc not readable)\n", pid);
         return 2;
     }
     c.n_req = n_req, c.prompt_len = prompt_len, c.max_tokens = max_tokens;
@@ -299,16 +381,35 @@ int bench_serve_main(int argc, char **argv)
         fprintf(stderr, "serve: cannot reach %s\n", url);
         return 1;
     }
-    result_t *res = xcalloc((size_t)n_req, sizeof(result_t));
-    pthread_t *th = xcalloc((size_t)conc, sizeof(pthread_t));
-    worker_t w = {.c = &c, .res = res};
+    worker_t *w = xcalloc((size_t)conc, sizeof(worker_t));
+    sampler_t smp = {.pid = pid, .every = every, .warmup = warmup, .t0 = wire_now()};
+    if (pid > 0) CHECK(pthread_create(&smp.th, NULL, sampler, &smp) == 0);
     double t0 = wire_now();
-    for (int i = 0; i < conc; i++) CHECK(pthread_create(&th[i], NULL, worker, &w) == 0);
-    for (int i = 0; i < conc; i++) pthread_join(th[i], NULL);
+    if (duration > 0) c.deadline = t0 + duration;
+    for (int i = 0; i < conc; i++) {
+        w[i].c = &c;
+        CHECK(pthread_create(&w[i].th, NULL, worker, &w[i]) == 0);
+    }
+    for (int i = 0; i < conc; i++) pthread_join(w[i].th, NULL);
     double dur = wire_now() - t0;
+    if (pid > 0) {
+        atomic_store(&smp.stop, true);
+        pthread_join(smp.th, NULL);
+    }
+    /* Every worker's results in one array. */
+    n_req = 0;
+    for (int i = 0; i < conc; i++) n_req += w[i].n;
+    result_t *res = xcalloc((size_t)n_req + 1, sizeof(result_t));
+    for (int i = 0, k = 0; i < conc; i++) {
+        if (w[i].n) memcpy(res + k, w[i].res, sizeof(result_t) * (size_t)w[i].n);
+        k += w[i].n;
+        free(w[i].res);
+    }
+    free(w);
     int ok = 0, n_itl = 0;
     long long out = 0, in = 0;
-    double *ttft = xcalloc((size_t)n_req, sizeof(double)), *tpot = xcalloc((size_t)n_req, sizeof(double));
+    double *ttft = xcalloc((size_t)n_req + 1, sizeof(double));
+    double *tpot = xcalloc((size_t)n_req + 1, sizeof(double));
     int n_tpot = 0;
     for (int i = 0; i < n_req; i++) n_itl += res[i].n_itl;
     double *itl = xcalloc((size_t)n_itl + 1, sizeof(double));
@@ -335,6 +436,18 @@ int bench_serve_main(int argc, char **argv)
     stats_row("TTFT (ms)", ttft, ok);
     stats_row("TPOT (ms)", tpot, n_tpot);
     stats_row("ITL (ms)", itl, n_itl);
-    free(itl), free(ttft), free(tpot), free(res), free(th);
-    return ok == n_req ? 0 : 1;
+    if (pid > 0 && smp.warm) {
+        printf("server pid %d, %d samples every %.1f s; from %.0f s in (warm-up) to the end:\n",
+               pid, smp.n, every, warmup);
+        printf("%-28s %10.1f -> %.1f (%+.2f%%), max %.1f\n", "resident memory (MiB)",
+               smp.rss_warm, smp.rss_end, 100.0 * (smp.rss_end - smp.rss_warm) / smp.rss_warm,
+               smp.rss_max);
+        printf("%-28s %10d -> %d (%+d), max %d\n", "open file descriptors", smp.fd_warm,
+               smp.fd_end, smp.fd_end - smp.fd_warm, smp.fd_max);
+    } else if (pid > 0) {
+        printf("server pid %d: the run ended before the %.0f s warm-up; no growth figures\n", pid,
+               warmup);
+    }
+    free(itl), free(ttft), free(tpot), free(res);
+    return ok == n_req && n_req > 0 ? 0 : 1;
 }

@@ -135,9 +135,12 @@ static void send_json(coord_api_t *a, coord_http_req_t *req, int status, json_t 
     free(s);
 }
 
+/* msg may quote the client (a path, say), so it goes through jstr: json_pack's "s" refuses
+ * invalid UTF-8, and a NULL here would take the server down. */
 static json_t *error_obj(const char *type, const char *param, const char *code, const char *msg)
 {
-    return json_pack("{s:{s:s,s:s,s:o,s:o}}", "error", "message", msg, "type", type, "param",
+    return json_pack("{s:{s:o,s:s,s:o,s:o}}", "error", "message", jstr(msg, strlen(msg)), "type",
+                     type, "param",
                      param ? json_string(param) : json_null(), "code",
                      code ? json_string(code) : json_null());
 }
@@ -238,22 +241,20 @@ static bool body_object(coord_api_t *a, coord_http_req_t *req, json_t **out)
 
 /* ---- simple routes ---- */
 
-/* Health with expert nodes: 503 naming the first node that is down, 200 otherwise. A node is
- * down from the moment a call to it fails (it answered ERROR, gave no RESULT within the node
- * timeout, could not be sent to, or sent something unreadable; such a call fails the request
- * too) until it next answers a call with a RESULT; remote.c keeps that state in the cluster's
- * node stats. Nodes are only heard from while requests run (their sockets belong to the
- * scheduler thread), so an idle cluster's lost node shows at the next request; and since that
- * request then fails, a node that stays gone keeps /health at 503. */
+/* Health with expert nodes: 503 naming the nodes that are down and the experts that are
+ * therefore unavailable, 200 otherwise. A node is down from the moment a call to it fails (it
+ * answered ERROR, gave no RESULT within the node timeout, could not be sent to, or sent
+ * something unreadable) or it has been silent for the cluster's heartbeat_ms (noticed between
+ * requests too: the scheduler tends the cluster about once a second while idle), until it has
+ * been given its shard again (coord_cluster_tend) or answers a call with a RESULT. */
 static void route_health(coord_api_t *a, coord_http_req_t *req)
 {
     if (a->ready && a->st.cluster) {
         coord_cluster_snapshot(a->st.cluster, a->nodes, a->n_nodes);
         for (int i = 0; i < a->n_nodes; i++) {
             if (!a->nodes[i].down) continue;
-            char msg[256];
-            snprintf(msg, sizeof(msg), "expert node %d (%s) failed: %s", i,
-                     a->nodes[i].endpoint, a->nodes[i].failure);
+            char msg[1024];
+            coord_cluster_missing(a->st.cluster, msg, sizeof(msg));
             send_json(a, req, 503, json_pack("{s:s,s:s}", "status", "error", "message", msg),
                       "Retry-After: 1\r\n");
             return;
@@ -315,6 +316,18 @@ static bool need_ready(coord_api_t *a, coord_http_req_t *req)
 {
     if (a->ready) return true;
     send_error(a, req, 503, NULL, "model_not_ready", "the model is not ready (%s)", a->status);
+    return false;
+}
+
+/* Generation needs every routed expert: while a node is down, refuse at once (503, naming the
+ * missing experts, Retry-After) rather than admit a request that would fail at its first
+ * layer. */
+static bool need_experts(coord_api_t *a, coord_http_req_t *req)
+{
+    if (!a->st.cluster) return true;
+    char msg[1024];
+    if (coord_cluster_missing(a->st.cluster, msg, sizeof(msg)) == 0) return true;
+    send_error(a, req, 503, NULL, "experts_unavailable", "%s", msg);
     return false;
 }
 
@@ -626,9 +639,16 @@ static void on_done_ev(gen_t *g, const ev_t *e)
         const char *finish = g->stopped || e->why != COORD_FINISH_LENGTH ? "stop" : "length";
         bool failed = e->why == COORD_FINISH_ERROR && !g->stopped;
         const char *msg = e->st.message[0] ? e->st.message : "generation failed";
+        /* A failure while experts are missing is the cluster's, not the request's: say which
+         * experts, with 503 (retry later) instead of 500. */
+        char missing[1024];
+        bool unavailable = failed && a->st.cluster &&
+                           coord_cluster_missing(a->st.cluster, missing, sizeof(missing)) > 0;
+        if (unavailable) msg = missing;
         if (g->stream) {
             if (failed) {
-                sse(g, error_obj("server_error", NULL, NULL, msg));
+                sse(g, error_obj(unavailable ? "unavailable_error" : "server_error", NULL,
+                                 unavailable ? "experts_unavailable" : NULL, msg));
             } else {
                 send_chunk(g, "", 0, finish);
                 if (g->include_usage) {
@@ -641,7 +661,8 @@ static void on_done_ev(gen_t *g, const ev_t *e)
             coord_http_stream_write(g->req, "data: [DONE]\n\n", 14);
             coord_http_stream_end(g->req);
         } else if (failed) {
-            send_error(a, g->req, 500, NULL, NULL, "%s", msg);
+            send_error(a, g->req, unavailable ? 503 : 500, NULL,
+                       unavailable ? "experts_unavailable" : NULL, "%s", msg);
         } else {
             json_t *choice;
             json_t *text = jstr(g->text ? g->text : "", g->text_len);
@@ -865,7 +886,7 @@ static bool parse_stop(json_t *j, gen_t *g, verr_t *e)
 static void route_generate(coord_api_t *a, coord_http_req_t *req, bool chat)
 {
     json_t *j;
-    if (!need_ready(a, req) || !body_object(a, req, &j)) return;
+    if (!need_ready(a, req) || !need_experts(a, req) || !body_object(a, req, &j)) return;
     verr_t e;
     gen_t *g = xcalloc(1, sizeof(*g));
     g->api = a;

@@ -2,7 +2,10 @@
  * conversation of wire/proto/moemesh.proto steps 1-5 — HELLO/WELCOME, placement with
  * model_plan_new_r within each node's memory (R copies of every pair on distinct nodes), ASSIGN
  * of every pair a node holds, SHARD_CHUNKs for the pairs a node does not already hold for this
- * very file (same model_fingerprint), and READY from every node.
+ * very file (same model_fingerprint), and READY from every node. After start-up,
+ * coord_cluster_tend keeps the nodes' liveness (heartbeat age) and brings a lost node back by
+ * running steps 1-5 again for it alone; coord_cluster_guard_new puts that in front of the
+ * remote experts.
  *
  * Invariants: every wait has a deadline (connect_ms until all WELCOMEs, then timeout_ms without
  * progress), so a dead or silent node fails start-up with a message naming it instead of
@@ -35,6 +38,7 @@ coord_cluster_config_t coord_cluster_config_default(void)
         .timeout_ms = 10000,
         .progress = true,
         .test_corrupt_chunk = -1,
+        .heartbeat_ms = 3000,
     };
 }
 
@@ -115,13 +119,27 @@ static int recv_until(coord_cluster_t *c, int i, double deadline, wire_msg_t *m)
 static int drain_node(coord_cluster_t *c, int i)
 {
     coord__node_t *n = &c->nodes[i];
+    /* Once serving, only the node being rejoined is held to the start-up rules; the others may
+     * still have late answers or WELCOMEs to probes on the way, which are not errors. */
+    const bool strict = !c->started || i == c->rejoining;
     for (;;) {
         wire_msg_t m;
         int err = wire_msg_recv(n->sock, &c->lim, &m);
         if (err == -EAGAIN) return 0;
         if (err) {
             NODE_ERR(c, i, "malformed message: %s", wire_strerror(err));
+            if (!strict) continue;
             return err;
+        }
+        if (m.kind == WIRE_KIND_HEARTBEAT) n->last_heard = wire_now();
+        /* Even the node being rejoined may still answer a probe twice or a request given up
+         * before it stalled: those are dropped, not failures. */
+        bool stray = c->started && (m.kind == WIRE_KIND_WELCOME || m.kind == WIRE_KIND_RESULT ||
+                                    (m.kind == WIRE_KIND_ERROR && m.u.error.request_id != 0));
+        if (!strict || stray) {
+            if (m.kind == WIRE_KIND_RESULT || m.kind == WIRE_KIND_ERROR) coord__node_stale(c, i);
+            wire_msg_deinit(&m);
+            continue;
         }
         if (m.kind == WIRE_KIND_READY) {
             n->ready = m.u.ready.n_experts;
@@ -188,21 +206,39 @@ static uint64_t physical_memory(void)
     return pages > 0 && size > 0 ? (uint64_t)pages * (uint64_t)size : 0;
 }
 
+/* Marks in have (n_nodes, pairs) the pairs node i's WELCOME h offers of the file with
+ * fingerprint fp; false (nothing marked) when they belong to another file. */
+static bool mark_held(const coord_cluster_t *c, int i, const wire_hello_t *h, const char *fp,
+                      uint8_t *have)
+{
+    const size_t pairs = (size_t)c->n_layers * c->n_expert;
+    bool same = h->model && !strcmp(h->model, fp);
+    for (uint32_t p = 0; same && p < h->n_pairs; p++)
+        if (h->layer[p] < (uint32_t)c->n_layers && h->expert[p] < (uint32_t)c->n_expert)
+            have[(size_t)i * pairs + (size_t)h->layer[p] * c->n_expert + h->expert[p]] = 1;
+    return same;
+}
+
+static wire_hello_t our_hello(const coord_cluster_t *c)
+{
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    return (wire_hello_t){.name = c->cfg.name ? c->cfg.name : "coord",
+                          .cores = cores > 0 ? (uint32_t)cores : 1,
+                          .mem_bytes = physical_memory(),
+                          .dtypes = ((1u << WIRE_DTYPE_COUNT) - 1) & ~1u};
+}
+
 /* Steps 1-2: HELLO to every node, then every WELCOME by the connect deadline. have (n_nodes,
  * n_layers * n_expert) receives the pairs each node holds for this very file. */
 static int hello_all(coord_cluster_t *c, const char *fp, uint8_t *have)
 {
     double deadline = wire_now() + c->cfg.connect_ms / 1e3;
-    long cores = sysconf(_SC_NPROCESSORS_ONLN);
     for (int i = 0; i < c->n_nodes; i++) {
         coord__node_t *n = &c->nodes[i];
         int err = coord__node_set_sndtimeo(n, coord__ms_left(deadline));
         wire_msg_t m;
         wire_msg_init(&m, WIRE_KIND_HELLO);
-        m.u.hello = (wire_hello_t){.name = c->cfg.name ? c->cfg.name : "coord",
-                                   .cores = cores > 0 ? (uint32_t)cores : 1,
-                                   .mem_bytes = physical_memory(),
-                                   .dtypes = ((1u << WIRE_DTYPE_COUNT) - 1) & ~1u};
+        m.u.hello = our_hello(c);
         if (!err) err = wire_msg_send(n->sock, &m);
         else wire_msg_deinit(&m);
         if (err == -EAGAIN) {
@@ -216,7 +252,6 @@ static int hello_all(coord_cluster_t *c, const char *fp, uint8_t *have)
             return err;
         }
     }
-    const size_t pairs = (size_t)c->n_layers * c->n_expert;
     for (int i = 0; i < c->n_nodes; i++) {
         coord__node_t *n = &c->nodes[i];
         wire_msg_t m;
@@ -239,10 +274,7 @@ static int hello_all(coord_cluster_t *c, const char *fp, uint8_t *have)
         const wire_hello_t *h = &m.u.hello;
         snprintf(n->name, sizeof(n->name), "%s", h->name);
         n->cores = h->cores, n->mem_bytes = h->mem_bytes, n->dtypes = h->dtypes;
-        bool same = h->model && !strcmp(h->model, fp);
-        for (uint32_t p = 0; same && p < h->n_pairs; p++)
-            if (h->layer[p] < (uint32_t)c->n_layers && h->expert[p] < (uint32_t)c->n_expert)
-                have[(size_t)i * pairs + (size_t)h->layer[p] * c->n_expert + h->expert[p]] = 1;
+        bool same = mark_held(c, i, h, fp, have);
         LOG_INFO("expert node %d (%s): '%s', %u cores, %.1f MiB, holds %u pairs%s", i,
                  n->endpoint, n->name, n->cores, n->mem_bytes / 1048576.0, h->n_pairs,
                  h->n_pairs ? (same ? " of this model" : " of another model") : "");
@@ -488,8 +520,8 @@ static uint64_t to_stream(const coord_cluster_t *c, const uint8_t *have, int i)
 static int start(coord_cluster_t *c)
 {
     const model_t *m = c->m;
-    char fp[64];
-    model_fingerprint(m->gguf, fp, sizeof(fp));
+    const char *fp = c->fp;
+    model_fingerprint(m->gguf, c->fp, sizeof(c->fp));
     const size_t pairs = (size_t)c->n_layers * c->n_expert;
     uint8_t *have = xcalloc((size_t)c->n_nodes * pairs + 1, 1);
     int err = hello_all(c, fp, have);
@@ -518,6 +550,10 @@ static int start(coord_cluster_t *c)
                      c->nodes[i].endpoint, c->nodes[i].st.experts,
                      c->nodes[i].st.shard_bytes / 1048576.0);
     free(have);
+    if (!err) {
+        c->started = true;
+        for (int i = 0; i < c->n_nodes; i++) c->nodes[i].last_heard = wire_now();
+    }
     return err;
 }
 
@@ -551,6 +587,7 @@ coord_cluster_t *coord_cluster_new(const coord_cluster_config_t *cfg, const mode
     c->n_layers = m->hp.n_layer;
     c->n_expert = m->hp.n_expert;
     c->next_request = 1;
+    c->rejoining = -1;
     c->replicas = cfg->replicas;
     const size_t pairs = (size_t)c->n_layers * c->n_expert;
     c->owner = xmalloc(sizeof(int) * (pairs + 1));
@@ -669,6 +706,7 @@ void coord__node_result(coord_cluster_t *c, int node, double rtt, uint64_t bytes
     st->down = false; /* it answered: healthy again */
     st->failure[0] = 0;
     pthread_mutex_unlock(&c->st_mu);
+    c->nodes[node].last_heard = wire_now();
 }
 
 void coord__node_stale(coord_cluster_t *c, int node)
@@ -731,4 +769,209 @@ void coord_cluster_print_summary(const coord_cluster_t *c, FILE *f, int64_t n_to
     if (n_tokens > 0)
         fprintf(f, "  wire: %.1f KiB sent, %.1f KiB received, %.0f bytes per token\n",
                 sent / 1024.0, recv / 1024.0, (double)(sent + recv) / n_tokens);
+}
+
+/* ---------------------------------------------------------------- after start-up */
+
+#define PROBE_S 1.0 /* a down node is sent HELLO at most this often */
+
+static void node_set_up(coord_cluster_t *c, int i)
+{
+    pthread_mutex_lock(&c->st_mu);
+    c->nodes[i].st.down = false;
+    c->nodes[i].st.failure[0] = 0;
+    pthread_mutex_unlock(&c->st_mu);
+    c->nodes[i].last_heard = wire_now();
+}
+
+bool coord_cluster_node_down(const coord_cluster_t *c, int node)
+{
+    CHECK(node >= 0 && node < c->n_nodes);
+    pthread_mutex_t *mu = (pthread_mutex_t *)&c->st_mu;
+    pthread_mutex_lock(mu);
+    bool down = c->nodes[node].st.down;
+    pthread_mutex_unlock(mu);
+    return down;
+}
+
+/* Steps 3-5 again for node i alone, whose WELCOME h just came: ASSIGN of the pairs the plan
+ * gives it, SHARD_CHUNKs for those it does not hold of this file, READY. Returns 0 or an
+ * error (logged). */
+static int rejoin(coord_cluster_t *c, int i, const wire_hello_t *h)
+{
+    coord__node_t *n = &c->nodes[i];
+    const size_t pairs = (size_t)c->n_layers * c->n_expert;
+    uint8_t *have = xcalloc((size_t)c->n_nodes * pairs + 1, 1);
+    bool same = mark_held(c, i, h, c->fp, have);
+    LOG_INFO("expert node %d (%s) answers again: '%s', holds %u pairs%s; re-assigning", i,
+             n->endpoint, h->name, h->n_pairs,
+             h->n_pairs ? (same ? " of this model" : " of another model") : "");
+    c->rejoining = i;
+    n->ready = -1;
+    int err = assign(c, i, c->fp);
+    progress_t pg = {.drained = wire_now(), .node_left = to_stream(c, have, i)};
+    uint64_t streamed = pg.node_left;
+    for (size_t p = 0; p < pairs && !err; p++) {
+        if (!holds(c, p, i) || have[(size_t)i * pairs + p]) continue;
+        int l = (int)(p / c->n_expert), e = (int)(p % c->n_expert);
+        const model_layer_t *ly = &c->m->layers[l];
+        err = send_slice(c, i, l, e, WIRE_SHARD_GATE, ly->gate_exps, &pg);
+        if (!err) err = send_slice(c, i, l, e, WIRE_SHARD_UP, ly->up_exps, &pg);
+        if (!err) err = send_slice(c, i, l, e, WIRE_SHARD_DOWN, ly->down_exps, &pg);
+    }
+    if (!err) err = wait_ready(c);
+    c->rejoining = -1;
+    n->ready = n->st.experts; /* what wait_ready expects of a node that is not rejoining */
+    free(have);
+    if (err) return err;
+    snprintf(n->name, sizeof(n->name), "%s", h->name);
+    node_set_up(c, i);
+    LOG_INFO("expert node %d (%s) is back: %d experts, %.2f MiB streamed", i, n->endpoint,
+             n->st.experts, streamed / 1048576.0);
+    return 0;
+}
+
+/* Sends a down node a HELLO without waiting: with ZMQ_IMMEDIATE it only leaves when a
+ * connection is up, which is exactly the probe wanted. */
+static void probe(coord_cluster_t *c, int i)
+{
+    coord__node_t *n = &c->nodes[i];
+    n->probe_at = wire_now();
+    wire_msg_t m;
+    wire_msg_init(&m, WIRE_KIND_HELLO);
+    m.u.hello = our_hello(c);
+    if (coord__node_set_sndtimeo(n, 0) == 0) wire_msg_send(n->sock, &m);
+    else wire_msg_deinit(&m);
+}
+
+void coord_cluster_tend(coord_cluster_t *c)
+{
+    for (int i = 0; i < c->n_nodes; i++) {
+        coord__node_t *n = &c->nodes[i];
+        bool down = coord_cluster_node_down(c, i);
+        /* Bounded per call, like the idle drain it replaces: the socket is non-blocking. */
+        for (int k = 0; k < 256; k++) {
+            wire_msg_t m;
+            int err = wire_msg_recv(n->sock, &c->lim, &m);
+            if (err == -EAGAIN) break;
+            if (err) {
+                LOG_WARN("expert node %d (%s): malformed message: %s", i, n->endpoint,
+                         wire_strerror(err));
+                continue;
+            }
+            if (m.kind == WIRE_KIND_HEARTBEAT) {
+                n->last_heard = wire_now();
+            } else if (m.kind == WIRE_KIND_WELCOME && down) {
+                if (rejoin(c, i, &m.u.hello) == 0) down = false;
+            } else if (m.kind == WIRE_KIND_RESULT || m.kind == WIRE_KIND_ERROR) {
+                coord__node_stale(c, i);
+                LOG_WARN("expert node %d (%s): dropping late %s", i, n->endpoint,
+                         wire_kind_name(m.kind));
+            }
+            wire_msg_deinit(&m);
+        }
+        double now = wire_now();
+        if (!down && c->cfg.heartbeat_ms > 0 && now - n->last_heard > c->cfg.heartbeat_ms / 1e3) {
+            LOG_ERR("expert node %d (%s): nothing heard for %.1f s; marking it down", i,
+                    n->endpoint, now - n->last_heard);
+            coord__node_failed(c, i, "no heartbeat for %.1f s", now - n->last_heard);
+            down = true;
+        }
+        if (down && now - n->probe_at >= PROBE_S) probe(c, i);
+    }
+}
+
+int coord_cluster_missing(const coord_cluster_t *c, char *buf, size_t cap)
+{
+    pthread_mutex_t *mu = (pthread_mutex_t *)&c->st_mu;
+    size_t w = 0;
+    int missing = 0;
+    buf[0] = 0;
+#define PUT(...)                                                                                   \
+    do {                                                                                           \
+        if (w < cap) {                                                                             \
+            int k_ = snprintf(buf + w, cap - w, __VA_ARGS__);                                      \
+            w = k_ < 0 ? cap : w + (size_t)k_;                                                     \
+        }                                                                                          \
+    } while (0)
+    pthread_mutex_lock(mu);
+    for (int i = 0; i < c->n_nodes; i++)
+        if (c->nodes[i].st.down)
+            PUT("%sexpert node %d (%s) down: %s", w ? "; " : "", i, c->nodes[i].endpoint,
+                c->nodes[i].st.failure);
+    /* Calls go to the primary owner only (remote.c), so a pair is missing when its primary is
+     * down, whatever its replicas do. */
+    for (int l = 0; l < c->n_layers; l++) {
+        bool first = true;
+        for (int e = 0; e < c->n_expert; e++) {
+            int o = c->owner[(size_t)l * c->n_expert + e];
+            if (o < 0 || !c->nodes[o].st.down) continue;
+            missing++;
+            if (first) PUT("%slayer %d experts %d", w ? "; " : "", l, e);
+            else PUT(",%d", e);
+            first = false;
+        }
+    }
+    pthread_mutex_unlock(mu);
+#undef PUT
+    if (w >= cap && cap > 4) memcpy(buf + cap - 4, "...", 4);
+    return missing;
+}
+
+/* ---- the guard: remote experts that check the cluster first ---- */
+
+typedef struct {
+    coord_experts_t base;
+    coord_cluster_t *c;
+    coord_experts_t *inner; /* owned */
+    double warned;          /* wire_now() of the last "experts unavailable" log line */
+} guard_t;
+
+static int guard_compute(coord_experts_t *ex, int layer, int n_tok, int k, const float *x,
+                         const int32_t *ids, const float *w, float *out)
+{
+    guard_t *g = (guard_t *)ex;
+    coord_cluster_tend(g->c);
+    bool any_down = false;
+    for (int o = 0; o < g->c->n_nodes && !any_down; o++)
+        any_down = coord_cluster_node_down(g->c, o);
+    for (int i = 0; any_down && i < n_tok * k; i++) {
+        int o = ids[i] >= 0 ? coord_cluster_owner(g->c, layer, ids[i]) : -1;
+        if (o < 0 || !coord_cluster_node_down(g->c, o)) continue;
+        if (wire_now() - g->warned > 1.0) { /* one line a second, not one per request */
+            g->warned = wire_now();
+            char why[512];
+            coord_cluster_missing(g->c, why, sizeof(why));
+            LOG_ERR("layer %d expert %d is on expert node %d, which is down; failing the call "
+                    "(%s)", layer, ids[i], o, why);
+        }
+        return -EHOSTUNREACH;
+    }
+    return g->inner->vt->compute(g->inner, layer, n_tok, k, x, ids, w, out);
+}
+
+static void guard_idle(coord_experts_t *ex)
+{
+    guard_t *g = (guard_t *)ex;
+    coord_cluster_tend(g->c);
+    if (g->inner->vt->idle) g->inner->vt->idle(g->inner);
+}
+
+static void guard_free(coord_experts_t *ex)
+{
+    guard_t *g = (guard_t *)ex;
+    coord_experts_free(g->inner);
+    free(g);
+}
+
+static const coord_experts_vt_t guard_vt = {guard_compute, guard_free, guard_idle};
+
+coord_experts_t *coord_cluster_guard_new(coord_cluster_t *c, coord_experts_t *inner)
+{
+    CHECK(c && inner);
+    guard_t *g = xcalloc(1, sizeof(*g));
+    g->base.vt = &guard_vt;
+    g->c = c;
+    g->inner = inner;
+    return &g->base;
 }

@@ -17,6 +17,8 @@ typedef struct {
     coord_node_stats_t st;    /* endpoint and name point into this struct; written by the
                                  cluster's thread, after start-up under the cluster's st_mu */
     int64_t ready;            /* start-up: n_experts of the node's READY, -1 until it came */
+    double last_heard;        /* wire_now() of its last HEARTBEAT or RESULT (liveness) */
+    double probe_at;          /* wire_now() of the last HELLO sent to it while down */
 } coord__node_t;
 
 struct coord_cluster {
@@ -34,6 +36,9 @@ struct coord_cluster {
                                  first; -1 for layers without routed experts */
     uint64_t next_request;    /* request ids start at 1; 0 means "not about a request" */
     pthread_mutex_t st_mu;    /* guards every node's st against readers on other threads */
+    bool started;             /* start-up is over: stray messages are no longer fatal */
+    int rejoining;            /* node being brought back by coord_cluster_tend, -1 none */
+    char fp[64];              /* model_fingerprint of m */
 };
 
 /* Counter updates from the FORWARD/RESULT path (cluster's thread), under st_mu. */

@@ -90,6 +90,9 @@ typedef struct {
      * its socket is read again, so the node's READY is already waiting there (as when the
      * coordinator's thread is preempted at that point); 0 (the default) never sleeps. */
     int test_stall_ms;
+    /* After start-up, a node silent this long (no HEARTBEAT, sent every second, nor RESULT) is
+     * marked down (default 3000; 0: never by silence). */
+    int heartbeat_ms;
 } coord_cluster_config_t;
 
 /* Zero nodes, f32, one replica, 10 s deadlines, progress on, no test hooks. */
@@ -115,6 +118,29 @@ int coord_cluster_replicas(const coord_cluster_t *c);
  * NULL when layer l has no routed experts / out of range. Borrowed; valid until
  * coord_cluster_free. */
 const int *coord_cluster_owners(const coord_cluster_t *c, int layer, int expert);
+
+/* Liveness and rejoining after start-up; cluster's thread, never while a call is in flight
+ * (the remote experts' idle hook and the start of each call are the places). Reads every
+ * node's socket without blocking: HEARTBEATs refresh a node's liveness, late answers are
+ * counted stale. A node silent for heartbeat_ms is marked down. A down node gets a HELLO about
+ * once a second; when it answers (restarted, replaced on the same address, or back from a
+ * stall) it is given its pairs again — ASSIGN, SHARD_CHUNKs for what it lacks (nothing when
+ * it kept them for this file), READY — and is up again. That blocks this thread while it
+ * streams, bounded by timeout_ms without progress; a failure leaves the node down for the
+ * next try. */
+void coord_cluster_tend(coord_cluster_t *c);
+/* True when node i is marked down. Any thread. */
+bool coord_cluster_node_down(const coord_cluster_t *c, int node);
+/* Routed experts that cannot be computed now because the node calls go to (the primary owner)
+ * is down. Writes a one-line description naming the down nodes and the experts ("layer L:
+ * e,e,..", cut short with "..." to fit cap) into buf (cap > 0) and returns how many pairs are
+ * missing; 0 (buf "") when none. Any thread. */
+int coord_cluster_missing(const coord_cluster_t *c, char *buf, size_t cap);
+/* Wraps the remote experts inner (taking it over) so that every call first runs
+ * coord_cluster_tend and then fails at once with -EHOSTUNREACH, before anything is sent, when
+ * a selected expert's node is down (instead of waiting for a send or result deadline); idle
+ * runs coord_cluster_tend, then inner's idle. c is borrowed and must outlive the result. */
+coord_experts_t *coord_cluster_guard_new(coord_cluster_t *c, coord_experts_t *inner);
 
 /* Upper bounds (seconds) of the per-node RTT histogram's buckets. */
 #define COORD_RTT_BUCKETS 14

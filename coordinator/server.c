@@ -100,7 +100,10 @@ static void load(void *arg)
                      "cannot start the expert nodes (reason logged above)");
             goto out;
         }
-        s->ex = coord_experts_remote_new(s->cluster, p->n_batch);
+        /* The guard tends the nodes (heartbeats, rejoining) and fails calls to a down node
+         * at once instead of at a deadline. */
+        s->ex = coord_cluster_guard_new(s->cluster,
+                                        coord_experts_remote_new(s->cluster, p->n_batch));
     } else if (s->m->hp.n_expert > 0) {
         s->ex = coord_experts_local_new(s->m, s->pool, p->n_batch);
     }

@@ -425,7 +425,9 @@ static inline __attribute__((always_inline)) void dotn_q6_k(int64_t n, const voi
             const __m256i l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
             const __m256i h = _mm256_loadu_si256((const __m256i *)qh);
             /* Scales 8*half .. 8*half+7 in both 128-bit halves, for in-lane shuffles. */
-            const __m256i sch = _mm256_permute4x64_epi64(sc16, half ? 0xEE : 0x44);
+            /* Two calls with literal masks: clang wants an integer constant expression. */
+            const __m256i sch = half ? _mm256_permute4x64_epi64(sc16, 0xEE)
+                                     : _mm256_permute4x64_epi64(sc16, 0x44);
 #pragma GCC unroll 4
             for (int k = 0; k < 4; k++) {
                 const __m256i lo = k & 1 ? l1 : l0;

@@ -8,6 +8,9 @@
  * backend. kern__isa is written only by kern_set_isa and the load-time constructor below.
  */
 #include <string.h>
+#if defined(__clang__)
+#include <cpuid.h>
+#endif
 
 #include "kernels/kern-int.h"
 #include "wire/wire.h"
@@ -128,12 +131,23 @@ uint16_t kern_fp32_to_bf16(float f)
 
 kern_isa_t kern__isa = KERN_ISA_SCALAR;
 
+/* clang (14) has no "f16c" for __builtin_cpu_supports; CPUID leaf 1 says it (ECX bit 29). */
+static bool has_f16c(void)
+{
+#if defined(__clang__)
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+#else
+    return __builtin_cpu_supports("f16c");
+#endif
+}
+
 kern_isa_t kern_isa_best(void)
 {
     /* Needed when called from a constructor that may run before libgcc's own. */
     __builtin_cpu_init();
     if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-          __builtin_cpu_supports("f16c")))
+          has_f16c()))
         return KERN_ISA_SCALAR;
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&

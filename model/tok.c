@@ -606,7 +606,9 @@ int64_t model_tok_encode(const model_tok_t *t, const char *text, size_t len, boo
     free(fr.v);
 
     int64_t n = out.n;
-    if (rc == 0 && cap > 0) memcpy(ids, out.v, (size_t)(n < cap ? n : cap) * sizeof(*ids));
+    /* out.v is NULL when nothing was produced, and memcpy's arguments must never be. */
+    if (rc == 0 && cap > 0 && n > 0)
+        memcpy(ids, out.v, (size_t)(n < cap ? n : cap) * sizeof(*ids));
     free(out.v);
     return rc ? rc : n;
 }
