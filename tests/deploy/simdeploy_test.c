@@ -154,11 +154,10 @@ Test(simdeploy, chat_completion_from_manifest_env, .timeout = 1260)
     simulate("");
 }
 
-/* Disabled until the coordinator places a shard again on a node that comes back (issue 9,
- * branch reliab): today the restarted pod is reconnected at its new address (ZeroMQ resolves
- * the name again) but gets no ASSIGN, answers "FORWARD before ASSIGN", and /health stays 503.
- * Enable it (drop .disabled) when that lands; it is the issue's "restart gets its shard back". */
-Test(simdeploy, expert_pod_restart_gets_its_shard_back, .timeout = 1260, .disabled = true)
+/* The issue's "restart gets its shard back": the restarted pod comes up at a new address
+ * under the same name; the coordinator's liveness loop sees it answer HELLO again and
+ * re-assigns (and re-streams) its experts, and /health returns to 200. */
+Test(simdeploy, expert_pod_restart_gets_its_shard_back, .timeout = 1260)
 {
     simulate("restart");
 }
