@@ -264,7 +264,8 @@ typedef struct {
     int n_layers, n_embd, n_head, n_head_kv;
     int head_dim;       /* 0: n_embd / n_head */
     int n_expert, n_expert_used, expert_ff;
-    int shared_ff;      /* qwen2moe's shared expert width (required there, refused elsewhere) */
+    int shared_ff;      /* shared expert width: qwen2moe (required), deepseek2 / glm4moe
+                           (n_shared * expert_ff when 0 and n_shared > 0) */
     int n_vocab;        /* >= 256 bytes + the architecture's special tokens */
     kern_type_t type;   /* type of every matrix; norms, biases and routers are F32 */
     uint64_t seed;
@@ -327,6 +328,8 @@ typedef enum {
     MODEL_ARCH_QWEN2MOE,
     MODEL_ARCH_QWEN3MOE,
     MODEL_ARCH_OLMOE,
+    MODEL_ARCH_DEEPSEEK2,   /* DeepSeek-V2/V2-Lite/V3/R1, Kimi K2: MLA, shared experts */
+    MODEL_ARCH_GLM4MOE,     /* GLM-4.5 / 4.5-Air: partial RoPE, sigmoid grouped router */
     MODEL_ARCH_COUNT
 } model_arch_t;
 
@@ -353,7 +356,34 @@ typedef struct {
     float rms_eps;
     bool expert_norm;       /* renormalise the top-k gate weights to sum 1 */
     int qk_norm;            /* 0 none, 1 per head (qwen3moe), 2 over all heads (olmoe) */
+
+    /* Router variants (every MoE architecture; the defaults reproduce the ones above). */
+    int gating;             /* MODEL_GATING_SOFTMAX (default) or MODEL_GATING_SIGMOID */
+    float expert_scale;     /* routed weights multiplied by this after normalisation (1) */
+    int n_expert_groups;    /* > 1: group-limited top-k over this many equal groups */
+    int n_group_used;       /* groups kept per token (1..n_expert_groups) */
+    int n_layer_dense_lead; /* the first layers have a dense FFN instead of experts */
+    int n_expert_shared;    /* shared experts folded into the *_shexp FFN (0: none) */
+
+    /* Multi-head latent attention (deepseek2); kv_lora_rank == 0 for every other arch. The
+     * cache holds kv_lora_rank + n_rot values per token and layer: the normalised latent and
+     * the one rotated key part all heads share. */
+    int kv_lora_rank;
+    int q_lora_rank;        /* 0: q = attn_q x; else attn_q_b(norm(attn_q_a x)) */
+    int mla_head_k;         /* per-head q/k size after decompression: nope + n_rot */
+    int mla_head_v;         /* per-head value size after decompression */
+
+    /* YaRN RoPE (rope.scaling.type "yarn"), as ggml's rope applies it; rope_yarn false for
+     * plain or linear RoPE. */
+    bool rope_yarn;
+    int n_ctx_orig;         /* rope.scaling.original_context_length */
+    float yarn_ext_factor;  /* ramp mix weight (1 with YaRN) */
+    float yarn_attn_factor; /* magnitude of the rotated part (1 unless the file says) */
+    float yarn_beta_fast, yarn_beta_slow;
+    float yarn_log_mul;     /* rope.scaling.yarn_log_multiplier: deepseek2's kq mscale */
 } model_hparams_t;
+
+enum { MODEL_GATING_SOFTMAX = 1, MODEL_GATING_SIGMOID = 2 };
 
 /* One layer's tensors; NULL where the architecture or layer has none. */
 typedef struct {
@@ -364,6 +394,12 @@ typedef struct {
     const model_tensor_t *gate_exps, *up_exps, *down_exps;      /* (.., .., n_expert) */
     const model_tensor_t *gate_inp_shexp;                       /* shared expert gate (n_embd) */
     const model_tensor_t *gate_shexp, *up_shexp, *down_shexp;
+    const model_tensor_t *exp_probs_b;   /* (n_expert) F32 selection bias, or NULL */
+    /* multi-head latent attention (deepseek2); wq is NULL when q is low-rank */
+    const model_tensor_t *wq_a, *q_a_norm, *wq_b;   /* (n_embd, q_lora), (q_lora), (q_lora, H*k) */
+    const model_tensor_t *wkv_a_mqa, *kv_a_norm;    /* (n_embd, kv_lora + n_rot), (kv_lora) */
+    const model_tensor_t *wk_b;                     /* (nope, kv_lora, H): q_nope -> latent */
+    const model_tensor_t *wv_b;                     /* (kv_lora, v, H): latent -> head output */
 } model_layer_t;
 
 typedef struct {
