@@ -226,8 +226,8 @@ static int read_router(loader_t *L, model_hparams_t *hp)
     }
     snprintf(key, sizeof(key), "%s.expert_weights_norm", L->arch);
     if (model_gguf_get_bool(L->g, key, &b)) hp->expert_norm = b;
-    else if (hp->arch == MODEL_ARCH_DEEPSEEK2) hp->expert_norm = false;
-    else if (hp->arch == MODEL_ARCH_GLM4MOE) hp->expert_norm = true;
+    else if (hp->arch == MODEL_ARCH_DEEPSEEK2 || hp->arch == MODEL_ARCH_GLM4MOE)
+        hp->expert_norm = false; /* llama.cpp's default when the key is absent */
     if (get_float(L, "expert_weights_scale", &hp->expert_scale) &&
         !(hp->expert_scale > 0.0f && hp->expert_scale < 1e4f)) {
         LOG_ERR("%s: %s.expert_weights_scale = %g is out of range", L->path, L->arch,
@@ -289,6 +289,16 @@ static int read_mla(loader_t *L, model_hparams_t *hp)
 static int read_glm4moe(loader_t *L, model_hparams_t *hp)
 {
     int64_t v;
+    char key[160];
+    snprintf(key, sizeof(key), "%s.rope.dimension_sections", L->arch);
+    const model_gguf_value_t *sec = model_gguf_get_arr(L->g, key, -1);
+    for (uint64_t i = 0; sec && i < sec->arr.n; i++) {
+        int64_t x;
+        if (model_gguf_value_int(&sec->arr.v[i], &x) && x != 0) {
+            LOG_ERR("%s: multimodal RoPE sections (%s) are not supported", L->path, key);
+            return MODEL_E_ARCH;
+        }
+    }
     if (get_int(L, "nextn_predict_layers", &v, false)) {
         if (v >= hp->n_layer) {
             LOG_ERR("%s: nextn_predict_layers %lld leaves no layers of %d", L->path,
@@ -435,7 +445,11 @@ static int bind_layer(loader_t *L, model_hparams_t *hp, int il, model_layer_t *l
         ly->k_norm = bind_l(L, il, "attn_k_norm.weight", true, kv, 1, 0, true);
     }
 ffn:
-    ly->ffn_norm = bind_l(L, il, "ffn_norm.weight", true, E, 1, 0, true);
+    /* GLM-4.5 names its pre-FFN norm after the attention ("post_attention_norm"). */
+    ly->ffn_norm = bind_l(L, il,
+                          hp->arch == MODEL_ARCH_GLM4MOE ? "post_attention_norm.weight"
+                                                         : "ffn_norm.weight",
+                          true, E, 1, 0, true);
     if (L->err) return L->err;
 
     char name[96];
@@ -462,7 +476,7 @@ ffn:
     ly->down_exps = bind_l(L, il, "ffn_down_exps.weight", true, hp->n_ff_exp, E, hp->n_expert,
                            false);
     snprintf(name, sizeof(name), "blk.%d.exp_probs_b.bias", il);
-    ly->exp_probs_b = bind(L, name, false, hp->n_expert, 1, 0, true);
+    ly->exp_probs_b = bind(L, name, hp->arch == MODEL_ARCH_GLM4MOE, hp->n_expert, 1, 0, true);
     bool shexp = hp->arch == MODEL_ARCH_QWEN2MOE || hp->n_expert_shared > 0;
     ly->gate_shexp = bind_l(L, il, "ffn_gate_shexp.weight", shexp, E, hp->n_ff_shexp, 0, false);
     if (ly->gate_shexp) {
