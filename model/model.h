@@ -272,6 +272,21 @@ typedef struct {
     int64_t n_ctx;      /* <arch>.context_length; 0: 4096 */
     int n_threads;      /* threads generating and quantizing rows (0 or 1: the caller's only);
                            the bytes do not depend on it */
+    /* deepseek2 and glm4moe only (must stay zero for the other architectures) */
+    int n_dense_lead;   /* leading blocks with a dense FFN of width dense_ff */
+    int dense_ff;       /* dense FFN width (0: 4 * expert_ff) */
+    int n_shared;       /* shared experts: one SwiGLU FFN of n_shared * expert_ff (shared_ff) */
+    float expert_scale; /* expert_weights_scale (0: not written, i.e. 1) */
+    bool expert_norm;   /* expert_weights_norm */
+    int gating;         /* MODEL_GATING_*; 0: softmax for deepseek2, sigmoid for glm4moe.
+                           Sigmoid models get an exp_probs_b selection bias. */
+    int n_groups, n_group_used; /* group-limited routing (0: one group) */
+    int rope_dim;       /* rotated dims per head (0: head_dim / 2); deepseek2's decoupled part */
+    int kv_lora_rank;   /* deepseek2: latent size (required) */
+    int q_lora_rank;    /* deepseek2: 0 = attn_q, else attn_q_a/attn_q_a_norm/attn_q_b */
+    int v_head_dim;     /* deepseek2: value head size (0: head_dim - rope_dim) */
+    float yarn_factor;  /* > 1: YaRN RoPE scaling, original context n_ctx / factor */
+    float yarn_log_mul; /* deepseek2's rope.scaling.yarn_log_multiplier */
 } model_gen_params_t;
 
 /* The matrix type named "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k",
