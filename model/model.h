@@ -214,7 +214,10 @@ typedef struct {
     int n_expert;             /* routed experts per MoE layer; 0 for a dense model */
     int n_expert_used;        /* top-k */
     int64_t n_ctx;            /* <arch>.context_length (0 when absent) */
-    uint64_t kv_bytes_per_token; /* f16 K and V over all layers */
+    uint64_t kv_bytes_per_token; /* f16 K and V over all layers (MLA: latent + rope part) */
+    int kv_latent;            /* MLA (deepseek2): values cached per token and layer
+                                 (kv_lora_rank + rope dims); 0 for ordinary K/V heads */
+    uint64_t shared_bytes;    /* shared-expert weights (`*_shexp`), part of the non-expert */
     uint64_t total_params, expert_params; /* elements; expert = routed `*_exps` tensors */
     uint64_t active_params;   /* non-expert + expert * n_expert_used / n_expert */
     uint64_t total_bytes, expert_bytes;
