@@ -5,6 +5,10 @@
  * costs no extra memory. Per head, the weighted latent goes through attn_v_b, and the heads'
  * outputs through attn_output.
  *
+ * Files converted before llama.cpp split attn_kv_b into attn_k_b / attn_v_b are absorbed the
+ * same way from attn_kv_b (its key rows read transposed, its value rows as they are): the same
+ * arithmetic as llama.cpp's decompressed path up to rounding, with the small cache.
+ *
  * RoPE rotates adjacent pairs of q_pe and k_pe; with YaRN scaling it follows ggml's rope_yarn
  * and llama.cpp's deepseek2 graph: the rotated parts keep the file's attention factor and the
  * log-multiplier's mscale goes squared into the kq scale.
@@ -33,6 +37,7 @@ struct coord__mla {
     float *tmp_out;         /* (n_batch, max(R, V)) */
     float *lat;             /* (n_batch, H, R) attention output in latent space */
     float *att;             /* (n_batch, H * V) heads' outputs */
+    float *wk;              /* (nope, R) one head's key rows of attn_kv_b as f32 (old files) */
     float *attn_w;          /* (n_threads, kern_attn_work_size(H, n_ctx, row)) */
     size_t attn_w_stride;   /* floats per thread */
     void *work;             /* kern_matmul scratch */
@@ -138,6 +143,7 @@ coord__mla_t *coord__mla_new(const model_t *m, kern_pool_t *pool, int n_slots, i
     a->tmp_out = xmalloc(sizeof(float) * B * max_sz(a->R, a->V));
     a->lat = xmalloc(sizeof(float) * B * H * a->R);
     a->att = xmalloc(sizeof(float) * B * H * a->V);
+    a->wk = xmalloc(sizeof(float) * (size_t)a->nope * a->R);
     int nth = pool ? kern_pool_size(pool) : 1;
     a->attn_w_stride = kern_attn_work_size(a->H, n_ctx, a->row);
     a->attn_w = xmalloc(sizeof(float) * (size_t)nth * a->attn_w_stride);
@@ -145,7 +151,7 @@ coord__mla_t *coord__mla_new(const model_t *m, kern_pool_t *pool, int n_slots, i
     for (int il = 0; il < hp->n_layer; il++) {
         const model_layer_t *ly = &m->layers[il];
         const model_tensor_t *ts[] = {ly->wq, ly->wq_a, ly->wq_b, ly->wkv_a_mqa, ly->wk_b,
-                                      ly->wv_b, ly->wo};
+                                      ly->wv_b, ly->wkv_b, ly->wo};
         for (size_t i = 0; i < sizeof(ts) / sizeof(ts[0]); i++) ws = max_sz(ws, mm_ws(ts[i], n_batch));
     }
     a->work = xmalloc_aligned(64, ws + 64);
@@ -156,18 +162,44 @@ void coord__mla_free(coord__mla_t *a)
 {
     if (!a) return;
     void *bufs[] = {a->cache, a->qa,  a->q,   a->ckv,    a->qm,  a->tmp_in,
-                    a->tmp_out, a->lat, a->att, a->attn_w, a->work};
+                    a->tmp_out, a->lat, a->att, a->wk, a->attn_w, a->work};
     for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++) free(bufs[i]);
     free(a);
+}
+
+/* out (n, rows) = x (n, ne0) @ w^T over rows row0.. of w (all rows of all slices counted). */
+static void mm_rows(coord__mla_t *a, float *out, const model_tensor_t *w, int64_t row0,
+                    int64_t rows, const float *x, int n)
+{
+    const size_t rb = kern_row_bytes(w->type, w->ne[0]);
+    const uint8_t *base = (const uint8_t *)w->data + (size_t)row0 * rb;
+    kern_matmul(a->pool, out, base, rb, w->type, x, n, w->ne[0], rows, a->work);
 }
 
 /* out (n, rows) = x (n, cols) @ w^T for a 2-D weight, or its slice `head` of a 3-D one. */
 static void mm(coord__mla_t *a, float *out, const model_tensor_t *w, int head, const float *x,
                int n)
 {
+    mm_rows(a, out, w, (int64_t)head * w->ne[1], w->ne[1], x, n);
+}
+
+/* Head h of an old file's attn_kv_b: latent[r] = sum_i q_nope[i] * key row i [r], the
+ * transposed product, on the head's nope key rows dequantized to f32. */
+static void absorb_kv_b(coord__mla_t *a, const model_tensor_t *w, int h, int n)
+{
     const size_t rb = kern_row_bytes(w->type, w->ne[0]);
-    const uint8_t *base = (const uint8_t *)w->data + (size_t)head * rb * (size_t)w->ne[1];
-    kern_matmul(a->pool, out, base, rb, w->type, x, n, w->ne[0], w->ne[1], a->work);
+    const uint8_t *base = (const uint8_t *)w->data + (size_t)h * (a->nope + a->V) * rb;
+    for (int i = 0; i < a->nope; i++)
+        kern_dequantize(w->type, base + (size_t)i * rb, a->wk + (size_t)i * a->R, a->R);
+    for (int t = 0; t < n; t++) {
+        const float *qn = a->tmp_in + (size_t)t * a->nope;
+        float *o = a->tmp_out + (size_t)t * a->R;
+        memset(o, 0, sizeof(float) * a->R);
+        for (int i = 0; i < a->nope; i++) {
+            const float *k = a->wk + (size_t)i * a->R;
+            for (int r = 0; r < a->R; r++) o[r] += qn[i] * k[r];
+        }
+    }
 }
 
 static uint8_t *row_at(const coord__mla_t *a, int il, int slot, int pos)
@@ -241,7 +273,10 @@ void coord__mla_forward(coord__mla_t *a, const coord_batch_t *b, int il, const f
         for (int t = 0; t < n; t++)
             memcpy(a->tmp_in + (size_t)t * a->nope, a->q + ((size_t)t * H + h) * K,
                    sizeof(float) * a->nope);
-        mm(a, a->tmp_out, ly->wk_b, h, a->tmp_in, n);
+        if (ly->wk_b)
+            mm(a, a->tmp_out, ly->wk_b, h, a->tmp_in, n);
+        else
+            absorb_kv_b(a, ly->wkv_b, h, n);
         for (int t = 0; t < n; t++)
             memcpy(a->qm + ((size_t)t * H + h) * row, a->tmp_out + (size_t)t * R,
                    sizeof(float) * R);
@@ -253,7 +288,11 @@ void coord__mla_forward(coord__mla_t *a, const coord_batch_t *b, int il, const f
         for (int t = 0; t < n; t++)
             memcpy(a->tmp_in + (size_t)t * R, a->lat + ((size_t)t * H + h) * R,
                    sizeof(float) * R);
-        mm(a, a->tmp_out, ly->wv_b, h, a->tmp_in, n);
+        if (ly->wv_b)
+            mm(a, a->tmp_out, ly->wv_b, h, a->tmp_in, n);
+        else /* the value rows follow the head's key rows */
+            mm_rows(a, a->tmp_out, ly->wkv_b, (int64_t)h * (a->nope + a->V) + a->nope, a->V,
+                    a->tmp_in, n);
         for (int t = 0; t < n; t++)
             memcpy(a->att + ((size_t)t * H + h) * a->V, a->tmp_out + (size_t)t * a->V,
                    sizeof(float) * a->V);

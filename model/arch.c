@@ -400,14 +400,14 @@ static int bind_mla(loader_t *L, const model_hparams_t *hp, int il, model_layer_
     char name[96];
     snprintf(name, sizeof(name), "blk.%d.attn_k_b.weight", il);
     if (!model_gguf_find_tensor(L->g, name)) {
-        snprintf(name, sizeof(name), "blk.%d.attn_kv_b.weight", il);
-        LOG_ERR("%s: %s without attn_k_b/attn_v_b: this file predates llama.cpp's MLA "
-                "conversion (2025-04); convert it again with a current convert_hf_to_gguf.py",
-                L->path, model_gguf_find_tensor(L->g, name) ? name : "layer");
-        return L->err = MODEL_E_ARCH;
+        /* Older conversions keep the joint decompression matrix; mla.c absorbs it the same
+         * way, reading its key rows transposed. */
+        ly->wkv_b = bind_l(L, il, "attn_kv_b.weight", true, R, H * (nope + hp->mla_head_v), 0,
+                           false);
+    } else {
+        ly->wk_b = bind_l(L, il, "attn_k_b.weight", true, nope, R, H, false);
+        ly->wv_b = bind_l(L, il, "attn_v_b.weight", true, R, hp->mla_head_v, H, false);
     }
-    ly->wk_b = bind_l(L, il, "attn_k_b.weight", true, nope, R, H, false);
-    ly->wv_b = bind_l(L, il, "attn_v_b.weight", true, R, hp->mla_head_v, H, false);
     ly->wo = bind_l(L, il, "attn_output.weight", true, H * hp->mla_head_v, E, 0, false);
     return L->err;
 }

@@ -418,6 +418,9 @@ typedef struct {
     const model_tensor_t *wkv_a_mqa, *kv_a_norm;    /* (n_embd, kv_lora + n_rot), (kv_lora) */
     const model_tensor_t *wk_b;                     /* (nope, kv_lora, H): q_nope -> latent */
     const model_tensor_t *wv_b;                     /* (kv_lora, v, H): latent -> head output */
+    const model_tensor_t *wkv_b; /* files converted before llama.cpp split it (2025): (kv_lora,
+                                    H * (nope + v)), per head nope key rows then v value rows;
+                                    wk_b and wv_b are NULL then */
 } model_layer_t;
 
 typedef struct {

@@ -237,14 +237,21 @@ static void naive_attention(const model_t *m, int il, const double *x, int T, do
             for (int h = 0; h < H; h++) {
                 rope(hp, qt + h * K + nope, rot, t, false);
                 /* k_nope[i] = sum_r k_b[h][r][i] latent[r]; v[c] = sum_r v_b[h][c][r] latent[r] */
-                const float *kb = F(ly->wk_b) + (size_t)h * R * nope;
-                for (int i = 0; i < nope; i++) {
-                    double s = 0;
-                    for (int r = 0; r < R; r++) s += (double)kb[(size_t)r * nope + i] * lat[r];
-                    kt[h * K + i] = s;
+                if (ly->wk_b) {
+                    const float *kb = F(ly->wk_b) + (size_t)h * R * nope;
+                    for (int i = 0; i < nope; i++) {
+                        double s = 0;
+                        for (int r = 0; r < R; r++)
+                            s += (double)kb[(size_t)r * nope + i] * lat[r];
+                        kt[h * K + i] = s;
+                    }
+                    matvec(vt + h * V, F(ly->wv_b) + (size_t)h * V * R, V, R, lat);
+                } else { /* old files: [k_nope; v] = attn_kv_b latent, per head */
+                    const float *kvb = F(ly->wkv_b) + (size_t)h * (nope + V) * R;
+                    matvec(kt + h * K, kvb, nope, R, lat);
+                    matvec(vt + h * V, kvb + (size_t)nope * R, V, R, lat);
                 }
                 memcpy(kt + h * K + nope, c + R, sizeof(double) * rot);
-                matvec(vt + h * V, F(ly->wv_b) + (size_t)h * V * R, V, R, lat);
             }
             if (hp->rope_yarn) {
                 double ms = hp->yarn_attn_factor *
@@ -423,7 +430,62 @@ static void fixed_ids(int32_t *ids, int n, int V)
     }
 }
 
-TestSuite(families, .fini = rm_tmp);
+static char old_path[128];
+
+static void rm_tmp_all(void)
+{
+    rm_tmp();
+    if (old_path[0]) unlink(old_path);
+    old_path[0] = 0;
+}
+
+TestSuite(families, .fini = rm_tmp_all);
+
+/* Rewrites the F32 deepseek2 model m as llama.cpp's converter wrote DeepSeek files before the
+ * attn_k_b / attn_v_b split: attn_kv_b with, per head, the nope key rows (k_b transposed) then
+ * the value rows; key/value lengths of the decompressed heads, one kv head per head. */
+static void write_old_format(const model_t *m, const char *path)
+{
+    const model_hparams_t *hp = &m->hp;
+    const int H = hp->n_head, R = hp->kv_lora_rank, nope = hp->mla_head_k - hp->n_rot;
+    const int V = hp->mla_head_v;
+    const model_gguf_t *g = m->gguf;
+    model_gguf_writer_t *w = model_gguf_writer_new();
+    for (int i = 0; i < model_gguf_kv_count(g); i++) {
+        const model_gguf_kv_t *kv = model_gguf_kv(g, i);
+        if (strstr(kv->key, "_mla")) continue;
+        model_gguf_writer_set_value(w, kv->key, &kv->val);
+    }
+    model_gguf_writer_set_u32(w, "deepseek2.attention.head_count_kv", (uint32_t)H);
+    model_gguf_writer_set_u32(w, "deepseek2.attention.key_length", (uint32_t)hp->mla_head_k);
+    model_gguf_writer_set_u32(w, "deepseek2.attention.value_length", (uint32_t)V);
+    float *kvb = malloc(sizeof(float) * (size_t)H * (nope + V) * R);
+    for (int i = 0; i < model_gguf_tensor_count(g); i++) {
+        const model_tensor_t *t = model_gguf_tensor(g, i);
+        if (strstr(t->name, "attn_v_b")) continue;
+        if (!strstr(t->name, "attn_k_b")) {
+            cr_assert_geq(model_gguf_writer_add_tensor_data(w, t->name, t->type, t->n_dims,
+                                                            t->ne, t->data), 0);
+            continue;
+        }
+        const int l = atoi(t->name + 4);
+        const float *kb = F(m->layers[l].wk_b), *vb = F(m->layers[l].wv_b);
+        for (int h = 0; h < H; h++) {
+            float *dst = kvb + (size_t)h * (nope + V) * R;
+            for (int i = 0; i < nope; i++)
+                for (int r = 0; r < R; r++)
+                    dst[(size_t)i * R + r] = kb[((size_t)h * R + r) * nope + i];
+            memcpy(dst + (size_t)nope * R, vb + (size_t)h * V * R, sizeof(float) * V * R);
+        }
+        char name[64];
+        snprintf(name, sizeof(name), "blk.%d.attn_kv_b.weight", l);
+        int64_t ne[2] = {R, (int64_t)H * (nope + V)};
+        cr_assert_geq(model_gguf_writer_add_tensor_data(w, name, KERN_F32, 2, ne, kvb), 0);
+    }
+    free(kvb);
+    cr_assert_eq(model_gguf_writer_write(w, path, NULL, NULL), 0);
+    model_gguf_writer_free(w);
+}
 
 /* ---------------------------------------------------------------- router */
 
@@ -545,6 +607,46 @@ Test(families, deepseek2_v2_lite_style_matches_naive_reference, .timeout = 120)
     p.yarn_factor = 0;
     p.n_shared = 2;
     check_naive(&p, false, 1e-4);
+}
+
+Test(families, deepseek2_old_attn_kv_b_files, .timeout = 120)
+{
+    /* The same weights in the pre-split layout give the same logits, and the naive
+     * (decompressing) reference agrees. */
+    model_gen_params_t p = v3_params();
+    model_t *m = gen_load(&p);
+    snprintf(old_path, sizeof(old_path), "/tmp/moemesh-families-old-%d.gguf", (int)getpid());
+    write_old_format(m, old_path);
+    model_t *o = NULL;
+    cr_assert_eq(model_load(old_path, &o), 0);
+    cr_assert_null(o->layers[0].wk_b);
+    cr_assert_not_null(o->layers[0].wkv_b);
+    cr_assert_eq(o->hp.mla_head_k, 48);
+    cr_assert_eq(o->hp.mla_head_v, 32);
+    const int T = 20, V = m->hp.n_vocab;
+    int32_t ids[MAX_TOK], g1[MAX_TOK], g2[MAX_TOK];
+    fixed_ids(ids, T, V);
+    float *a = malloc(sizeof(float) * T * V), *b = malloc(sizeof(float) * T * V);
+    double *ref = malloc(sizeof(double) * T * V);
+    kern_pool_t *pool = kern_pool_new(2);
+    coord_experts_t *ea = coord_experts_local_new(m, pool, T);
+    coord_experts_t *eb = coord_experts_local_new(o, pool, T);
+    run_engine(m, ea, pool, false, ids, T, 8, a, g1);
+    run_engine(o, eb, pool, false, ids, T, 8, b, g2);
+    naive_forward(o, ids, T, ref);
+    double w_old = worst_err(ref, b, T, V);
+    for (int i = 0; i < T * V; i++) ref[i] = a[i];
+    double w_same = worst_err(ref, b, T, V);
+    cr_log_info("old attn_kv_b layout: %.3g sd from the split one, %.3g from naive", w_same,
+                w_old);
+    cr_expect_leq(w_same, 1e-4);
+    cr_expect_leq(w_old, 1e-4);
+    for (int i = 0; i < T - 8; i++) cr_expect_eq(g1[i], g2[i]);
+    coord_experts_free(ea), coord_experts_free(eb);
+    kern_pool_free(pool);
+    free(a), free(b), free(ref);
+    model_free(o);
+    model_free(m);
 }
 
 Test(families, glm4moe_matches_naive_reference, .timeout = 120)

@@ -208,7 +208,7 @@ Test(model_families, refusals)
         {.key = "deepseek2.attention.kv_lora_rank", .v = 48}, /* shapes disagree */
         {.key = "deepseek2.attention.key_length_mla", .v = 16}, /* no nope part */
         {.key = "deepseek2.rope.scaling.type", .s = "longrope"},
-        {.drop = "attn_k_b", .add_kv_b = true},                /* pre-MLA conversion */
+        {.drop = "attn_k_b", .add_kv_b = true},                /* attn_kv_b of wrong rows */
         {.drop = "attn_q_a_norm"},
         {.drop = "ffn_gate_inp"},
         {.drop = "shexp"},
