@@ -99,9 +99,9 @@ coord_engine_t *coord_engine_new(const model_t *m, coord_experts_t *ex, kern_poo
     e->q_dim = hp->n_head * hp->head_dim;
     e->o_dim = hp->n_head * hp->head_dim_v;
     e->kv_elt = P.kv_f16 ? 2 : 4;
-    if (hp->kv_lora_rank > 0) { /* MLA keeps its own, much smaller, cache */
+    if (hp->kv_lora_rank > 0) { /* MLA keeps its own, much smaller, cache and scratch */
         e->mla = coord__mla_new(m, pool, P.n_slots, P.n_ctx, P.n_batch, P.kv_f16);
-        e->kv_dim = e->kv_dim_v = 0;
+        e->kv_dim = e->kv_dim_v = e->q_dim = e->o_dim = 0;
     }
     size_t cells = (size_t)hp->n_layer * P.n_slots * P.n_ctx;
     e->k_cache = xcalloc(cells, e->kv_elt * e->kv_dim);
