@@ -206,8 +206,8 @@ static int read_rope_scaling(loader_t *L, model_hparams_t *hp)
     return 0;
 }
 
-/* Router variants every MoE architecture may carry in its metadata, with llama.cpp's defaults:
- * softmax, no scale, no groups. deepseek2 and glm4moe name theirs explicitly. */
+/* Router variants of deepseek2 and glm4moe, with llama.cpp's defaults for absent keys; the other
+ * architectures keep softmax, no scale, no groups. */
 static int read_router(loader_t *L, model_hparams_t *hp)
 {
     int64_t v;
@@ -215,6 +215,10 @@ static int read_router(loader_t *L, model_hparams_t *hp)
     char key[160];
     hp->gating = MODEL_GATING_SOFTMAX;
     hp->expert_scale = 1.0f;
+    hp->n_expert_groups = 1;
+    hp->n_group_used = 1;
+    /* llama.cpp reads these keys only for the architectures that define them. */
+    if (hp->arch != MODEL_ARCH_DEEPSEEK2 && hp->arch != MODEL_ARCH_GLM4MOE) return 0;
     if (hp->arch == MODEL_ARCH_GLM4MOE) hp->gating = MODEL_GATING_SIGMOID;
     if (get_int(L, "expert_gating_func", &v, false)) {
         if (v != MODEL_GATING_SOFTMAX && v != MODEL_GATING_SIGMOID) {
@@ -236,8 +240,6 @@ static int read_router(loader_t *L, model_hparams_t *hp)
     }
     if (get_int(L, "leading_dense_block_count", &v, false)) hp->n_layer_dense_lead = (int)v;
     if (get_int(L, "expert_shared_count", &v, false)) hp->n_expert_shared = (int)v;
-    hp->n_expert_groups = 1;
-    hp->n_group_used = 1;
     if (get_int(L, "expert_group_count", &v, false) && v > 0) hp->n_expert_groups = (int)v;
     if (get_int(L, "expert_group_used_count", &v, false) && v > 0) hp->n_group_used = (int)v;
     if (L->err) return L->err;

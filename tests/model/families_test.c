@@ -29,6 +29,19 @@ static void setup(void)
 
 TestSuite(model_families, .init = setup, .fini = cleanup);
 
+/* Copies src to dst with key set to an integer (or removed when v < 0), or with string key
+ * set when s is given; tensors whose name contains drop are left out. */
+struct edit {
+    const char *key;
+    int64_t v;
+    const char *s;
+    const char *drop;
+    bool add_kv_b; /* adds blk.N.attn_kv_b for every layer (old conversions) */
+};
+typedef struct edit edit_t;
+static void rewrite(const edit_t *e);
+static int load_dst(void);
+
 static model_gen_params_t v3(void)
 {
     model_gen_params_t p = {.arch = "deepseek2", .n_layers = 4, .n_embd = 64, .n_head = 4,
@@ -142,17 +155,21 @@ Test(model_families, glm4moe_hparams_and_nextn_layers)
     cr_assert_not_null(m->layers[0].bq);
     cr_assert_not_null(m->layers[2].exp_probs_b);
     model_free(m);
+    /* GLM-4.5 files end with multi-token-prediction blocks llama.cpp does not run. */
+    const edit_t e = {.key = "glm4moe.nextn_predict_layers", .v = 1};
+    rewrite(&e);
+    cr_assert_eq(model_load(dst, &m), 0);
+    cr_assert_eq(m->hp.n_layer, 2);
+    model_free(m);
+    const edit_t all = {.key = "glm4moe.nextn_predict_layers", .v = 3};
+    rewrite(&all);
+    cr_assert_eq(load_dst(), MODEL_E_ARCH);
+    const edit_t sig = {.key = "glm4moe.expert_gating_func", .v = -1}; /* absent: sigmoid */
+    rewrite(&sig);
+    cr_assert_eq(model_load(dst, &m), 0);
+    cr_assert_eq(m->hp.gating, MODEL_GATING_SIGMOID);
+    model_free(m);
 }
-
-/* Copies src to dst with key set to an integer (or removed when v < 0), or with string key
- * set when s is given; tensors whose name contains drop are left out. */
-typedef struct {
-    const char *key;
-    int64_t v;
-    const char *s;
-    const char *drop;
-    bool add_kv_b; /* adds blk.N.attn_kv_b for every layer (old conversions) */
-} edit_t;
 
 static void rewrite(const edit_t *e)
 {
