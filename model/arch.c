@@ -6,6 +6,7 @@
 #include "model/model.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -189,15 +190,21 @@ static int read_rope_scaling(loader_t *L, model_hparams_t *hp)
     hp->yarn_beta_fast = 32.0f;
     hp->yarn_beta_slow = 1.0f;
     get_float(L, "rope.scaling.yarn_ext_factor", &hp->yarn_ext_factor);
-    if (!get_float(L, "rope.scaling.yarn_attn_factor", &hp->yarn_attn_factor))
-        get_float(L, "rope.scaling.attn_factor", &hp->yarn_attn_factor);
     get_float(L, "rope.scaling.yarn_beta_fast", &hp->yarn_beta_fast);
     get_float(L, "rope.scaling.yarn_beta_slow", &hp->yarn_beta_slow);
-    get_float(L, "rope.scaling.yarn_log_multiplier", &hp->yarn_log_mul);
+    /* llama.cpp's converter stores 0.1 * mscale_all_dim and its loader divides the 0.1 back
+     * out; with a multiplier the rotated part keeps magnitude 1 (DeepSeek's mscale ratio),
+     * without one ggml's default YaRN magnitude 1 + 0.1 ln(factor) applies. */
+    if (get_float(L, "rope.scaling.yarn_log_multiplier", &hp->yarn_log_mul))
+        hp->yarn_log_mul /= 0.1f;
+    if (hp->yarn_log_mul == 0.0f && hp->rope_scale < 1.0f)
+        hp->yarn_attn_factor = 1.0f + 0.1f * logf(1.0f / hp->rope_scale);
+    if (!get_float(L, "rope.scaling.yarn_attn_factor", &hp->yarn_attn_factor))
+        get_float(L, "rope.scaling.attn_factor", &hp->yarn_attn_factor);
     if (!(hp->yarn_ext_factor >= 0.0f && hp->yarn_ext_factor <= 1.0f) ||
         !(hp->yarn_attn_factor > 0.0f && hp->yarn_attn_factor < 100.0f) ||
         !(hp->yarn_beta_fast > 0.0f && hp->yarn_beta_slow > 0.0f) ||
-        !(hp->yarn_log_mul >= 0.0f && hp->yarn_log_mul < 100.0f)) {
+        !(hp->yarn_log_mul >= 0.0f && hp->yarn_log_mul < 1000.0f)) {
         LOG_ERR("%s: YaRN parameters out of range (ext %g, attn %g, beta %g/%g, log mul %g)",
                 L->path, hp->yarn_ext_factor, hp->yarn_attn_factor, hp->yarn_beta_fast,
                 hp->yarn_beta_slow, hp->yarn_log_mul);

@@ -567,7 +567,8 @@ static void family_metadata(model_gguf_writer_t *w, const model_gen_params_t *p,
         model_gguf_writer_set_u32(w, K("rope.scaling.original_context_length"),
                                   (uint32_t)(ctx / p->yarn_factor));
         if (ds)
-            model_gguf_writer_set_f32(w, K("rope.scaling.yarn_log_multiplier"), p->yarn_log_mul);
+            model_gguf_writer_set_f32(w, K("rope.scaling.yarn_log_multiplier"),
+                                      0.1f * p->yarn_log_mul); /* as the converter does */
     }
 #undef K
 }

@@ -289,7 +289,7 @@ typedef struct {
     int q_lora_rank;    /* deepseek2: 0 = attn_q, else attn_q_a/attn_q_a_norm/attn_q_b */
     int v_head_dim;     /* deepseek2: value head size (0: head_dim - rope_dim) */
     float yarn_factor;  /* > 1: YaRN RoPE scaling, original context n_ctx / factor */
-    float yarn_log_mul; /* deepseek2's rope.scaling.yarn_log_multiplier */
+    float yarn_log_mul; /* deepseek2's mscale_all_dim (written times 0.1, as the converter does) */
 } model_gen_params_t;
 
 /* The matrix type named "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k",
@@ -398,7 +398,8 @@ typedef struct {
     float yarn_ext_factor;  /* ramp mix weight (1 with YaRN) */
     float yarn_attn_factor; /* magnitude of the rotated part (1 unless the file says) */
     float yarn_beta_fast, yarn_beta_slow;
-    float yarn_log_mul;     /* rope.scaling.yarn_log_multiplier: deepseek2's kq mscale */
+    float yarn_log_mul;     /* deepseek2's mscale_all_dim: the file's
+                               rope.scaling.yarn_log_multiplier / 0.1, as llama.cpp reads it */
 } model_hparams_t;
 
 enum { MODEL_GATING_SOFTMAX = 1, MODEL_GATING_SIGMOID = 2 };

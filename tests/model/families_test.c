@@ -90,7 +90,7 @@ Test(model_families, deepseek2_v3_hparams)
     cr_assert(hp->rope_yarn);
     cr_assert_float_eq(hp->rope_scale, 1.0f / 40, 1e-7);
     cr_assert_eq(hp->n_ctx_orig, 8192 / 40);
-    cr_assert_float_eq(hp->yarn_log_mul, 0.707f, 1e-6);
+    cr_assert_float_eq(hp->yarn_log_mul, 0.707f, 1e-5);
     cr_assert_float_eq(hp->yarn_ext_factor, 1.0f, 0);
     cr_assert_float_eq(hp->yarn_beta_fast, 32.0f, 0);
     cr_assert_float_eq(hp->yarn_beta_slow, 1.0f, 0);
@@ -255,4 +255,21 @@ Test(model_families, generator_refusals)
     p = v3();
     p.rope_dim = 48; /* no nope part left */
     cr_assert_eq(model_gen_write(&p, src), -EINVAL);
+}
+
+Test(model_families, yarn_without_log_multiplier)
+{
+    /* No multiplier: ggml's YaRN magnitude 1 + 0.1 ln(factor) on the rotated part. */
+    model_gen_params_t p = v3();
+    p.yarn_log_mul = 0;
+    p.yarn_factor = 16;
+    cr_assert_eq(model_gen_write(&p, src), 0);
+    const edit_t e = {.key = "deepseek2.rope.scaling.yarn_log_multiplier", .v = -1};
+    rewrite(&e);
+    model_t *m = NULL;
+    cr_assert_eq(model_load(dst, &m), 0);
+    cr_assert(m->hp.rope_yarn);
+    cr_assert_float_eq(m->hp.yarn_log_mul, 0.0f, 0);
+    cr_assert_float_eq(m->hp.yarn_attn_factor, 1.0f + 0.1f * logf(16.0f), 1e-6);
+    model_free(m);
 }
