@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "coordinator/mla.h"
 #include "wire/wire.h"
 
 struct coord_engine {
@@ -22,6 +23,7 @@ struct coord_engine {
     coord_experts_t *ex;
     kern_pool_t *pool;
     coord_engine_params_t p;
+    coord__mla_t *mla;      /* deepseek2: attention and its latent cache (mla.c); else NULL */
     int kv_dim, kv_dim_v;   /* n_head_kv * head_dim (_v) */
     int q_dim, o_dim;       /* n_head * head_dim, n_head * head_dim_v */
     size_t kv_elt;          /* bytes per cached value: 4 or 2 */
@@ -97,6 +99,10 @@ coord_engine_t *coord_engine_new(const model_t *m, coord_experts_t *ex, kern_poo
     e->q_dim = hp->n_head * hp->head_dim;
     e->o_dim = hp->n_head * hp->head_dim_v;
     e->kv_elt = P.kv_f16 ? 2 : 4;
+    if (hp->kv_lora_rank > 0) { /* MLA keeps its own, much smaller, cache and scratch */
+        e->mla = coord__mla_new(m, pool, P.n_slots, P.n_ctx, P.n_batch, P.kv_f16);
+        e->kv_dim = e->kv_dim_v = e->q_dim = e->o_dim = 0;
+    }
     size_t cells = (size_t)hp->n_layer * P.n_slots * P.n_ctx;
     e->k_cache = xcalloc(cells, e->kv_elt * e->kv_dim);
     e->v_cache = xcalloc(cells, e->kv_elt * e->kv_dim_v);
@@ -133,6 +139,7 @@ coord_engine_t *coord_engine_new(const model_t *m, coord_experts_t *ex, kern_poo
 void coord_engine_free(coord_engine_t *e)
 {
     if (!e) return;
+    coord__mla_free(e->mla);
     void *bufs[] = {e->k_cache, e->v_cache, e->slot_len, e->x,  e->xn,     e->q,   e->k,
                     e->v,       e->att,     e->att_w,    e->ff, e->h1,     e->h2,  e->router,
                     e->ids,     e->gw,      e->sh,     e->shg,  e->work, (void *)e->expert_tokens};
@@ -237,6 +244,10 @@ static void attention(coord_engine_t *e, const coord_batch_t *b, int il)
     for (int t = 0; t < n; t++)
         kern_rmsnorm(e->xn + (size_t)t * D, e->x + (size_t)t * D, ly->attn_norm->data, D,
                      hp->rms_eps);
+    if (e->mla) {
+        coord__mla_forward(e->mla, b, il, e->xn, e->ff);
+        goto residual;
+    }
     mm(e, e->q, ly->wq, e->xn, n);
     mm(e, e->k, ly->wk, e->xn, n);
     mm(e, e->v, ly->wv, e->xn, n);
@@ -267,6 +278,7 @@ static void attention(coord_engine_t *e, const coord_batch_t *b, int il)
     attn_job_t job = {e, b, il};
     kern_pool_run(e->pool, attn_cb, &job);
     mm(e, e->ff, ly->wo, e->att, n);
+residual:
     for (size_t i = 0; i < (size_t)n * D; i++) e->x[i] += e->ff[i];
 }
 
@@ -298,18 +310,13 @@ static int ffn(coord_engine_t *e, int n, int il)
             int32_t *ids = e->ids + (size_t)t * K;
             float *gw = e->gw + (size_t)t * K;
             int top[256];
-            kern_softmax(p, E);
-            kern_topk(p, E, K, top);
-            float sum = 0.0f;
+            const float *bias = ly->exp_probs_b ? ly->exp_probs_b->data : NULL;
+            coord__router_select(hp, bias, p, top, gw);
             _Atomic uint64_t *cnt = e->expert_tokens + (size_t)il * E;
             for (int j = 0; j < K; j++) {
                 ids[j] = top[j];
-                gw[j] = p[top[j]];
-                sum += gw[j];
                 atomic_fetch_add_explicit(&cnt[top[j]], 1, memory_order_relaxed);
             }
-            if (hp->expert_norm)
-                for (int j = 0; j < K; j++) gw[j] /= sum;
         }
         int err = e->ex->vt->compute(e->ex, il, n, K, e->xn, e->ids, e->gw, e->ff);
         if (err) return err;

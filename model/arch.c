@@ -6,6 +6,7 @@
 #include "model/model.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,10 +14,11 @@
 
 #include "wire/wire.h"
 
-static const char *arch_names[MODEL_ARCH_COUNT] = {"llama", "qwen2moe", "qwen3moe", "olmoe"};
+static const char *arch_names[MODEL_ARCH_COUNT] = {"llama", "qwen2moe", "qwen3moe", "olmoe",
+                                                   "deepseek2", "glm4moe"};
 
 const char *model_arch_name(model_arch_t a) { return a < MODEL_ARCH_COUNT ? arch_names[a] : "?"; }
-const char *model_arch_supported(void) { return "llama (dense or Mixtral), qwen2moe, qwen3moe, olmoe"; }
+const char *model_arch_supported(void) { return "llama (dense or Mixtral), qwen2moe, qwen3moe, olmoe, deepseek2, glm4moe"; }
 
 static void progress(uint64_t done, uint64_t total)
 {
@@ -155,9 +157,171 @@ static const model_tensor_t *bind_l(loader_t *L, int il, const char *what, bool 
     return bind(L, name, required, ne0, ne1, ne2, f32_only);
 }
 
+/* rope.scaling.*: none, linear (a frequency scale) or YaRN with ggml's defaults for what the
+ * file leaves out (extrapolation mix 1, beta_fast 32, beta_slow 1, attention factor 1). */
+static int read_rope_scaling(loader_t *L, model_hparams_t *hp)
+{
+    char key[160];
+    snprintf(key, sizeof(key), "%s.rope.scaling.type", L->arch);
+    const char *scaling = model_gguf_get_str(L->g, key);
+    float factor = 0.0f;
+    bool have = get_float(L, "rope.scaling.factor", &factor) ||
+                get_float(L, "rope.scale_linear", &factor);
+    if (scaling && strcmp(scaling, "none") != 0 && strcmp(scaling, "linear") != 0 &&
+        strcmp(scaling, "yarn") != 0) {
+        LOG_ERR("%s: rope scaling '%s' is not supported (none, linear, yarn)", L->path, scaling);
+        return MODEL_E_ARCH;
+    }
+    if (scaling && strcmp(scaling, "none") == 0) return 0;
+    if (have && !(factor > 0.0f && factor < 1e6f)) {
+        if (factor == 0.0f) return 0; /* converters write 0 for "no scaling" */
+        LOG_ERR("%s: rope scaling factor %g is out of range", L->path, factor);
+        return MODEL_E_ARCH;
+    }
+    if (have) hp->rope_scale = 1.0f / factor;
+    if (!scaling || strcmp(scaling, "yarn") != 0) return 0;
+    int64_t v;
+    hp->rope_yarn = true;
+    hp->n_ctx_orig = hp->n_ctx_train;
+    if (get_int(L, "rope.scaling.original_context_length", &v, false) && v > 0)
+        hp->n_ctx_orig = (int)v;
+    hp->yarn_ext_factor = 1.0f;
+    hp->yarn_attn_factor = 1.0f;
+    hp->yarn_beta_fast = 32.0f;
+    hp->yarn_beta_slow = 1.0f;
+    get_float(L, "rope.scaling.yarn_ext_factor", &hp->yarn_ext_factor);
+    get_float(L, "rope.scaling.yarn_beta_fast", &hp->yarn_beta_fast);
+    get_float(L, "rope.scaling.yarn_beta_slow", &hp->yarn_beta_slow);
+    /* llama.cpp's converter stores 0.1 * mscale_all_dim and its loader divides the 0.1 back
+     * out; with a multiplier the rotated part keeps magnitude 1 (DeepSeek's mscale ratio),
+     * without one ggml's default YaRN magnitude 1 + 0.1 ln(factor) applies. */
+    if (get_float(L, "rope.scaling.yarn_log_multiplier", &hp->yarn_log_mul))
+        hp->yarn_log_mul /= 0.1f;
+    if (hp->yarn_log_mul == 0.0f && hp->rope_scale < 1.0f)
+        hp->yarn_attn_factor = 1.0f + 0.1f * logf(1.0f / hp->rope_scale);
+    if (!get_float(L, "rope.scaling.yarn_attn_factor", &hp->yarn_attn_factor))
+        get_float(L, "rope.scaling.attn_factor", &hp->yarn_attn_factor);
+    if (!(hp->yarn_ext_factor >= 0.0f && hp->yarn_ext_factor <= 1.0f) ||
+        !(hp->yarn_attn_factor > 0.0f && hp->yarn_attn_factor < 100.0f) ||
+        !(hp->yarn_beta_fast > 0.0f && hp->yarn_beta_slow > 0.0f) ||
+        !(hp->yarn_log_mul >= 0.0f && hp->yarn_log_mul < 1000.0f)) {
+        LOG_ERR("%s: YaRN parameters out of range (ext %g, attn %g, beta %g/%g, log mul %g)",
+                L->path, hp->yarn_ext_factor, hp->yarn_attn_factor, hp->yarn_beta_fast,
+                hp->yarn_beta_slow, hp->yarn_log_mul);
+        return MODEL_E_ARCH;
+    }
+    return 0;
+}
+
+/* Router variants of deepseek2 and glm4moe, with llama.cpp's defaults for absent keys; the other
+ * architectures keep softmax, no scale, no groups. */
+static int read_router(loader_t *L, model_hparams_t *hp)
+{
+    int64_t v;
+    bool b;
+    char key[160];
+    hp->gating = MODEL_GATING_SOFTMAX;
+    hp->expert_scale = 1.0f;
+    hp->n_expert_groups = 1;
+    hp->n_group_used = 1;
+    /* llama.cpp reads these keys only for the architectures that define them. */
+    if (hp->arch != MODEL_ARCH_DEEPSEEK2 && hp->arch != MODEL_ARCH_GLM4MOE) return 0;
+    if (hp->arch == MODEL_ARCH_GLM4MOE) hp->gating = MODEL_GATING_SIGMOID;
+    if (get_int(L, "expert_gating_func", &v, false)) {
+        if (v != MODEL_GATING_SOFTMAX && v != MODEL_GATING_SIGMOID) {
+            LOG_ERR("%s: %s.expert_gating_func = %lld is not supported (1 softmax, 2 sigmoid)",
+                    L->path, L->arch, (long long)v);
+            return MODEL_E_ARCH;
+        }
+        hp->gating = (int)v;
+    }
+    snprintf(key, sizeof(key), "%s.expert_weights_norm", L->arch);
+    if (model_gguf_get_bool(L->g, key, &b)) hp->expert_norm = b;
+    else if (hp->arch == MODEL_ARCH_DEEPSEEK2 || hp->arch == MODEL_ARCH_GLM4MOE)
+        hp->expert_norm = false; /* llama.cpp's default when the key is absent */
+    if (get_float(L, "expert_weights_scale", &hp->expert_scale) &&
+        !(hp->expert_scale > 0.0f && hp->expert_scale < 1e4f)) {
+        LOG_ERR("%s: %s.expert_weights_scale = %g is out of range", L->path, L->arch,
+                hp->expert_scale);
+        return MODEL_E_ARCH;
+    }
+    if (get_int(L, "leading_dense_block_count", &v, false)) hp->n_layer_dense_lead = (int)v;
+    if (get_int(L, "expert_shared_count", &v, false)) hp->n_expert_shared = (int)v;
+    if (get_int(L, "expert_group_count", &v, false) && v > 0) hp->n_expert_groups = (int)v;
+    if (get_int(L, "expert_group_used_count", &v, false) && v > 0) hp->n_group_used = (int)v;
+    if (L->err) return L->err;
+    if (hp->n_expert > 4096) {
+        LOG_ERR("%s: %d experts per layer (at most 4096 supported)", L->path, hp->n_expert);
+        return MODEL_E_ARCH;
+    }
+    if (hp->n_layer_dense_lead > hp->n_layer ||
+        (hp->n_expert > 0 && hp->n_expert % hp->n_expert_groups != 0) ||
+        hp->n_group_used > hp->n_expert_groups ||
+        (hp->n_expert_groups > 1 &&
+         (hp->n_expert / hp->n_expert_groups < 2 ||
+          hp->n_group_used * (hp->n_expert / hp->n_expert_groups) < hp->n_expert_used))) {
+        LOG_ERR("%s: inconsistent routing: %d experts, top %d, %d groups (%d used), %d leading "
+                "dense of %d layers",
+                L->path, hp->n_expert, hp->n_expert_used, hp->n_expert_groups, hp->n_group_used,
+                hp->n_layer_dense_lead, hp->n_layer);
+        return MODEL_E_ARCH;
+    }
+    return 0;
+}
+
+/* deepseek2's attention sizes. Files from llama.cpp's current converter describe the absorbed
+ * form (key_length = kv_lora + rope, value_length = kv_lora, one kv head) and put the
+ * decompressed per-head sizes in *_mla; older files give the decompressed sizes directly. */
+static int read_mla(loader_t *L, model_hparams_t *hp)
+{
+    int64_t v;
+    if (get_int(L, "attention.kv_lora_rank", &v, true)) hp->kv_lora_rank = (int)v;
+    if (get_int(L, "attention.q_lora_rank", &v, false)) hp->q_lora_rank = (int)v;
+    if (L->err) return L->err;
+    hp->mla_head_k = hp->head_dim;
+    hp->mla_head_v = hp->head_dim_v;
+    if (get_int(L, "attention.key_length_mla", &v, false)) hp->mla_head_k = (int)v;
+    if (get_int(L, "attention.value_length_mla", &v, false)) hp->mla_head_v = (int)v;
+    if (hp->kv_lora_rank < 1 || hp->n_rot < 2 || hp->mla_head_k <= hp->n_rot ||
+        hp->mla_head_v < 1 || hp->n_rot % 2 != 0) {
+        LOG_ERR("%s: bad MLA sizes: kv_lora_rank %d, q_lora_rank %d, rope dims %d, q/k head %d, "
+                "v head %d",
+                L->path, hp->kv_lora_rank, hp->q_lora_rank, hp->n_rot, hp->mla_head_k,
+                hp->mla_head_v);
+        return MODEL_E_ARCH;
+    }
+    return 0;
+}
+
+/* glm4moe: the last nextn_predict_layers blocks are multi-token-prediction heads llama.cpp does
+ * not run for plain decoding; they are left out of the layer count. */
+static int read_glm4moe(loader_t *L, model_hparams_t *hp)
+{
+    int64_t v;
+    char key[160];
+    snprintf(key, sizeof(key), "%s.rope.dimension_sections", L->arch);
+    const model_gguf_value_t *sec = model_gguf_get_arr(L->g, key, -1);
+    for (uint64_t i = 0; sec && i < sec->arr.n; i++) {
+        int64_t x;
+        if (model_gguf_value_int(&sec->arr.v[i], &x) && x != 0) {
+            LOG_ERR("%s: multimodal RoPE sections (%s) are not supported", L->path, key);
+            return MODEL_E_ARCH;
+        }
+    }
+    if (get_int(L, "nextn_predict_layers", &v, false)) {
+        if (v >= hp->n_layer) {
+            LOG_ERR("%s: nextn_predict_layers %lld leaves no layers of %d", L->path,
+                    (long long)v, hp->n_layer);
+            return MODEL_E_ARCH;
+        }
+        hp->n_layer -= (int)v;
+    }
+    if (hp->n_layer_dense_lead > hp->n_layer) hp->n_layer_dense_lead = hp->n_layer;
+    return 0;
+}
+
 static int read_hparams(loader_t *L, model_hparams_t *hp)
 {
-    const model_gguf_t *g = L->g;
     int64_t v;
     hp->arch_name = L->arch;
     hp->arch = MODEL_ARCH_COUNT;
@@ -209,19 +373,9 @@ static int read_hparams(loader_t *L, model_hparams_t *hp)
     hp->rope_base = 10000.0f;
     get_float(L, "rope.freq_base", &hp->rope_base);
     hp->rope_scale = 1.0f;
-    float factor = 0.0f;
-    char key[160];
-    snprintf(key, sizeof(key), "%s.rope.scaling.type", L->arch);
-    const char *scaling = model_gguf_get_str(g, key);
-    if (get_float(L, "rope.scaling.factor", &factor) || get_float(L, "rope.scale_linear", &factor)) {
-        if (scaling && strcmp(scaling, "linear") != 0 && strcmp(scaling, "none") != 0) {
-            LOG_ERR("%s: rope scaling '%s' is not supported (only linear)", L->path, scaling);
-            return MODEL_E_ARCH;
-        }
-        if (factor > 0.0f && (!scaling || strcmp(scaling, "none") != 0))
-            hp->rope_scale = 1.0f / factor;
-    }
-    hp->rope_neox = hp->arch != MODEL_ARCH_LLAMA;
+    if (read_rope_scaling(L, hp) != 0) return MODEL_E_ARCH;
+    /* deepseek2 rotates adjacent pairs like llama; the others NEOX halves. */
+    hp->rope_neox = hp->arch != MODEL_ARCH_LLAMA && hp->arch != MODEL_ARCH_DEEPSEEK2;
     /* Gating as llama.cpp builds each architecture: Mixtral and Qwen3-MoE renormalise the
      * top-k softmax weights; Qwen2-MoE and OLMoE use them as they are. */
     hp->expert_norm = hp->arch == MODEL_ARCH_LLAMA || hp->arch == MODEL_ARCH_QWEN3MOE;
@@ -230,7 +384,41 @@ static int read_hparams(loader_t *L, model_hparams_t *hp)
         LOG_ERR("%s: %s model without expert_count", L->path, L->arch);
         return MODEL_E_ARCH;
     }
+    if (read_router(L, hp) != 0) return MODEL_E_ARCH;
+    if (hp->arch == MODEL_ARCH_DEEPSEEK2 && read_mla(L, hp) != 0) return MODEL_E_ARCH;
+    if (hp->arch == MODEL_ARCH_GLM4MOE && read_glm4moe(L, hp) != 0) return MODEL_E_ARCH;
     return 0;
+}
+
+/* deepseek2's attention tensors: q directly or through its low-rank pair, the joint latent +
+ * rope projection, and the per-head absorbed halves of kv_b (attn_k_b, attn_v_b). */
+static int bind_mla(loader_t *L, const model_hparams_t *hp, int il, model_layer_t *ly)
+{
+    const int64_t E = hp->n_embd, H = hp->n_head, R = hp->kv_lora_rank;
+    const int64_t qk = (int64_t)H * hp->mla_head_k, nope = hp->mla_head_k - hp->n_rot;
+    if (hp->q_lora_rank > 0) {
+        ly->wq_a = bind_l(L, il, "attn_q_a.weight", true, E, hp->q_lora_rank, 0, false);
+        ly->q_a_norm = bind_l(L, il, "attn_q_a_norm.weight", true, hp->q_lora_rank, 1, 0, true);
+        ly->wq_b = bind_l(L, il, "attn_q_b.weight", true, hp->q_lora_rank, qk, 0, false);
+    } else {
+        ly->wq = bind_l(L, il, "attn_q.weight", true, E, qk, 0, false);
+    }
+    ly->wkv_a_mqa = bind_l(L, il, "attn_kv_a_mqa.weight", true, E, R + hp->n_rot, 0, false);
+    ly->kv_a_norm = bind_l(L, il, "attn_kv_a_norm.weight", true, R, 1, 0, true);
+    if (L->err) return L->err;
+    char name[96];
+    snprintf(name, sizeof(name), "blk.%d.attn_k_b.weight", il);
+    if (!model_gguf_find_tensor(L->g, name)) {
+        /* Older conversions keep the joint decompression matrix; mla.c absorbs it the same
+         * way, reading its key rows transposed. */
+        ly->wkv_b = bind_l(L, il, "attn_kv_b.weight", true, R, H * (nope + hp->mla_head_v), 0,
+                           false);
+    } else {
+        ly->wk_b = bind_l(L, il, "attn_k_b.weight", true, nope, R, H, false);
+        ly->wv_b = bind_l(L, il, "attn_v_b.weight", true, R, hp->mla_head_v, H, false);
+    }
+    ly->wo = bind_l(L, il, "attn_output.weight", true, H * hp->mla_head_v, E, 0, false);
+    return L->err;
 }
 
 static int bind_layer(loader_t *L, model_hparams_t *hp, int il, model_layer_t *ly)
@@ -239,6 +427,10 @@ static int bind_layer(loader_t *L, model_hparams_t *hp, int il, model_layer_t *l
     const int64_t kv = (int64_t)hp->n_head_kv * hp->head_dim;
     const int64_t vv = (int64_t)hp->n_head_kv * hp->head_dim_v;
     ly->attn_norm = bind_l(L, il, "attn_norm.weight", true, E, 1, 0, true);
+    if (hp->arch == MODEL_ARCH_DEEPSEEK2) {
+        if (bind_mla(L, hp, il, ly) != 0) return L->err;
+        goto ffn;
+    }
     ly->wq = bind_l(L, il, "attn_q.weight", true, E, q, 0, false);
     ly->wk = bind_l(L, il, "attn_k.weight", true, E, kv, 0, false);
     ly->wv = bind_l(L, il, "attn_v.weight", true, E, vv, 0, false);
@@ -248,6 +440,12 @@ static int bind_layer(loader_t *L, model_hparams_t *hp, int il, model_layer_t *l
     ly->bq = bind_l(L, il, "attn_q.bias", bias, q, 1, 0, true);
     ly->bk = bind_l(L, il, "attn_k.bias", bias, kv, 1, 0, true);
     ly->bv = bind_l(L, il, "attn_v.bias", bias, vv, 1, 0, true);
+    if (hp->arch == MODEL_ARCH_GLM4MOE) {
+        /* GLM-4.5 may carry per-head q/k norms (use_qk_norm); every layer or none. */
+        char qn[96];
+        snprintf(qn, sizeof(qn), "blk.0.attn_q_norm.weight");
+        if (model_gguf_find_tensor(L->g, qn)) hp->qk_norm = 1;
+    }
     if (hp->qk_norm == 1) {
         ly->q_norm = bind_l(L, il, "attn_q_norm.weight", true, hp->head_dim, 1, 0, true);
         ly->k_norm = bind_l(L, il, "attn_k_norm.weight", true, hp->head_dim, 1, 0, true);
@@ -255,14 +453,21 @@ static int bind_layer(loader_t *L, model_hparams_t *hp, int il, model_layer_t *l
         ly->q_norm = bind_l(L, il, "attn_q_norm.weight", true, q, 1, 0, true);
         ly->k_norm = bind_l(L, il, "attn_k_norm.weight", true, kv, 1, 0, true);
     }
-    ly->ffn_norm = bind_l(L, il, "ffn_norm.weight", true, E, 1, 0, true);
+ffn:
+    /* GLM-4.5 names its pre-FFN norm after the attention ("post_attention_norm"). */
+    ly->ffn_norm = bind_l(L, il,
+                          hp->arch == MODEL_ARCH_GLM4MOE ? "post_attention_norm.weight"
+                                                         : "ffn_norm.weight",
+                          true, E, 1, 0, true);
     if (L->err) return L->err;
 
     char name[96];
     snprintf(name, sizeof(name), "blk.%d.ffn_gate_inp.weight", il);
-    if (hp->n_expert == 0 || !model_gguf_find_tensor(L->g, name)) {
-        /* A dense layer: the whole model when it has no experts. */
-        if (hp->n_expert > 0 && hp->arch != MODEL_ARCH_LLAMA) {
+    if (hp->n_expert == 0 || il < hp->n_layer_dense_lead ||
+        !model_gguf_find_tensor(L->g, name)) {
+        /* A dense layer: the whole model when it has no experts, deepseek2's and glm4moe's
+         * leading blocks, a Mixtral-style llama file's layers without a router. */
+        if (hp->n_expert > 0 && hp->arch != MODEL_ARCH_LLAMA && il >= hp->n_layer_dense_lead) {
             LOG_ERR("%s: missing tensor %s", L->path, name);
             return MODEL_E_ARCH;
         }
@@ -279,7 +484,9 @@ static int bind_layer(loader_t *L, model_hparams_t *hp, int il, model_layer_t *l
     ly->up_exps = bind_l(L, il, "ffn_up_exps.weight", true, E, hp->n_ff_exp, hp->n_expert, false);
     ly->down_exps = bind_l(L, il, "ffn_down_exps.weight", true, hp->n_ff_exp, E, hp->n_expert,
                            false);
-    bool shexp = hp->arch == MODEL_ARCH_QWEN2MOE;
+    snprintf(name, sizeof(name), "blk.%d.exp_probs_b.bias", il);
+    ly->exp_probs_b = bind(L, name, hp->arch == MODEL_ARCH_GLM4MOE, hp->n_expert, 1, 0, true);
+    bool shexp = hp->arch == MODEL_ARCH_QWEN2MOE || hp->n_expert_shared > 0;
     ly->gate_shexp = bind_l(L, il, "ffn_gate_shexp.weight", shexp, E, hp->n_ff_shexp, 0, false);
     if (ly->gate_shexp) {
         if (hp->n_ff_shexp == 0) hp->n_ff_shexp = (int)ly->gate_shexp->ne[1];

@@ -18,7 +18,12 @@ static int usage(void)
             "         --type f32|f16|bf16|q8_0|q4_0|q4_1|q5_0|q5_1|q4_k|q5_k|q6_k\n"
             "         [--seed S] [--ctx C] [--name NAME] [--threads N] -o FILE\n"
             "  Deterministic random-weight MoE model; --shared-ff only (and always) for "
-            "qwen2moe.\n");
+            "qwen2moe.\n"
+            "  deepseek2 / glm4moe: [--dense-layers N --dense-ff F] [--shared-experts N]\n"
+            "         [--gating 1|2 (softmax|sigmoid+bias)] [--groups G --groups-used U]\n"
+            "         [--expert-scale S] [--expert-norm 0|1] [--rope-dim R]\n"
+            "         [--yarn-factor F [--yarn-log-mul M]]\n"
+            "  deepseek2 only: --kv-lora-rank R [--q-lora-rank Q] [--v-head-dim V]\n");
     return 2;
 }
 
@@ -51,6 +56,16 @@ int model_cli_gen(int argc, char **argv)
         {"--shared-ff", offsetof(model_gen_params_t, shared_ff)},
         {"--vocab", offsetof(model_gen_params_t, n_vocab)},
         {"--threads", offsetof(model_gen_params_t, n_threads)},
+        {"--dense-layers", offsetof(model_gen_params_t, n_dense_lead)},
+        {"--dense-ff", offsetof(model_gen_params_t, dense_ff)},
+        {"--shared-experts", offsetof(model_gen_params_t, n_shared)},
+        {"--gating", offsetof(model_gen_params_t, gating)},
+        {"--groups", offsetof(model_gen_params_t, n_groups)},
+        {"--groups-used", offsetof(model_gen_params_t, n_group_used)},
+        {"--rope-dim", offsetof(model_gen_params_t, rope_dim)},
+        {"--kv-lora-rank", offsetof(model_gen_params_t, kv_lora_rank)},
+        {"--q-lora-rank", offsetof(model_gen_params_t, q_lora_rank)},
+        {"--v-head-dim", offsetof(model_gen_params_t, v_head_dim)},
     };
     for (int i = 1; i < argc; i++) {
         if (i + 1 >= argc) return usage();
@@ -80,6 +95,15 @@ int model_cli_gen(int argc, char **argv)
                 return usage();
             }
             p.type = (kern_type_t)t;
+        } else if (strcmp(flag, "--expert-norm") == 0 && parse_i64(val, &v) && v >= 0 && v <= 1) {
+            p.expert_norm = v == 1;
+        } else if ((strcmp(flag, "--expert-scale") == 0 || strcmp(flag, "--yarn-factor") == 0 ||
+                    strcmp(flag, "--yarn-log-mul") == 0)) {
+            char *end;
+            float f = strtof(val, &end);
+            if (end == val || *end) return usage();
+            *(flag[2] == 'e' ? &p.expert_scale : flag[7] == 'f' ? &p.yarn_factor
+                                                                : &p.yarn_log_mul) = f;
         } else if (strcmp(flag, "--seed") == 0 && parse_i64(val, &v)) {
             p.seed = (uint64_t)v;
         } else if (strcmp(flag, "--ctx") == 0 && parse_i64(val, &v) && v > 0) {

@@ -247,6 +247,10 @@ static const char *const llama_special[] = {"<|begin_of_text|>", "<|end_of_text|
                                             "<|start_header_id|>", "<|end_header_id|>",
                                             "<|eot_id|>"};
 static const char *const olmo_special[] = {"<|endoftext|>", "<|padding|>"};
+static const char *const deepseek_special[] = {"<\xef\xbd\x9c" "begin\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>",
+                                               "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>"};
+static const char *const glm_special[] = {"<|endoftext|>", "[gMASK]", "<sop>", "<|user|>",
+                                          "<|assistant|>"};
 
 /* ChatML for qwen, the Llama 3 header format for llama; olmoe files carry none. */
 static const char chatml[] =
@@ -264,7 +268,16 @@ static const arch_t archs[] = {
     {"qwen2moe", "qwen2", qwen_special, 3, 0, 2, 0, false, 1e-6f, chatml},
     {"llama", "llama-bpe", llama_special, 5, 0, 4, -1, true, 1e-5f, llama3_chat},
     {"olmoe", "olmo", olmo_special, 2, 0, 0, 1, false, 1e-5f, NULL},
+    {"deepseek2", "deepseek-llm", deepseek_special, 2, 0, 1, -1, true, 1e-6f, NULL},
+    /* GLM-4.5's own pre-tokenizer ("glm4") is not one moemesh has; its byte-level BPE is
+     * close enough to qwen2's for random weights. */
+    {"glm4moe", "qwen2", glm_special, 5, 1, 0, 0, false, 1e-5f, NULL},
 };
+
+static bool is_family(const char *arch)
+{
+    return strcmp(arch, "deepseek2") == 0 || strcmp(arch, "glm4moe") == 0;
+}
 
 /* 256 byte tokens, learned merges, "[PAD<i>]" fillers (type UNUSED, as llama.cpp's converter
  * pads vocabularies), then the architecture's control tokens: n_vocab tokens in all. */
@@ -327,6 +340,8 @@ static void add(gen_t *g, const char *name, kern_type_t type, init_t init, int n
     t->ne[3] = 1;
 }
 
+static void list_family_tensors(gen_t *g, const model_gen_params_t *p, int head_dim);
+
 /* The tensor list in the order llama.cpp's converters write it. */
 static void list_tensors(gen_t *g, const model_gen_params_t *p, int head_dim)
 {
@@ -336,6 +351,10 @@ static void list_tensors(gen_t *g, const model_gen_params_t *p, int head_dim)
     bool qwen2 = strcmp(p->arch, "qwen2moe") == 0, qwen3 = strcmp(p->arch, "qwen3moe") == 0;
     bool olmoe = strcmp(p->arch, "olmoe") == 0;
     char n[64];
+    if (is_family(p->arch)) {
+        list_family_tensors(g, p, head_dim);
+        return;
+    }
     add(g, "token_embd.weight", T, INIT_MATRIX, 2, d, p->n_vocab, 1);
     for (int l = 0; l < p->n_layers; l++) {
 #define NAME(s) (snprintf(n, sizeof(n), "blk.%d." s, l), n)
@@ -369,6 +388,189 @@ static void list_tensors(gen_t *g, const model_gen_params_t *p, int head_dim)
     }
     add(g, "output_norm.weight", F, INIT_NORM, 1, d, 1, 1);
     add(g, "output.weight", T, INIT_MATRIX, 2, d, p->n_vocab, 1);
+}
+
+
+/* deepseek2 and glm4moe in the order llama.cpp's converter writes them: attention (MLA for
+ * deepseek2, biased GQA with partial RoPE for glm4moe), then a dense FFN in the leading blocks,
+ * router, selection bias (sigmoid gating), routed and shared experts in the others. */
+static void list_family_tensors(gen_t *g, const model_gen_params_t *p, int head_dim)
+{
+    const kern_type_t T = p->type, F = KERN_F32;
+    const int64_t d = p->n_embd, H = p->n_head, E = p->n_expert, ff = p->expert_ff;
+    const int64_t sff = p->shared_ff, dff = p->dense_ff;
+    const bool ds = strcmp(p->arch, "deepseek2") == 0;
+    const int64_t R = p->kv_lora_rank, rot = p->rope_dim, nope = head_dim - rot;
+    const int64_t q = H * head_dim, kv = (int64_t)p->n_head_kv * head_dim;
+    char n[64];
+    add(g, "token_embd.weight", T, INIT_MATRIX, 2, d, p->n_vocab, 1);
+    for (int l = 0; l < p->n_layers; l++) {
+#define NAME(s) (snprintf(n, sizeof(n), "blk.%d." s, l), n)
+        add(g, NAME("attn_norm.weight"), F, INIT_NORM, 1, d, 1, 1);
+        if (ds) {
+            if (p->q_lora_rank) {
+                add(g, NAME("attn_q_a.weight"), T, INIT_MATRIX, 2, d, p->q_lora_rank, 1);
+                add(g, NAME("attn_q_a_norm.weight"), F, INIT_NORM, 1, p->q_lora_rank, 1, 1);
+                add(g, NAME("attn_q_b.weight"), T, INIT_MATRIX, 2, p->q_lora_rank, q, 1);
+            } else {
+                add(g, NAME("attn_q.weight"), T, INIT_MATRIX, 2, d, q, 1);
+            }
+            add(g, NAME("attn_kv_a_mqa.weight"), T, INIT_MATRIX, 2, d, R + rot, 1);
+            add(g, NAME("attn_kv_a_norm.weight"), F, INIT_NORM, 1, R, 1, 1);
+            add(g, NAME("attn_k_b.weight"), T, INIT_MATRIX, 3, nope, R, H);
+            add(g, NAME("attn_v_b.weight"), T, INIT_MATRIX, 3, R, p->v_head_dim, H);
+            add(g, NAME("attn_output.weight"), T, INIT_MATRIX, 2, H * p->v_head_dim, d, 1);
+            add(g, NAME("ffn_norm.weight"), F, INIT_NORM, 1, d, 1, 1);
+        } else {
+            add(g, NAME("attn_q.weight"), T, INIT_MATRIX, 2, d, q, 1);
+            add(g, NAME("attn_k.weight"), T, INIT_MATRIX, 2, d, kv, 1);
+            add(g, NAME("attn_v.weight"), T, INIT_MATRIX, 2, d, kv, 1);
+            add(g, NAME("attn_q.bias"), F, INIT_BIAS, 1, q, 1, 1);
+            add(g, NAME("attn_k.bias"), F, INIT_BIAS, 1, kv, 1, 1);
+            add(g, NAME("attn_v.bias"), F, INIT_BIAS, 1, kv, 1, 1);
+            add(g, NAME("attn_output.weight"), T, INIT_MATRIX, 2, q, d, 1);
+            add(g, NAME("post_attention_norm.weight"), F, INIT_NORM, 1, d, 1, 1);
+        }
+        if (l < p->n_dense_lead) {
+            add(g, NAME("ffn_gate.weight"), T, INIT_MATRIX, 2, d, dff, 1);
+            add(g, NAME("ffn_up.weight"), T, INIT_MATRIX, 2, d, dff, 1);
+            add(g, NAME("ffn_down.weight"), T, INIT_MATRIX, 2, dff, d, 1);
+            continue;
+        }
+        add(g, NAME("ffn_gate_inp.weight"), F, INIT_MATRIX, 2, d, E, 1);
+        if (p->gating == MODEL_GATING_SIGMOID)
+            add(g, NAME("exp_probs_b.bias"), F, INIT_BIAS, 1, E, 1, 1);
+        add(g, NAME("ffn_gate_exps.weight"), T, INIT_MATRIX, 3, d, ff, E);
+        add(g, NAME("ffn_up_exps.weight"), T, INIT_MATRIX, 3, d, ff, E);
+        add(g, NAME("ffn_down_exps.weight"), T, INIT_MATRIX, 3, ff, d, E);
+        if (sff) {
+            add(g, NAME("ffn_gate_shexp.weight"), T, INIT_MATRIX, 2, d, sff, 1);
+            add(g, NAME("ffn_up_shexp.weight"), T, INIT_MATRIX, 2, d, sff, 1);
+            add(g, NAME("ffn_down_shexp.weight"), T, INIT_MATRIX, 2, sff, d, 1);
+        }
+#undef NAME
+    }
+    add(g, "output_norm.weight", F, INIT_NORM, 1, d, 1, 1);
+    add(g, "output.weight", T, INIT_MATRIX, 2, d, p->n_vocab, 1);
+}
+
+/* The defaults of the family options (a copy of the caller's parameters is changed). */
+static void family_defaults(model_gen_params_t *p)
+{
+    if (!p->arch || !is_family(p->arch)) return;
+    const bool ds = strcmp(p->arch, "deepseek2") == 0;
+    const int hd = p->head_dim ? p->head_dim : (p->n_head > 0 ? p->n_embd / p->n_head : 0);
+    if (p->n_head_kv == 0) p->n_head_kv = ds ? 1 : p->n_head;
+    if (p->rope_dim == 0) p->rope_dim = hd / 2;
+    if (p->v_head_dim == 0 && ds) p->v_head_dim = hd - p->rope_dim;
+    if (p->dense_ff == 0) p->dense_ff = 4 * p->expert_ff;
+    if (p->shared_ff == 0) p->shared_ff = p->n_shared * p->expert_ff;
+    if (p->gating == 0) p->gating = ds ? MODEL_GATING_SOFTMAX : MODEL_GATING_SIGMOID;
+}
+
+/* Family checks beyond the common ones; every matrix row must be whole blocks (block). */
+static int check_family(const model_gen_params_t *p, int head_dim, int block)
+{
+    const bool ds = strcmp(p->arch, "deepseek2") == 0;
+#define FAIL(...)                                                                                  \
+    do {                                                                                           \
+        LOG_ERR(__VA_ARGS__);                                                                      \
+        return -EINVAL;                                                                            \
+    } while (0)
+    if (!is_family(p->arch)) {
+        if (p->n_dense_lead || p->n_shared || p->kv_lora_rank || p->q_lora_rank || p->gating ||
+            p->n_groups || p->rope_dim || p->v_head_dim || p->yarn_factor || p->expert_scale ||
+            p->dense_ff || p->expert_norm)
+            FAIL("%s takes none of the deepseek2/glm4moe options", p->arch);
+        return 0;
+    }
+    if (p->n_dense_lead < 0 || p->n_dense_lead > p->n_layers || p->n_shared < 0 ||
+        p->n_shared > 64 || p->dense_ff < 1 || p->dense_ff > (1 << 20) ||
+        p->shared_ff != p->n_shared * p->expert_ff)
+        FAIL("bad dense/shared sizes: %d leading dense of %d layers (width %d), %d shared "
+             "experts (width %d = shared * expert_ff)", p->n_dense_lead, p->n_layers,
+             p->dense_ff, p->n_shared, p->shared_ff);
+    if (p->gating != MODEL_GATING_SOFTMAX && p->gating != MODEL_GATING_SIGMOID)
+        FAIL("gating %d: 1 (softmax) or 2 (sigmoid)", p->gating);
+    if (p->n_groups < 0 || p->n_group_used < 0 ||
+        (p->n_groups > 1 &&
+         (p->n_expert % p->n_groups || p->n_expert / p->n_groups < 2 || p->n_group_used < 1 ||
+          p->n_group_used > p->n_groups ||
+          p->n_group_used * (p->n_expert / p->n_groups) < p->n_expert_used)))
+        FAIL("groups %d (used %d) must split %d experts evenly, >= 2 each, and leave top-%d",
+             p->n_groups, p->n_group_used, p->n_expert, p->n_expert_used);
+    if (p->rope_dim < 2 || p->rope_dim % 2 || p->rope_dim > head_dim ||
+        (ds && p->rope_dim >= head_dim))
+        FAIL("rope_dim %d: even, >= 2 and below the head size %d", p->rope_dim, head_dim);
+    if (!(p->expert_scale >= 0.0f && p->expert_scale < 1e4f) ||
+        !(p->yarn_factor == 0.0f || (p->yarn_factor > 1.0f && p->yarn_factor < 1e4f)) ||
+        !(p->yarn_log_mul >= 0.0f && p->yarn_log_mul < 100.0f))
+        FAIL("expert_scale %g, yarn_factor %g (0 or > 1), yarn_log_mul %g out of range",
+             p->expert_scale, p->yarn_factor, p->yarn_log_mul);
+    if (ds) {
+        if (p->kv_lora_rank < 1 || p->kv_lora_rank > (1 << 16) || p->q_lora_rank < 0 ||
+            p->q_lora_rank > (1 << 16) || p->v_head_dim < 1 || p->v_head_dim > (1 << 16) ||
+            p->n_head_kv != 1)
+            FAIL("deepseek2 needs kv_lora_rank >= 1, q_lora_rank >= 0, v_head_dim >= 1 and one "
+                 "kv head (got %d, %d, %d, %d)", p->kv_lora_rank, p->q_lora_rank,
+                 p->v_head_dim, p->n_head_kv);
+    } else if (p->kv_lora_rank || p->q_lora_rank || p->v_head_dim) {
+        FAIL("glm4moe has no latent attention options");
+    }
+    const int64_t rows[] = {p->dense_ff, p->shared_ff ? p->shared_ff : block,
+                            ds ? p->kv_lora_rank : block, p->q_lora_rank ? p->q_lora_rank : block,
+                            ds ? head_dim - p->rope_dim : block,
+                            ds ? (int64_t)p->n_head * p->v_head_dim : block};
+    for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++)
+        if (rows[i] % block)
+            FAIL("a row of %lld elements is not whole blocks of %d", (long long)rows[i], block);
+#undef FAIL
+    return 0;
+}
+
+/* Metadata of the families as llama.cpp's converter writes it (after the common keys, some of
+ * which are replaced here). */
+static void family_metadata(model_gguf_writer_t *w, const model_gen_params_t *p, int head_dim)
+{
+    if (!is_family(p->arch)) return;
+    const bool ds = strcmp(p->arch, "deepseek2") == 0;
+    char key[128];
+#define K(s) (snprintf(key, sizeof(key), "%s." s, p->arch), key)
+    model_gguf_writer_set_u32(w, K("feed_forward_length"), (uint32_t)p->dense_ff);
+    model_gguf_writer_set_u32(w, K("expert_feed_forward_length"), (uint32_t)p->expert_ff);
+    model_gguf_writer_set_u32(w, K("rope.dimension_count"), (uint32_t)p->rope_dim);
+    if (ds) {
+        /* The absorbed form: one kv "head" of latent + rope, values are the latent. */
+        model_gguf_writer_set_u32(w, K("attention.head_count_kv"), 1);
+        model_gguf_writer_set_u32(w, K("attention.key_length"),
+                                  (uint32_t)(p->kv_lora_rank + p->rope_dim));
+        model_gguf_writer_set_u32(w, K("attention.value_length"), (uint32_t)p->kv_lora_rank);
+        model_gguf_writer_set_u32(w, K("attention.key_length_mla"), (uint32_t)head_dim);
+        model_gguf_writer_set_u32(w, K("attention.value_length_mla"), (uint32_t)p->v_head_dim);
+        model_gguf_writer_set_u32(w, K("attention.q_lora_rank"), (uint32_t)p->q_lora_rank);
+        model_gguf_writer_set_u32(w, K("attention.kv_lora_rank"), (uint32_t)p->kv_lora_rank);
+    }
+    model_gguf_writer_set_u32(w, K("leading_dense_block_count"), (uint32_t)p->n_dense_lead);
+    model_gguf_writer_set_u32(w, K("expert_shared_count"), (uint32_t)p->n_shared);
+    model_gguf_writer_set_f32(w, K("expert_weights_scale"),
+                              p->expert_scale > 0.0f ? p->expert_scale : 1.0f);
+    model_gguf_writer_set_bool(w, K("expert_weights_norm"), p->expert_norm);
+    model_gguf_writer_set_u32(w, K("expert_gating_func"), (uint32_t)p->gating);
+    if (p->n_groups > 1) {
+        model_gguf_writer_set_u32(w, K("expert_group_count"), (uint32_t)p->n_groups);
+        model_gguf_writer_set_u32(w, K("expert_group_used_count"), (uint32_t)p->n_group_used);
+    }
+    if (p->yarn_factor > 1.0f) {
+        int64_t ctx = p->n_ctx ? p->n_ctx : 4096;
+        model_gguf_writer_set_str(w, K("rope.scaling.type"), "yarn");
+        model_gguf_writer_set_f32(w, K("rope.scaling.factor"), p->yarn_factor);
+        model_gguf_writer_set_u32(w, K("rope.scaling.original_context_length"),
+                                  (uint32_t)(ctx / p->yarn_factor));
+        if (ds)
+            model_gguf_writer_set_f32(w, K("rope.scaling.yarn_log_multiplier"),
+                                      0.1f * p->yarn_log_mul); /* as the converter does */
+    }
+#undef K
 }
 
 /* Row r of tensor t as floats: uniform on [-a, a], a = sqrt(3 / fan_in) (variance 1/fan_in)
@@ -444,7 +646,8 @@ static int check_params(const model_gen_params_t *p, const arch_t **arch, int *h
     for (size_t i = 0; i < sizeof(archs) / sizeof(archs[0]); i++)
         if (p->arch && strcmp(p->arch, archs[i].arch) == 0) *arch = &archs[i];
     if (!*arch) {
-        LOG_ERR("unknown architecture '%s' (qwen3moe, qwen2moe, llama, olmoe)",
+        LOG_ERR("unknown architecture '%s' (qwen3moe, qwen2moe, llama, olmoe, deepseek2, "
+                "glm4moe)",
                 p->arch ? p->arch : "");
         return -EINVAL;
     }
@@ -484,7 +687,8 @@ static int check_params(const model_gen_params_t *p, const arch_t **arch, int *h
         return -EINVAL;
     }
     bool qwen2 = strcmp(p->arch, "qwen2moe") == 0;
-    if (qwen2 ? p->shared_ff < 1 || p->shared_ff > (1 << 20) : p->shared_ff != 0) {
+    if (qwen2 ? p->shared_ff < 1 || p->shared_ff > (1 << 20)
+              : p->shared_ff != 0 && !is_family(p->arch)) {
         LOG_ERR(qwen2 ? "qwen2moe needs a shared expert width (shared_ff)"
                       : "%s has no shared expert: shared_ff must be 0", p->arch);
         return -EINVAL;
@@ -507,14 +711,17 @@ static int check_params(const model_gen_params_t *p, const arch_t **arch, int *h
             return -EINVAL;
         }
     }
-    return 0;
+    return check_family(p, *head_dim, block);
 }
 
-int model_gen_write(const model_gen_params_t *p, const char *path)
+int model_gen_write(const model_gen_params_t *params, const char *path)
 {
     const arch_t *a;
     int head_dim;
     uint32_t file_type;
+    model_gen_params_t fp = *params;
+    family_defaults(&fp);
+    const model_gen_params_t *p = &fp;
     int err = check_params(p, &a, &head_dim, &file_type);
     if (err) return err;
 
@@ -552,6 +759,7 @@ int model_gen_write(const model_gen_params_t *p, const char *path)
         model_gguf_writer_set_u32(w, K("rope.dimension_count"), (uint32_t)head_dim);
     }
 #undef K
+    family_metadata(w, p, head_dim);
 
     vocab_t v;
     build_vocab(&v, a, p->n_vocab);

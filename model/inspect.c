@@ -141,6 +141,16 @@ static void print_text(FILE *f, const model_gguf_t *g)
             (unsigned long long)w.total_bytes, (unsigned long long)w.expert_bytes,
             w.total_bytes ? 100.0 * (double)w.expert_bytes / (double)w.total_bytes : 0.0,
             (unsigned long long)(w.total_bytes - w.expert_bytes));
+    if (w.shared_bytes)
+        fprintf(f, "shared        %llu bytes of shared experts (on the coordinator)\n",
+                (unsigned long long)w.shared_bytes);
+    if (w.kv_latent)
+        fprintf(f, "kv cache      %llu bytes per token (f16): MLA, %d cached values per token "
+                "and layer (latent + rope part)\n",
+                (unsigned long long)w.kv_bytes_per_token, w.kv_latent);
+    else if (w.kv_bytes_per_token)
+        fprintf(f, "kv cache      %llu bytes per token (f16 K and V)\n",
+                (unsigned long long)w.kv_bytes_per_token);
 }
 
 /* ---- JSON ---- */
@@ -251,6 +261,8 @@ static void print_json(FILE *f, const model_gguf_t *g)
     json_t *b = json_object();
     json_object_set_new(b, "total", json_integer((json_int_t)w.total_bytes));
     json_object_set_new(b, "expert", json_integer((json_int_t)w.expert_bytes));
+    json_object_set_new(b, "shared_expert", json_integer((json_int_t)w.shared_bytes));
+    json_object_set_new(b, "kv_per_token_f16", json_integer((json_int_t)w.kv_bytes_per_token));
     json_object_set_new(b, "non_expert",
                         json_integer((json_int_t)(w.total_bytes - w.expert_bytes)));
     json_object_set_new(o, "bytes", b);

@@ -214,7 +214,10 @@ typedef struct {
     int n_expert;             /* routed experts per MoE layer; 0 for a dense model */
     int n_expert_used;        /* top-k */
     int64_t n_ctx;            /* <arch>.context_length (0 when absent) */
-    uint64_t kv_bytes_per_token; /* f16 K and V over all layers */
+    uint64_t kv_bytes_per_token; /* f16 K and V over all layers (MLA: latent + rope part) */
+    int kv_latent;            /* MLA (deepseek2): values cached per token and layer
+                                 (kv_lora_rank + rope dims); 0 for ordinary K/V heads */
+    uint64_t shared_bytes;    /* shared-expert weights (`*_shexp`), part of the non-expert */
     uint64_t total_params, expert_params; /* elements; expert = routed `*_exps` tensors */
     uint64_t active_params;   /* non-expert + expert * n_expert_used / n_expert */
     uint64_t total_bytes, expert_bytes;
@@ -264,13 +267,29 @@ typedef struct {
     int n_layers, n_embd, n_head, n_head_kv;
     int head_dim;       /* 0: n_embd / n_head */
     int n_expert, n_expert_used, expert_ff;
-    int shared_ff;      /* qwen2moe's shared expert width (required there, refused elsewhere) */
+    int shared_ff;      /* shared expert width: qwen2moe (required), deepseek2 / glm4moe
+                           (n_shared * expert_ff when 0 and n_shared > 0) */
     int n_vocab;        /* >= 256 bytes + the architecture's special tokens */
     kern_type_t type;   /* type of every matrix; norms, biases and routers are F32 */
     uint64_t seed;
     int64_t n_ctx;      /* <arch>.context_length; 0: 4096 */
     int n_threads;      /* threads generating and quantizing rows (0 or 1: the caller's only);
                            the bytes do not depend on it */
+    /* deepseek2 and glm4moe only (must stay zero for the other architectures) */
+    int n_dense_lead;   /* leading blocks with a dense FFN of width dense_ff */
+    int dense_ff;       /* dense FFN width (0: 4 * expert_ff) */
+    int n_shared;       /* shared experts: one SwiGLU FFN of n_shared * expert_ff (shared_ff) */
+    float expert_scale; /* expert_weights_scale (0: not written, i.e. 1) */
+    bool expert_norm;   /* expert_weights_norm */
+    int gating;         /* MODEL_GATING_*; 0: softmax for deepseek2, sigmoid for glm4moe.
+                           Sigmoid models get an exp_probs_b selection bias. */
+    int n_groups, n_group_used; /* group-limited routing (0: one group) */
+    int rope_dim;       /* rotated dims per head (0: head_dim / 2); deepseek2's decoupled part */
+    int kv_lora_rank;   /* deepseek2: latent size (required) */
+    int q_lora_rank;    /* deepseek2: 0 = attn_q, else attn_q_a/attn_q_a_norm/attn_q_b */
+    int v_head_dim;     /* deepseek2: value head size (0: head_dim - rope_dim) */
+    float yarn_factor;  /* > 1: YaRN RoPE scaling, original context n_ctx / factor */
+    float yarn_log_mul; /* deepseek2's mscale_all_dim (written times 0.1, as the converter does) */
 } model_gen_params_t;
 
 /* The matrix type named "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k",
@@ -327,6 +346,8 @@ typedef enum {
     MODEL_ARCH_QWEN2MOE,
     MODEL_ARCH_QWEN3MOE,
     MODEL_ARCH_OLMOE,
+    MODEL_ARCH_DEEPSEEK2,   /* DeepSeek-V2/V2-Lite/V3/R1, Kimi K2: MLA, shared experts */
+    MODEL_ARCH_GLM4MOE,     /* GLM-4.5 / 4.5-Air: partial RoPE, sigmoid grouped router */
     MODEL_ARCH_COUNT
 } model_arch_t;
 
@@ -353,7 +374,35 @@ typedef struct {
     float rms_eps;
     bool expert_norm;       /* renormalise the top-k gate weights to sum 1 */
     int qk_norm;            /* 0 none, 1 per head (qwen3moe), 2 over all heads (olmoe) */
+
+    /* Router variants (every MoE architecture; the defaults reproduce the ones above). */
+    int gating;             /* MODEL_GATING_SOFTMAX (default) or MODEL_GATING_SIGMOID */
+    float expert_scale;     /* routed weights multiplied by this after normalisation (1) */
+    int n_expert_groups;    /* > 1: group-limited top-k over this many equal groups */
+    int n_group_used;       /* groups kept per token (1..n_expert_groups) */
+    int n_layer_dense_lead; /* the first layers have a dense FFN instead of experts */
+    int n_expert_shared;    /* shared experts folded into the *_shexp FFN (0: none) */
+
+    /* Multi-head latent attention (deepseek2); kv_lora_rank == 0 for every other arch. The
+     * cache holds kv_lora_rank + n_rot values per token and layer: the normalised latent and
+     * the one rotated key part all heads share. */
+    int kv_lora_rank;
+    int q_lora_rank;        /* 0: q = attn_q x; else attn_q_b(norm(attn_q_a x)) */
+    int mla_head_k;         /* per-head q/k size after decompression: nope + n_rot */
+    int mla_head_v;         /* per-head value size after decompression */
+
+    /* YaRN RoPE (rope.scaling.type "yarn"), as ggml's rope applies it; rope_yarn false for
+     * plain or linear RoPE. */
+    bool rope_yarn;
+    int n_ctx_orig;         /* rope.scaling.original_context_length */
+    float yarn_ext_factor;  /* ramp mix weight (1 with YaRN) */
+    float yarn_attn_factor; /* magnitude of the rotated part (1 unless the file says) */
+    float yarn_beta_fast, yarn_beta_slow;
+    float yarn_log_mul;     /* deepseek2's mscale_all_dim: the file's
+                               rope.scaling.yarn_log_multiplier / 0.1, as llama.cpp reads it */
 } model_hparams_t;
+
+enum { MODEL_GATING_SOFTMAX = 1, MODEL_GATING_SIGMOID = 2 };
 
 /* One layer's tensors; NULL where the architecture or layer has none. */
 typedef struct {
@@ -364,6 +413,15 @@ typedef struct {
     const model_tensor_t *gate_exps, *up_exps, *down_exps;      /* (.., .., n_expert) */
     const model_tensor_t *gate_inp_shexp;                       /* shared expert gate (n_embd) */
     const model_tensor_t *gate_shexp, *up_shexp, *down_shexp;
+    const model_tensor_t *exp_probs_b;   /* (n_expert) F32 selection bias, or NULL */
+    /* multi-head latent attention (deepseek2); wq is NULL when q is low-rank */
+    const model_tensor_t *wq_a, *q_a_norm, *wq_b;   /* (n_embd, q_lora), (q_lora), (q_lora, H*k) */
+    const model_tensor_t *wkv_a_mqa, *kv_a_norm;    /* (n_embd, kv_lora + n_rot), (kv_lora) */
+    const model_tensor_t *wk_b;                     /* (nope, kv_lora, H): q_nope -> latent */
+    const model_tensor_t *wv_b;                     /* (kv_lora, v, H): latent -> head output */
+    const model_tensor_t *wkv_b; /* files converted before llama.cpp split it (2025): (kv_lora,
+                                    H * (nope + v)), per head nope key rows then v value rows;
+                                    wk_b and wv_b are NULL then */
 } model_layer_t;
 
 typedef struct {

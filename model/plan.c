@@ -77,11 +77,20 @@ void model_weights_info(const model_gguf_t *g, model_weights_t *out)
         v_len < (1 << 24))
         out->kv_bytes_per_token = (uint64_t)out->n_layers * (uint64_t)n_head_kv *
                                   (uint64_t)(k_len + v_len) * 2;
+    /* MLA caches one row per token and layer, the latent and the shared rotated key part; the
+     * values are the latent itself. */
+    int64_t kv_lora = arch_int(g, out->arch, "attention.kv_lora_rank", 0);
+    int64_t rope = arch_int(g, out->arch, "rope.dimension_count", 0);
+    if (kv_lora > 0 && kv_lora < (1 << 24) && rope >= 0 && rope < (1 << 24)) {
+        out->kv_latent = (int)(kv_lora + rope);
+        out->kv_bytes_per_token = (uint64_t)out->n_layers * (uint64_t)out->kv_latent * 2;
+    }
 
     for (int i = 0; i < model_gguf_tensor_count(g); i++) {
         const model_tensor_t *t = model_gguf_tensor(g, i);
         out->total_params += elements(t);
         out->total_bytes += t->nbytes;
+        if (strstr(t->name, "_shexp.")) out->shared_bytes += t->nbytes;
         if (is_expert_tensor(t, out->n_expert)) {
             out->expert_params += elements(t);
             out->expert_bytes += t->nbytes;
