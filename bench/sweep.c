@@ -18,6 +18,7 @@
 #include <math.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -85,6 +86,7 @@ typedef struct {
     pid_t pids[2 * NODES_MAX];
     int n_pids;
     bool netns_up;
+    int home_ns;             /* our own network namespace while we sit in the cluster's; or -1 */
 } links_t;
 
 static volatile sig_atomic_t g_stop;
@@ -224,6 +226,11 @@ static void links_down(const sweep_t *s, links_t *l)
 {
     for (int i = l->n_pids - 1; i >= 0; i--) stop(l->pids[i]);
     l->n_pids = 0;
+    if (l->home_ns >= 0) {
+        CHECK(setns(l->home_ns, CLONE_NEWNET) == 0);
+        close(l->home_ns);
+        l->home_ns = -1;
+    }
     if (l->netns_up) {
         char log[PATH_MAX + 32];
         snprintf(log, sizeof(log), "%s/cluster-down.log", s->state);
@@ -313,6 +320,24 @@ static int links_up_netns(const sweep_t *s, links_t *l, int nodes, double rtt, d
     while (l->n < nodes && fscanf(f, "%63s", l->ep[l->n]) == 1) l->n++;
     fclose(f);
     if (l->n != nodes) return snprintf(why, cap, "cluster.sh listed %d of %d nodes", l->n, nodes), -1;
+    /* The nodes are reachable from the coordinator namespace only (no address outside the
+     * namespaces cluster.sh made): we move there, and so do the coordinator and load client we
+     * start (children inherit it). The sweep is single-threaded here, so setns moves it all. */
+    char env[4096], ns[PATH_MAX + 64];
+    snprintf(path, sizeof(path), "%s/cluster.env", s->state);
+    const char *id = slurp(path, env, sizeof(env)) ? strstr(env, "ID=\"") : NULL;
+    if (!id) return snprintf(why, cap, "cluster.sh wrote no cluster id"), -1;
+    snprintf(ns, sizeof(ns), "/run/netns/%.*s-c", (int)strcspn(id + 4, "\""), id + 4);
+    int fd = open(ns, O_RDONLY | O_CLOEXEC);
+    l->home_ns = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || l->home_ns < 0 || setns(fd, CLONE_NEWNET) != 0) {
+        snprintf(why, cap, "cannot enter %.200s: %s", ns, strerror(errno));
+        if (fd >= 0) close(fd);
+        if (l->home_ns >= 0) close(l->home_ns);
+        l->home_ns = -1;
+        return -1;
+    }
+    close(fd);
     return 0;
 }
 
@@ -914,7 +939,7 @@ int bench_sweep_main(int argc, char **argv)
             for (int c = 0; c < ax[AX_RATE].n && !g_stop; c++) {
                 const int nodes = (int)ax[AX_NODES].v[a];
                 const double rtt = ax[AX_RTT].v[b], rate = ax[AX_RATE].v[c];
-                links_t l = {0};
+                links_t l = {.home_ns = -1};
                 char why[256] = "";
                 int up = s.netns ? links_up_netns(&s, &l, nodes, rtt, rate, why, sizeof(why))
                                  : links_up_loopback(&s, &l, nodes, rtt, rate, why, sizeof(why));
