@@ -8,7 +8,7 @@ PKGS="build-essential pkg-config
 libzmq3-dev libprotobuf-c-dev protobuf-c-compiler
 libuv1-dev libopenblas-dev libcriterion-dev
 libpcre2-dev libjansson-dev node-llhttp
-python3"
+python3 gnuplot-nox iproute2"
 
 missing=""
 for p in $PKGS; do
