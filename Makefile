@@ -98,8 +98,9 @@ $(B)/bin/moemesh-model: $(call obj,model/main.c) $(LIB)
 $(B)/bin/moemesh-bench: $(call obj,bench/main.c $(BENCH_SRC) $(COORD_SRC) $(XNODE_SRC)) $(LIB)
 	$(link)
 
-# tests/coordinator links coordinator objects, tests/expert-node the node's; others the library.
-test_extra = $(if $(filter coordinator,$(1)),$(COORD_SRC))$(if $(filter expert-node,$(1)),$(XNODE_SRC))
+# tests/coordinator links coordinator objects, tests/expert-node the node's, tests/bench what
+# moemesh-bench links; others the library.
+test_extra = $(if $(filter coordinator,$(1)),$(COORD_SRC))$(if $(filter expert-node,$(1)),$(XNODE_SRC))$(if $(filter bench,$(1)),$(BENCH_SRC) $(COORD_SRC) $(XNODE_SRC))
 define test_rule
 $(B)/tests/$(1): $(call obj,$(wildcard tests/$(1)/*.c) $(call test_extra,$(1))) $(LIB)
 	$$(link) -lcriterion

@@ -98,10 +98,12 @@ static void on_signal(int sig) { (void)sig, g_stop = 1; }
 /* Starts argv with stdout and stderr into log; the child dies with us. -1 on failure. */
 static pid_t spawn(char *const argv[], const char *log)
 {
+    const pid_t parent = getpid();
     pid_t pid = fork();
     if (pid < 0) return -1;
     if (pid == 0) {
         prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent) _exit(127); /* we died before prctl took effect */
         int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
         if (fd >= 0) dup2(fd, 1), dup2(fd, 2);
         signal(SIGINT, SIG_IGN); /* Ctrl-C is ours to handle; we stop the children in order */
