@@ -620,11 +620,15 @@ static json_t *run_baseline(const sweep_t *s, const links_t *l, int nodes, doubl
     double wall = wire_now() - t0, tps = NAN;
     static char out[1 << 16];
     if (slurp(log, out, sizeof(out)))
-        for (char *q = out; (q = strstr(q, "t/s")) != NULL; q++) {
+        for (char *q = out; (q = strstr(q, "/s")) != NULL; q++) {
+            /* "12.5 t/s", "12.5 tok/s": back over the unit's letters, spaces, then the number. */
             char *b = q;
-            while (b > out && (b[-1] == ' ' || b[-1] == 'k' || b[-1] == 'o')) b--;
-            while (b > out && (strchr("0123456789.", b[-1]))) b--;
-            if (b < q && strchr("0123456789", *b)) tps = strtod(b, NULL);
+            while (b > out && (b[-1] == 't' || b[-1] == 'o' || b[-1] == 'k')) b--;
+            if (b == q) continue;
+            while (b > out && b[-1] == ' ') b--;
+            char *e = b;
+            while (b > out && b[-1] && strchr("0123456789.", b[-1])) b--;
+            if (b < e && strchr("0123456789", *b)) tps = strtod(b, NULL);
         }
     return json_pack("{s:i,s:f,s:o,s:s,s:i,s:f,s:o}", "nodes", nodes, "rtt_ms", rtt, "rate_mbit",
                      rate > 0 ? json_real(rate) : json_null(), "status",

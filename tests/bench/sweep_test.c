@@ -161,3 +161,31 @@ Test(sweep, bad_grid_is_a_usage_error)
     const char *a4[] = {"report", "/nonexistent.json", "-o", "/tmp", NULL};
     cr_expect_eq(bench_report_main(4, (char **)a4), 1);
 }
+
+/* --baseline-cmd: run once per link setting when installed (tokens/s read from its output),
+ * a clean skip when its program does not exist. */
+Test(sweep, baseline_runs_or_skips)
+{
+    char out[128], path[256];
+    snprintf(out, sizeof(out), "%s/base", g_dir);
+    const char *extra[] = {"--grid", "rtt=0", "--grid", "spec=off", "--baseline-cmd",
+                           "echo pp 3.0 t/s; echo tg $MOEMESH_SWEEP_NODES.5 tok/s", NULL};
+    cr_assert_eq(run_sweep(out, extra), 0);
+    snprintf(path, sizeof(path), "%s.json", out);
+    json_t *root = json_load_file(path, 0, NULL);
+    cr_assert(root);
+    json_t *b = json_array_get(json_object_get(root, "baseline"), 0);
+    cr_assert(b);
+    cr_expect_str_eq(json_string_value(json_object_get(b, "status")), "ok");
+    cr_expect_eq(json_number_value(json_object_get(b, "tokens_per_s")), 2.5);
+    json_decref(root);
+
+    const char *absent[] = {"--grid", "rtt=0", "--grid", "spec=off", "--baseline-cmd",
+                            "/nonexistent/llama-bench -m x", NULL};
+    cr_assert_eq(run_sweep(out, absent), 0);
+    root = json_load_file(path, 0, NULL);
+    cr_assert(root);
+    b = json_object_get(root, "baseline");
+    cr_expect_str_eq(json_string_value(json_object_get(b, "status")), "skipped");
+    json_decref(root);
+}
