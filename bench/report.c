@@ -150,8 +150,10 @@ static void held(const report_t *r, int x, int series, char *out, size_t cap)
  * from data files in DIR and must not set a terminal or output itself. */
 static int plot(const report_t *r, const char *name)
 {
-    static const char *const term[2][2] = {{"svg size 720,480 dynamic font 'sans,11'", "svg"},
-                                           {"pngcairo size 720,480 font 'sans,10'", "png"}};
+    /* noenhanced: "q8_0" is a dtype, not q8 with a subscript 0. */
+    static const char *const term[2][2] = {
+        {"svg size 720,480 dynamic font 'sans,11' noenhanced", "svg"},
+        {"pngcairo size 720,480 font 'sans,10' noenhanced", "png"}};
     for (int t = 0; t < 2; t++) {
         char set[512];
         snprintf(set, sizeof(set), "set terminal %s; set output '%s.%s'", term[t][0], name,
