@@ -249,8 +249,7 @@ static void links_down(const sweep_t *s, links_t *l)
 static int links_up_loopback(const sweep_t *s, links_t *l, int nodes, double rtt, double rate,
                              char *why, size_t cap)
 {
-    char log[PATH_MAX + 64], listen[64], to[64], delay[32], rbuf[32], threads[16];
-    snprintf(threads, sizeof(threads), "%d", 1);
+    char log[PATH_MAX + 64], listen[64], to[64], delay[32], rbuf[32];
     int xports[NODES_MAX], pports[NODES_MAX];
     for (int i = 0; i < nodes; i++) {
         char bin[PATH_MAX + 32], name[32];
@@ -259,7 +258,7 @@ static int links_up_loopback(const sweep_t *s, links_t *l, int nodes, double rtt
         snprintf(listen, sizeof(listen), "tcp://127.0.0.1:%d", xports[i]);
         snprintf(name, sizeof(name), "node-%d", i);
         snprintf(log, sizeof(log), "%s/expert-%d.log", s->state, i);
-        char *argv[] = {bin, "-l", listen, "-m", (char *)s->model, "-t", threads, "--name", name,
+        char *argv[] = {bin, "-l", listen, "-m", (char *)s->model, "-t", "1", "--name", name,
                         NULL};
         pid_t p = spawn(argv, log);
         if (p < 0) return snprintf(why, cap, "cannot start %.200s", bin), -1;
