@@ -168,8 +168,8 @@ $(B)/bin/moemesh-bench: $(call obj,bench/main.c $(BENCH_SRC) $(COORD_SRC) $(XNOD
 	$(link)
 
 # tests/coordinator (and tests/deploy, for the LeaderWorkerSet flags) link coordinator objects,
-# tests/expert-node the node's; others the library.
-test_extra = $(if $(filter coordinator deploy,$(1)),$(COORD_SRC))$(if $(filter expert-node,$(1)),$(XNODE_SRC))
+# tests/expert-node the node's, tests/bench what moemesh-bench links; others the library.
+test_extra = $(if $(filter coordinator deploy,$(1)),$(COORD_SRC))$(if $(filter expert-node,$(1)),$(XNODE_SRC))$(if $(filter bench,$(1)),$(BENCH_SRC) $(COORD_SRC) $(XNODE_SRC))
 define test_rule
 $(B)/tests/$(1): $(call obj,$(wildcard tests/$(1)/*.c) $(call test_extra,$(1))) $(LIB)
 	$$(link) -lcriterion

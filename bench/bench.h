@@ -42,4 +42,45 @@ int bench_proxy_main(int argc, char **argv);
 /* Sum of buf (words) with 32-byte loads (bench/read_avx2.c); only when the CPU has AVX2. */
 uint64_t bench__read_sum_avx2(const uint64_t *buf, size_t words);
 
+/* ---- limit model (bench/limit.c) ---- */
+#include "model/model.h"
+
+/* Weight bytes one decoded token reads: dense matrices, top-k of n_expert experts, the head. */
+double bench_limit_active_bytes(const model_t *m);
+
+typedef struct {
+    double active_bytes;         /* weight bytes per step (bench_limit_active_bytes) */
+    double bandwidth_gbs;        /* measured memory read bandwidth; <= 0: no compute term */
+    int n_layers;
+    double rtt_ms;               /* round trip added to each node link */
+    double rt_per_token;         /* sequential round trips per generated token (measured);
+                                    <= 0: one token per round trip */
+    double wire_bytes_per_token; /* bytes on the busiest node link per generated token */
+    double rate_mbit;            /* node link rate; <= 0: unlimited, no wire term */
+    double measured_s;           /* measured seconds per generated token; <= 0: no ratio */
+} bench_limit_in_t;
+
+typedef struct {
+    double tokens_per_rt;        /* n_layers / rt_per_token */
+    double compute_s, latency_s, wire_s; /* the three floors, seconds per token (0: absent) */
+    double limit_s;              /* their maximum */
+    const char *bound;           /* "compute", "latency" or "wire": which one is the maximum */
+    double ratio;                /* measured_s / limit_s, 0 when either is 0 */
+} bench_limit_t;
+
+/* time per token >= max(compute, latency, wire); pure arithmetic on in. */
+bench_limit_t bench_limit_compute(const bench_limit_in_t *in);
+
+/* ---- sweep (bench/sweep.c) and report (bench/report.c) ---- */
+
+/* `moemesh-bench sweep -m MODEL [--quick] [--grid AXIS=V,V] ... [-o PREFIX]`: end-to-end runs
+ * of real expert nodes, proxies and `moemesh-coordinator serve` over a grid of node counts, link
+ * RTTs and rates, concurrency, wire dtype, micro-batches and speculation; writes PREFIX.json and
+ * PREFIX.csv. Exit status 0, 1 (a point failed outright), or 2 (usage). */
+int bench_sweep_main(int argc, char **argv);
+
+/* `moemesh-bench report RESULTS.json -o DIR`: gnuplot plots (SVG and PNG) and DIR/report.md.
+ * Exit status 0, 1 (cannot read the results or run gnuplot), 2 (usage). */
+int bench_report_main(int argc, char **argv);
+
 #endif

@@ -15,6 +15,8 @@ static const struct {
     {"proxy", bench_proxy_main, "TCP relay adding one-way delay, jitter and a rate cap"},
     {"model", bench_model_main, "prompt and generation tokens/s of one GGUF, 1 and 2 threads"},
     {"serve", bench_serve_main, "load client for the HTTP API: throughput, TTFT, TPOT, ITL"},
+    {"sweep", bench_sweep_main, "end-to-end grid over nodes, RTT, rate, ...; limit model beside"},
+    {"report", bench_report_main, "plots (gnuplot SVG/PNG) and report.md from sweep JSON"},
 };
 
 static void usage(FILE *f)

@@ -12,27 +12,8 @@
 #include "coordinator/coord.h"
 #include "wire/wire.h"
 
-/* Weight bytes one decoded token reads: every non-expert matrix of each layer, top-k of its
- * n_expert experts' three matrices, and the output head (norms and the embedding row are noise
- * next to them). */
-static double active_bytes(const model_t *m)
-{
-    double b = (double)m->output->nbytes;
-    for (int il = 0; il < m->hp.n_layer; il++) {
-        const model_layer_t *ly = &m->layers[il];
-        const model_tensor_t *dense[] = {ly->wq,       ly->wk,        ly->wv,
-                                         ly->wo,       ly->ffn_gate,  ly->ffn_up,
-                                         ly->ffn_down, ly->gate_inp,  ly->gate_inp_shexp,
-                                         ly->gate_shexp, ly->up_shexp, ly->down_shexp};
-        for (size_t i = 0; i < sizeof(dense) / sizeof(dense[0]); i++)
-            if (dense[i]) b += (double)dense[i]->nbytes;
-        const model_tensor_t *exps[] = {ly->gate_exps, ly->up_exps, ly->down_exps};
-        for (size_t i = 0; i < 3 && m->hp.n_expert > 0; i++)
-            if (exps[i])
-                b += (double)exps[i]->nbytes * m->hp.n_expert_used / m->hp.n_expert;
-    }
-    return b;
-}
+/* Weight bytes one decoded token reads (bench/limit.c, shared with the sweep's limit model). */
+static double active_bytes(const model_t *m) { return bench_limit_active_bytes(m); }
 
 static int cmp_double(const void *a, const void *b)
 {

@@ -8,7 +8,7 @@ PKGS="build-essential pkg-config
 libzmq3-dev libprotobuf-c-dev protobuf-c-compiler
 libuv1-dev libopenblas-dev libcriterion-dev
 libpcre2-dev libjansson-dev node-llhttp
-python3 python3-yaml curl
+python3 python3-yaml curl gnuplot-nox iproute2
 clang libclang-rt-14-dev"
 # tests/deploy renders deploy/k8s with kubectl: Debian's (kubernetes-client, 1.20) only where
 # no kubectl is installed, so a newer one from elsewhere is kept.
