@@ -559,6 +559,9 @@ typedef struct {
     int node_timeout_ms;
     const char *curve_keys;          /* directory, or NULL */
     int replicas;                    /* copies of every expert, each on its own node (1) */
+    int n_draft;                     /* speculative tokens per step (--draft), 0: off */
+    int n_micro;                     /* micro-batches per step (--micro-batches), 0: adaptive */
+    const char *trace;               /* --trace FILE, written when the server is freed; NULL */
 } coord_server_params_t;
 coord_server_params_t coord_server_params_default(void);
 typedef struct coord_server coord_server_t;
