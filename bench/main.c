@@ -15,6 +15,7 @@ static const struct {
     {"proxy", bench_proxy_main, "TCP relay adding one-way delay, jitter and a rate cap"},
     {"model", bench_model_main, "prompt and generation tokens/s of one GGUF, 1 and 2 threads"},
     {"serve", bench_serve_main, "load client for the HTTP API: throughput, TTFT, TPOT, ITL"},
+    {"overlap", bench_overlap_main, "micro-batch pipeline vs RTT and concurrency over expert nodes"},
 };
 
 static void usage(FILE *f)
