@@ -4,7 +4,8 @@
  *   submit(mb)   groups each token's selected experts by the node that owns them and sends
  *                each node its FORWARD (only the tokens that have an expert there; more than
  *                one when a node's part exceeds the wire's max_tokens) right away, then returns.
- *                ZeroMQ's I/O thread moves the bytes while the caller computes.
+ *                ZeroMQ's I/O thread moves the bytes while the caller computes. Each submit
+ *                first takes the RESULTs that arrived meanwhile (without waiting).
  *   collect(mb)  reads RESULTs as they arrive — of any micro-batch, in arrival order — into
  *                that micro-batch's per-node buffers until all of mb's are in, then adds the
  *                nodes' partial sums into out in ascending node order.
@@ -230,8 +231,9 @@ static int on_message(remote_t *R, int o, wire_msg_t *m, double t_recv)
 }
 
 /* Waits once for messages from the nodes with requests in flight (until the earliest of their
- * deadlines) and handles every message waiting. 0, or a negative error (logged). */
-static int pump(remote_t *R)
+ * deadlines; not at all unless block) and handles every message waiting. 0, or a negative
+ * error (logged). */
+static int pump(remote_t *R, bool block)
 {
     coord_cluster_t *c = R->c;
     int np = 0;
@@ -246,18 +248,21 @@ static int pump(remote_t *R)
         }
     }
     CHECK(np > 0);
-    int left = coord__ms_left(deadline);
+    int left = block ? coord__ms_left(deadline) : 0;
     double t0 = wire_now();
-    int rc = left ? zmq_poll(R->items, np, left) : 0;
-    double t1 = wire_now();
-    R->st.t_wait_s += t1 - t0;
-    coord_trace_event(R->base.trace, COORD_TRACE_COORD, 0, "wait", t0, t1, -1, -1, -1);
+    int rc = left || !block ? zmq_poll(R->items, np, left) : 0;
+    if (block) {
+        double t1 = wire_now();
+        R->st.t_wait_s += t1 - t0;
+        coord_trace_event(R->base.trace, COORD_TRACE_COORD, 0, "wait", t0, t1, -1, -1, -1);
+    }
     if (rc < 0 && zmq_errno() == EINTR) return 0;
     if (rc < 0) {
         int err = -zmq_errno();
         LOG_ERR("zmq_poll: %s", zmq_strerror(-err));
         return err;
     }
+    if (rc == 0 && !block) return 0;
     if (rc == 0 && coord__ms_left(deadline) == 0) {
         for (int j = 0; j < np; j++) {
             int o = R->who[j];
@@ -311,7 +316,7 @@ static int send_forward(remote_t *R, int o, int mbi, int r0, int n, uint32_t sel
     const int E = R->n_embd;
     /* Bounded in flight: make room by taking answers first. */
     while (R->n_fl[o] == FLIGHT_MAX) {
-        int err = pump(R);
+        int err = pump(R, true);
         if (err) return err;
     }
     double t0 = wire_now();
@@ -389,6 +394,12 @@ static int remote_submit(coord_experts_t *ex, int layer, int mbi, int n_tok, int
         return err;
     }
     name_lanes(R);
+    /* The caller has computed since it last came here: take what has arrived meanwhile, so
+     * RESULTs leave ZeroMQ's queue (and the in-flight time ends) about when they came. */
+    if (R->in_flight && (err = pump(R, false)) != 0) {
+        fail_all(R);
+        return err;
+    }
     *B = (mbatch_t){.active = true, .layer = layer, .n_tok = n_tok, .out = out, .part = B->part};
     /* Rows and selections per node, to size the parts before filling them. */
     for (int o = 0; o < c->n_nodes; o++) B->part[o].ntok = 0, R->last[o] = -1;
@@ -449,7 +460,7 @@ static int remote_collect(coord_experts_t *ex, int mbi)
         bool done = true;
         for (int o = 0; o < c->n_nodes && done; o++) done = B->part[o].pending == 0;
         if (done) break;
-        int err = pump(R);
+        int err = pump(R, true);
         if (err) {
             fail_all(R);
             return err;
