@@ -39,6 +39,12 @@ int bench_wire_main(int argc, char **argv);
  * 0, 1 (cannot listen or resolve), or 2 (usage). */
 int bench_proxy_main(int argc, char **argv);
 
+/* `moemesh-bench overlap [--quick] [--json] [-m MODEL] [-t T] [-n N]` (bench/overlap.c): 2 and 3
+ * expert nodes behind relays at several RTTs and concurrencies, one micro-batch against the
+ * adaptive pipeline: tokens/s, step time and its parts (coordinator compute, communication),
+ * overlap efficiency, and tokens per round trip with speculation. Exit status 0, 1, 2 (usage). */
+int bench_overlap_main(int argc, char **argv);
+
 /* Sum of buf (words) with 32-byte loads (bench/read_avx2.c); only when the CPU has AVX2. */
 uint64_t bench__read_sum_avx2(const uint64_t *buf, size_t words);
 

@@ -17,6 +17,7 @@ static const struct {
     {"serve", bench_serve_main, "load client for the HTTP API: throughput, TTFT, TPOT, ITL"},
     {"sweep", bench_sweep_main, "end-to-end grid over nodes, RTT, rate, ...; limit model beside"},
     {"report", bench_report_main, "plots (gnuplot SVG/PNG) and report.md from sweep JSON"},
+    {"overlap", bench_overlap_main, "micro-batch pipeline vs RTT and concurrency over expert nodes"},
 };
 
 static void usage(FILE *f)

@@ -22,10 +22,27 @@ typedef struct {
     coord_experts_t *ex;
     coord_engine_t *eng;
     coord__endpoints_t eps;   /* the nodes' "tcp://..." endpoints */
+    coord_trace_t *trace;     /* --trace, NULL: none */
 } run_stack_t;
 
+/* The engine flags run and eval share beyond the cluster's. */
+typedef struct {
+    int micro_batches;        /* --micro-batches, 0: adaptive */
+    const char *trace;        /* --trace FILE or NULL */
+} run_engine_flags_t;
+
+#define RUN_ENGINE_OPTS(ef)                                                                        \
+    {"micro-batches", 0, "MOEMESH_MICRO_BATCHES", COORD_OPT_INT, &(ef).micro_batches, "N",         \
+     "micro-batches per step, pipelined against the expert nodes (0: adaptive, the default; "    \
+     "1: off; at most 8)"},                                                                        \
+    {"trace", 0, "MOEMESH_TRACE", COORD_OPT_STR, &(ef).trace, "FILE",                              \
+     "write a Chrome/Perfetto trace (JSON) of the run's layers, micro-batches and node requests"}
+
+/* The trace is written however the command ends: a partial one shows where it stopped. */
 static void stack_free(run_stack_t *s)
 {
+    coord_trace_write(s->trace);
+    coord_trace_free(s->trace);
     coord_engine_free(s->eng);
     coord_experts_free(s->ex);
     coord_cluster_free(s->cluster);
@@ -36,13 +53,19 @@ static void stack_free(run_stack_t *s)
 }
 
 static int stack_init(run_stack_t *s, const char *path, int threads, int ctx, int batch,
-                      bool kv_f16, const coord__cluster_flags_t *cf)
+                      bool kv_f16, const coord__cluster_flags_t *cf, const run_engine_flags_t *ef)
 {
     memset(s, 0, sizeof(*s));
     if (!path) {
         fprintf(stderr, "no model given (-m FILE.gguf or MOEMESH_MODEL)\n");
         return -EINVAL;
     }
+    if (ef->micro_batches < 0 || ef->micro_batches > COORD_MICRO_BATCHES_MAX) {
+        fprintf(stderr, "bad --micro-batches %d (0 adaptive, or 1..%d)\n", ef->micro_batches,
+                COORD_MICRO_BATCHES_MAX);
+        return -EINVAL;
+    }
+    if (ef->trace && !(s->trace = coord_trace_new(ef->trace, 0))) return -EIO;
     coord_cluster_config_t cc = coord_cluster_config_default();
     int err = coord__cluster_flags_check(cf, &s->eps);
     if (err) return err;
@@ -77,10 +100,13 @@ static int stack_init(run_stack_t *s, const char *path, int threads, int ctx, in
     } else if (s->eps.n > 0) {
         fprintf(stderr, "%s is a dense model: no experts for the nodes; running locally\n", path);
     }
+    if (s->ex) coord_experts_set_trace(s->ex, s->trace);
     coord_engine_params_t p = coord_engine_params_default();
     p.n_ctx = ctx;
     p.n_batch = batch;
     p.kv_f16 = kv_f16;
+    p.n_micro = ef->micro_batches;
+    p.trace = s->trace;
     s->eng = coord_engine_new(s->m, s->ex, s->pool, &p);
     return s->eng ? 0 : -EINVAL;
 }
@@ -159,6 +185,7 @@ int coord_cmd_run(int argc, char **argv)
     float temp = sp.temperature, top_p = sp.top_p, min_p = sp.min_p, rep = sp.repeat_penalty;
     int top_k = sp.top_k;
     coord__cluster_flags_t cf = coord__cluster_flags_default();
+    run_engine_flags_t ef = {0};
     const coord_opt_t opts[] = {
         {"model", 'm', "MOEMESH_MODEL", COORD_OPT_STR, &model, "FILE", "GGUF model"},
         {"prompt", 'p', "MOEMESH_PROMPT", COORD_OPT_STR, &prompt, "TEXT", "prompt text"},
@@ -186,6 +213,7 @@ int coord_cmd_run(int argc, char **argv)
          "sequence slots, also -np (default 1)"},
         {"draft", 0, "MOEMESH_DRAFT", COORD_OPT_INT, &draft, "N",
          "speculative tokens per step from the context, greedy only (0: off)"},
+        RUN_ENGINE_OPTS(ef),
     };
     int n_opts = (int)(sizeof(opts) / sizeof(opts[0]));
     int r = run_parse(opts, n_opts, argc, argv);
@@ -196,7 +224,7 @@ int coord_cmd_run(int argc, char **argv)
         return 2;
     }
     run_stack_t s;
-    if (stack_init(&s, model, threads, ctx, batch, kv_f16, &cf) != 0) {
+    if (stack_init(&s, model, threads, ctx, batch, kv_f16, &cf, &ef) != 0) {
         stack_free(&s);
         return 1;
     }
@@ -289,25 +317,31 @@ out:
 int coord_cmd_eval(int argc, char **argv)
 {
     const char *model = NULL, *idstr = NULL;
-    int top = 5, threads = 2;
+    int top = 5, threads = 2, batch = 0;
     coord__cluster_flags_t cf = coord__cluster_flags_default();
+    run_engine_flags_t ef = {0};
     const coord_opt_t opts[] = {
         {"model", 'm', "MOEMESH_MODEL", COORD_OPT_STR, &model, "FILE", "GGUF model"},
         {"ids", 0, "MOEMESH_IDS", COORD_OPT_STR, &idstr, "IDS", "token ids, \"1 2 3\""},
         {"top", 0, "MOEMESH_TOP", COORD_OPT_INT, &top, "K", "logits printed per position"},
         {"threads", 't', "MOEMESH_THREADS", COORD_OPT_INT, &threads, "N", "threads (default 2)"},
+        {"batch", 'b', "MOEMESH_BATCH", COORD_OPT_INT, &batch, "N",
+         "tokens per forward step (default 0: all ids in one)"},
         COORD__CLUSTER_OPTS(cf),
+        RUN_ENGINE_OPTS(ef),
     };
     int r = coord_opts_parse(opts, (int)(sizeof(opts) / sizeof(opts[0])), "eval", argc, argv, 2);
     if (r) return r > 0 ? 0 : 2;
-    if (!idstr || top < 1) {
-        fprintf(stderr, "eval: --ids is required and --top must be >= 1\n");
+    if (!idstr || top < 1 || batch < 0) {
+        fprintf(stderr, "eval: --ids is required, --top must be >= 1 and --batch >= 0\n");
         return 2;
     }
-    /* The batch is the whole sequence, so the id count sizes the stack. */
+    /* The id count sizes the stack; the ids go through in steps of --batch (all at once by
+     * default). */
     int cap = (int)strlen(idstr) / 2 + 1;
+    if (batch == 0 || batch > cap) batch = cap;
     run_stack_t s;
-    if (stack_init(&s, model, threads, cap + 1, cap, false, &cf) != 0) {
+    if (stack_init(&s, model, threads, cap + 1, batch, false, &cf, &ef) != 0) {
         stack_free(&s);
         return 1;
     }
@@ -324,8 +358,12 @@ int coord_cmd_eval(int argc, char **argv)
     }
     for (int i = 0; i < n; i++) pos[i] = i, want[i] = true;
     logits = xmalloc(sizeof(float) * (size_t)n * V);
-    coord_batch_t b = {.n = n, .tok = ids, .pos = pos, .slot = slot, .want = want};
-    int err = coord_engine_decode(s.eng, &b, logits);
+    int err = 0;
+    for (int i0 = 0; i0 < n && !err; i0 += batch) {
+        coord_batch_t b = {.n = n - i0 < batch ? n - i0 : batch, .tok = ids + i0, .pos = pos + i0,
+                           .slot = slot + i0, .want = want + i0};
+        err = coord_engine_decode(s.eng, &b, logits + (size_t)i0 * V);
+    }
     if (err) {
         fprintf(stderr, "eval: forward pass failed: %s\n", model_strerror(err));
         goto out;

@@ -927,10 +927,10 @@ typedef struct {
     double warned;          /* wire_now() of the last "experts unavailable" log line */
 } guard_t;
 
-static int guard_compute(coord_experts_t *ex, int layer, int n_tok, int k, const float *x,
-                         const int32_t *ids, const float *w, float *out)
+/* 0 when every pair the call routes to sits on a node that is up, else -EHOSTUNREACH (logged
+ * at most once a second). */
+static int guard_check(guard_t *g, int layer, int n_tok, int k, const int32_t *ids)
 {
-    guard_t *g = (guard_t *)ex;
     coord_cluster_tend(g->c);
     bool any_down = false;
     for (int o = 0; o < g->c->n_nodes && !any_down; o++)
@@ -947,7 +947,36 @@ static int guard_compute(coord_experts_t *ex, int layer, int n_tok, int k, const
         }
         return -EHOSTUNREACH;
     }
-    return g->inner->vt->compute(g->inner, layer, n_tok, k, x, ids, w, out);
+    g->inner->trace = g->base.trace; /* the engine sets the trace on the guard it holds */
+    return 0;
+}
+
+static int guard_compute(coord_experts_t *ex, int layer, int n_tok, int k, const float *x,
+                         const int32_t *ids, const float *w, float *out)
+{
+    guard_t *g = (guard_t *)ex;
+    int err = guard_check(g, layer, n_tok, k, ids);
+    return err ? err : g->inner->vt->compute(g->inner, layer, n_tok, k, x, ids, w, out);
+}
+
+/* The pipelined path goes through the same check, then straight to the inner experts, so a
+ * guarded cluster keeps its micro-batch overlap. */
+static int guard_submit(coord_experts_t *ex, int layer, int mb, int n_tok, int k, const float *x,
+                        const int32_t *ids, const float *w, float *out)
+{
+    guard_t *g = (guard_t *)ex;
+    int err = guard_check(g, layer, n_tok, k, ids);
+    return err ? err : coord_experts_submit(g->inner, layer, mb, n_tok, k, x, ids, w, out);
+}
+
+static int guard_collect(coord_experts_t *ex, int mb)
+{
+    return coord_experts_collect(((guard_t *)ex)->inner, mb);
+}
+
+static void guard_stats(const coord_experts_t *ex, coord_experts_stats_t *out)
+{
+    coord_experts_stats(((const guard_t *)ex)->inner, out);
 }
 
 static void guard_idle(coord_experts_t *ex)
@@ -964,7 +993,14 @@ static void guard_free(coord_experts_t *ex)
     free(g);
 }
 
-static const coord_experts_vt_t guard_vt = {guard_compute, guard_free, guard_idle};
+static const coord_experts_vt_t guard_vt = {
+    .compute = guard_compute,
+    .free = guard_free,
+    .idle = guard_idle,
+    .submit = guard_submit,
+    .collect = guard_collect,
+    .stats = guard_stats,
+};
 
 coord_experts_t *coord_cluster_guard_new(coord_cluster_t *c, coord_experts_t *inner)
 {

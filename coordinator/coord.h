@@ -42,11 +42,61 @@ int32_t coord_sampler_sample(coord_sampler_t *s, const float *logits);
 /* Forgets the history and reseeds. */
 void coord_sampler_reset(coord_sampler_t *s);
 
+/* ---- timeline trace (coordinator/trace.c) ----
+ * A Chrome/Perfetto trace-event file (JSON, open it in ui.perfetto.dev or chrome://tracing) of
+ * what the coordinator's thread and each expert node did, per layer and micro-batch, so the
+ * overlap of compute and communication can be seen. Lanes: the coordinator's compute, the
+ * engine's decode steps, and per node its requests (FORWARD sent to RESULT received, on as many
+ * lanes as there are requests in flight at once) and its compute (placed from the RESULT's
+ * queue_us/compute_us, assuming the wire takes as long each way). Events on one lane never
+ * overlap. One thread records (the one decoding); recording is a few stores, and every call
+ * takes a NULL trace as "off". */
+typedef struct coord_trace coord_trace_t;
+/* Events kept at most (later ones are counted as dropped, and the file says so). */
+#define COORD_TRACE_MAX_EVENTS (1 << 20)
+/* Creates path (truncated) at once, so a bad path fails here; max_events caps the memory (0:
+ * COORD_TRACE_MAX_EVENTS). NULL with a message when the file cannot be created. */
+coord_trace_t *coord_trace_new(const char *path, int max_events);
+/* Writes every event recorded so far to the file (replacing what an earlier write put there);
+ * logs how many were dropped, if any. 0 or a negated errno (logged). NULL-safe (returns 0). */
+int coord_trace_write(coord_trace_t *tr);
+void coord_trace_free(coord_trace_t *tr); /* NULL-safe; does not write */
+/* Lanes of the trace. */
+typedef enum {
+    COORD_TRACE_COORD = 0, /* the coordinator thread's work, and its waits */
+    COORD_TRACE_STEP,      /* one event per coord_engine_decode */
+    COORD_TRACE_REQUEST,   /* a node's request in flight, FORWARD sent to RESULT received */
+    COORD_TRACE_REMOTE,    /* a node's compute, as its RESULT reports it */
+} coord_trace_lane_t;
+/* Records [t0, t1] (wire_now() seconds) named name on lane (node: the expert node, for the node
+ * lanes; ignored otherwise), with layer, micro-batch and token count as arguments (-1: none).
+ * name must outlive tr (a string literal). Events of the COORD and STEP lanes must come in time
+ * order; REQUEST events go to the node's first request lane free at t0; a REMOTE event that
+ * would start before the node's previous one ended starts at its end (the placement is an
+ * estimate). Full: counts the event as dropped. */
+void coord_trace_event(coord_trace_t *tr, coord_trace_lane_t lane, int node, const char *name,
+                       double t0, double t1, int layer, int mb, int n_tok);
+/* Names node's lanes in the file ("node 0 tcp://..."); copied. */
+void coord_trace_node_name(coord_trace_t *tr, int node, const char *name);
+
 /* ---- routed experts (coordinator/experts.c) ----
  * The one step the network implements: "compute these tokens with these experts and weights,
  * return the weighted sum". The local implementation groups tokens by expert and runs batched
- * kernels; the distributed one sends the same request to expert nodes. */
+ * kernels; the distributed one sends the same request to expert nodes.
+ *
+ * Micro-batches: an implementation may offer the step in two halves, submit (returns once the
+ * work is under way) and collect (waits for it), for up to COORD_MICRO_BATCHES_MAX micro-batches
+ * at once, so the caller computes something else while the experts work elsewhere. One that
+ * does not (submit NULL) is used through coord_experts_submit/collect all the same: submit then
+ * computes at once. */
 typedef struct coord_experts coord_experts_t;
+#define COORD_MICRO_BATCHES_MAX 8
+/* Time spent on routed experts since creation, as the coordinator's thread saw it. */
+typedef struct {
+    uint64_t requests;  /* FORWARDs sent (0 for local experts) */
+    double t_comm_s;    /* time with at least one request in flight (sent, not yet answered) */
+    double t_wait_s;    /* time the caller was blocked in collect waiting for an answer */
+} coord_experts_stats_t;
 typedef struct {
     /* out (n_tok, n_embd) = sum over j < k of w[t*k+j] * expert ids[t*k+j] of layer applied to
      * x (n_tok, n_embd) row t, summed in j order. Returns 0 or a negative error. */
@@ -57,14 +107,36 @@ typedef struct {
      * while it has no work, so that a distributed implementation keeps reading its sockets
      * (node heartbeats) between requests. */
     void (*idle)(coord_experts_t *ex);
+    /* Optional, both or neither: compute split in two, see coord_experts_submit/collect. */
+    int (*submit)(coord_experts_t *ex, int layer, int mb, int n_tok, int k, const float *x,
+                  const int32_t *ids, const float *w, float *out);
+    int (*collect)(coord_experts_t *ex, int mb);
+    /* Optional (NULL: all zero). */
+    void (*stats)(const coord_experts_t *ex, coord_experts_stats_t *out);
 } coord_experts_vt_t;
 struct coord_experts {
     const coord_experts_vt_t *vt;
+    coord_trace_t *trace; /* borrowed, NULL: no trace; set with coord_experts_set_trace */
 };
 /* All routed experts of m computed in this process, rows split over pool (borrowed, may be
  * NULL). max_tok bounds n_tok per call. m and pool must outlive the result. */
 coord_experts_t *coord_experts_local_new(const model_t *m, kern_pool_t *pool, int max_tok);
 void coord_experts_free(coord_experts_t *ex); /* NULL-safe */
+/* Starts the compute step of micro-batch mb (0 .. COORD_MICRO_BATCHES_MAX-1, not already
+ * submitted) with the arguments of compute: x, ids and w are read before it returns, out is
+ * the experts' until coord_experts_collect(ex, mb) returns (and complete only then). Returns 0
+ * or a negative error; after any error of submit or collect every micro-batch in flight is
+ * abandoned (late answers are recognised and dropped) and the next submit starts clean. */
+int coord_experts_submit(coord_experts_t *ex, int layer, int mb, int n_tok, int k,
+                         const float *x, const int32_t *ids, const float *w, float *out);
+/* Waits until micro-batch mb's out is complete. 0 or a negative error (see submit). */
+int coord_experts_collect(coord_experts_t *ex, int mb);
+/* True when submit returns before the work is done (remote experts): micro-batches can then
+ * overlap the experts' work with the caller's. */
+bool coord_experts_async(const coord_experts_t *ex);
+void coord_experts_stats(const coord_experts_t *ex, coord_experts_stats_t *out);
+/* Records sends, waits, receives and node compute in tr (borrowed, NULL: stop). */
+void coord_experts_set_trace(coord_experts_t *ex, coord_trace_t *tr);
 
 /* ---- expert cluster (coordinator/cluster.c) ----
  * The coordinator's side of the expert nodes: one DEALER per node, the start-up conversation
@@ -179,24 +251,44 @@ int coord_cluster_snapshot(const coord_cluster_t *c, coord_node_stats_t *out, in
 void coord_cluster_print_summary(const coord_cluster_t *c, FILE *f, int64_t n_tokens);
 
 /* ---- remote routed experts (coordinator/remote.c) ----
- * coord_experts_t over a cluster: each call sends one FORWARD per node that holds an expert
- * selected by some token, waits for every RESULT (deadline: the cluster's timeout_ms) and adds
- * the nodes' partial sums in ascending node order, whatever order they arrive in. A node that
- * answers ERROR or misses the deadline fails the call with a message naming it; late results
- * of a failed call are recognised by request id and dropped. c is borrowed and must outlive
- * the result; max_tok bounds n_tok per call. */
+ * coord_experts_t over a cluster, asynchronous: submit sends one FORWARD per node that holds an
+ * expert selected by some token of the micro-batch and returns; ZeroMQ's I/O thread moves the
+ * bytes while the caller computes. collect takes RESULTs in whatever order they arrive (of any
+ * micro-batch) into per-node buffers, and adds the nodes' partial sums in ascending node order,
+ * so the result does not depend on arrival order. Each FORWARD's deadline is the cluster's
+ * timeout_ms from its send; at most a fixed number of requests are in flight per node (submit
+ * waits for answers beyond that). A node that answers ERROR or misses the deadline fails the
+ * call with a message naming it; late results of a failed call are recognised by request id and
+ * dropped. c is borrowed and must outlive the result; max_tok bounds n_tok per micro-batch. */
 coord_experts_t *coord_experts_remote_new(coord_cluster_t *c, int max_tok);
 
 /* ---- engine (coordinator/engine.c) ----
  * The forward pass of one model over a batch of tokens from one or more sequences. Each
  * sequence owns a slot of the KV cache; a token carries its slot and position. Tokens of one
- * slot in a batch must have increasing, contiguous positions following what the slot holds. */
+ * slot in a batch must have increasing, contiguous positions following what the slot holds.
+ *
+ * Micro-batches: a batch may be cut into consecutive runs of tokens that go through the layers
+ * as a pipeline — while one micro-batch's routed experts are out (remote experts), the engine
+ * computes attention, router and shared experts of the next. A run never waits for a later one,
+ * so the KV rows a token attends to are always written first; the logits are those of the
+ * unsplit batch up to float summation order (the matrix products see fewer rows). */
 typedef struct {
     int n_ctx;    /* positions per slot (0: the model's training context, capped at 4096) */
     int n_slots;  /* concurrent sequences */
     int n_batch;  /* most tokens per decode call */
     bool kv_f16;  /* store K and V as f16 (default f32) */
+    int n_micro;  /* micro-batches per decode: 1..COORD_MICRO_BATCHES_MAX, or 0 (the default)
+                     to choose per batch: 1 with local experts or a small batch, more for larger
+                     batches with remote experts. Never more than the batch's tokens. */
+    coord_trace_t *trace; /* borrowed, NULL: no trace */
 } coord_engine_params_t;
+
+/* What the engine did since creation. */
+typedef struct {
+    uint64_t decodes, tokens;
+    uint64_t micro_batches; /* summed over decodes */
+    double t_decode_s;      /* wall time inside coord_engine_decode */
+} coord_engine_stats_t;
 
 coord_engine_params_t coord_engine_params_default(void);
 
@@ -230,6 +322,10 @@ int coord_engine_slot_len(const coord_engine_t *e, int slot);
  * (at most cap values); returns n_layer * n_expert (0 for a dense model). Any thread: relaxed
  * atomic reads, so values are each exact but not one consistent moment. */
 int coord_engine_expert_tokens(const coord_engine_t *e, uint64_t *out, int cap);
+/* The counters above. Call from the decoding thread (or when it is not decoding). */
+void coord_engine_stats(const coord_engine_t *e, coord_engine_stats_t *out);
+/* Micro-batches a batch of n tokens is cut into with the engine's n_micro (0: adaptive). */
+int coord_engine_micro_batches(const coord_engine_t *e, int n);
 /* Forgets positions len and beyond of slot (no-op when it holds fewer): the next token of the
  * slot goes at position len. Used to roll back rejected speculative tokens. */
 void coord_engine_truncate_slot(coord_engine_t *e, int slot, int len);
@@ -491,6 +587,9 @@ typedef struct {
     int node_timeout_ms;
     const char *curve_keys;          /* directory, or NULL */
     int replicas;                    /* copies of every expert, each on its own node (1) */
+    int n_draft;                     /* speculative tokens per step (--draft), 0: off */
+    int n_micro;                     /* micro-batches per step (--micro-batches), 0: adaptive */
+    const char *trace;               /* --trace FILE, written when the server is freed; NULL */
 } coord_server_params_t;
 coord_server_params_t coord_server_params_default(void);
 typedef struct coord_server coord_server_t;

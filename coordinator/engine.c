@@ -4,8 +4,11 @@
  * weight, activations rounded to each weight's dot type inside kern_matmul, softmax-then-top-k
  * routing, expert outputs weighted and summed in top-k order.
  *
- * Buffers are sized once for n_batch tokens; decode never allocates. The batch is processed
- * layer by layer for all its tokens, so every weight matrix is read once per batch.
+ * Buffers are sized once for n_batch tokens, one row per token of the batch; decode never
+ * allocates. The batch is processed layer by layer, as one run of tokens or as a pipeline of
+ * micro-batches (consecutive runs, see coord_engine_decode): every weight matrix is read once
+ * per micro-batch. Each micro-batch owns its rows of the per-token buffers, so one can wait for
+ * its routed experts while the next uses the shared scratch (h1, h2, router, work).
  */
 #include "coordinator/coord.h"
 
@@ -17,6 +20,9 @@
 
 #include "coordinator/mla.h"
 #include "wire/wire.h"
+
+/* Adaptive micro-batching (n_micro 0) splits batches of at least this many tokens. */
+#define MB_SPLIT_TOKENS 4
 
 struct coord_engine {
     const model_t *m;
@@ -49,11 +55,14 @@ struct coord_engine {
     /* (n_layer, n_expert) tokens the router sent to each expert since start-up: written by
      * the decoding thread, read by any thread, both with relaxed atomics (counters only). */
     _Atomic uint64_t *expert_tokens;
+    bool has_moe;           /* some layer has routed experts */
+    coord_engine_stats_t st;
 };
 
 coord_engine_params_t coord_engine_params_default(void)
 {
-    return (coord_engine_params_t){.n_ctx = 0, .n_slots = 1, .n_batch = 512, .kv_f16 = false};
+    return (coord_engine_params_t){
+        .n_ctx = 0, .n_slots = 1, .n_batch = 512, .kv_f16 = false, .n_micro = 0, .trace = NULL};
 }
 
 static size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
@@ -80,9 +89,10 @@ coord_engine_t *coord_engine_new(const model_t *m, coord_experts_t *ex, kern_poo
     const model_hparams_t *hp = &m->hp;
     coord_engine_params_t P = *p;
     if (P.n_ctx <= 0) P.n_ctx = hp->n_ctx_train < 4096 ? hp->n_ctx_train : 4096;
-    if (P.n_slots < 1 || P.n_batch < 1 || P.n_ctx > (1 << 24) || P.n_slots > 4096) {
-        LOG_ERR("bad engine parameters: ctx %d, slots %d, batch %d", P.n_ctx, P.n_slots,
-                P.n_batch);
+    if (P.n_slots < 1 || P.n_batch < 1 || P.n_ctx > (1 << 24) || P.n_slots > 4096 ||
+        P.n_micro < 0 || P.n_micro > COORD_MICRO_BATCHES_MAX) {
+        LOG_ERR("bad engine parameters: ctx %d, slots %d, batch %d, micro-batches %d (0..%d)",
+                P.n_ctx, P.n_slots, P.n_batch, P.n_micro, COORD_MICRO_BATCHES_MAX);
         return NULL;
     }
     if (hp->n_expert > 0 && !ex) {
@@ -103,6 +113,7 @@ coord_engine_t *coord_engine_new(const model_t *m, coord_experts_t *ex, kern_poo
         e->mla = coord__mla_new(m, pool, P.n_slots, P.n_ctx, P.n_batch, P.kv_f16);
         e->kv_dim = e->kv_dim_v = e->q_dim = e->o_dim = 0;
     }
+    for (int il = 0; il < hp->n_layer; il++) e->has_moe |= m->layers[il].gate_inp != NULL;
     size_t cells = (size_t)hp->n_layer * P.n_slots * P.n_ctx;
     e->k_cache = xcalloc(cells, e->kv_elt * e->kv_dim);
     e->v_cache = xcalloc(cells, e->kv_elt * e->kv_dim_v);
@@ -147,6 +158,8 @@ void coord_engine_free(coord_engine_t *e)
     free(e);
 }
 
+void coord_engine_stats(const coord_engine_t *e, coord_engine_stats_t *out) { *out = e->st; }
+
 void coord_engine_idle(coord_engine_t *e)
 {
     if (e->ex && e->ex->vt->idle) e->ex->vt->idle(e->ex);
@@ -180,6 +193,18 @@ static void mm(coord_engine_t *e, float *out, const model_tensor_t *w, const flo
                 w->ne[0], w->ne[1], e->work);
 }
 
+/* Trace helpers: cheap when tracing is off (no clock read). trace() records [*t, now] on the
+ * coordinator lane and moves *t to now. */
+static double trace_now(const coord_engine_t *e) { return e->p.trace ? wire_now() : 0; }
+
+static void trace(coord_engine_t *e, const char *name, double *t, int il, int mb, int n)
+{
+    if (!e->p.trace) return;
+    double now = wire_now();
+    coord_trace_event(e->p.trace, COORD_TRACE_COORD, 0, name, *t, now, il, mb, n);
+    *t = now;
+}
+
 static void add_bias(float *x, const model_tensor_t *b, int n, int dim)
 {
     if (!b) return;
@@ -204,11 +229,12 @@ static void kv_store(coord_engine_t *e, uint8_t *dst, const float *src, int dim)
     for (int i = 0; i < dim; i++) h[i] = kern_fp32_to_fp16(src[i]);
 }
 
-/* Attention of every (token, kv head) pair of the batch, split over the pool's threads. */
+/* Attention of every (token, kv head) pair of tokens [t0, t0 + n) of the batch, split over the
+ * pool's threads. */
 typedef struct {
     coord_engine_t *e;
     const coord_batch_t *b;
-    int il;
+    int il, t0, n;
 } attn_job_t;
 
 static void attn_cb(void *arg, int ith, int nth)
@@ -222,9 +248,9 @@ static void attn_cb(void *arg, int ith, int nth)
     const kern_type_t kt = e->p.kv_f16 ? KERN_F16 : KERN_F32;
     float *w = e->att_w + (size_t)ith * kern_attn_work_size(group, e->p.n_ctx, hd);
     /* One job per (token, kv head): the group's query heads read each cached row once. */
-    const int total = J->b->n * KV;
+    const int total = J->n * KV;
     for (int job = ith; job < total; job += nth) {
-        int t = job / KV, kvh = job % KV;
+        int t = J->t0 + job / KV, kvh = job % KV;
         int slot = J->b->slot[t], pos = J->b->pos[t];
         const float *q = e->q + (size_t)t * e->q_dim + (size_t)kvh * group * hd;
         const uint8_t *k = kv_at(e, e->k_cache, e->kv_dim, J->il, slot, 0) + e->kv_elt * kvh * hd;
@@ -236,26 +262,33 @@ static void attn_cb(void *arg, int ith, int nth)
     }
 }
 
-static void attention(coord_engine_t *e, const coord_batch_t *b, int il)
+/* The attention block of tokens [t0, t0 + n) at layer il, added to their residual stream.
+ * Their K and V rows are stored before any of them attends, and tokens of earlier runs of the
+ * batch (earlier positions of the same slot) have stored theirs already. */
+static void attention(coord_engine_t *e, const coord_batch_t *b, int il, int t0, int n)
 {
     const model_hparams_t *hp = &e->m->hp;
     const model_layer_t *ly = &e->m->layers[il];
-    const int n = b->n, D = hp->n_embd, hd = hp->head_dim;
+    const int D = hp->n_embd, hd = hp->head_dim;
+    float *x = e->x + (size_t)t0 * D, *xn = e->xn + (size_t)t0 * D;
+    float *Q = e->q + (size_t)t0 * e->q_dim, *K = e->k + (size_t)t0 * e->kv_dim;
+    float *V = e->v + (size_t)t0 * e->kv_dim_v, *ff = e->ff + (size_t)t0 * D;
     for (int t = 0; t < n; t++)
-        kern_rmsnorm(e->xn + (size_t)t * D, e->x + (size_t)t * D, ly->attn_norm->data, D,
-                     hp->rms_eps);
-    if (e->mla) {
-        coord__mla_forward(e->mla, b, il, e->xn, e->ff);
+        kern_rmsnorm(xn + (size_t)t * D, x + (size_t)t * D, ly->attn_norm->data, D, hp->rms_eps);
+    if (e->mla) { /* the micro-batch as a batch of its own: the latent cache is written in order */
+        const coord_batch_t sub = {n, b->tok + t0, b->pos + t0, b->slot + t0, NULL};
+        coord__mla_forward(e->mla, &sub, il, xn, ff);
         goto residual;
     }
-    mm(e, e->q, ly->wq, e->xn, n);
-    mm(e, e->k, ly->wk, e->xn, n);
-    mm(e, e->v, ly->wv, e->xn, n);
-    add_bias(e->q, ly->bq, n, e->q_dim);
-    add_bias(e->k, ly->bk, n, e->kv_dim);
-    add_bias(e->v, ly->bv, n, e->kv_dim_v);
+    mm(e, Q, ly->wq, xn, n);
+    mm(e, K, ly->wk, xn, n);
+    mm(e, V, ly->wv, xn, n);
+    add_bias(Q, ly->bq, n, e->q_dim);
+    add_bias(K, ly->bk, n, e->kv_dim);
+    add_bias(V, ly->bv, n, e->kv_dim_v);
     for (int t = 0; t < n; t++) {
-        float *q = e->q + (size_t)t * e->q_dim, *k = e->k + (size_t)t * e->kv_dim;
+        float *q = Q + (size_t)t * e->q_dim, *k = K + (size_t)t * e->kv_dim;
+        const int pos = b->pos[t0 + t], slot = b->slot[t0 + t];
         if (hp->qk_norm == 1) {
             for (int h = 0; h < hp->n_head; h++)
                 kern_rmsnorm(q + (size_t)h * hd, q + (size_t)h * hd, ly->q_norm->data, hd,
@@ -267,71 +300,107 @@ static void attention(coord_engine_t *e, const coord_batch_t *b, int il)
             kern_rmsnorm(q, q, ly->q_norm->data, e->q_dim, hp->rms_eps);
             kern_rmsnorm(k, k, ly->k_norm->data, e->kv_dim, hp->rms_eps);
         }
-        kern_rope(q, hp->n_head, hd, hp->n_rot, b->pos[t], hp->rope_base, hp->rope_scale,
+        kern_rope(q, hp->n_head, hd, hp->n_rot, pos, hp->rope_base, hp->rope_scale,
                   hp->rope_neox);
-        kern_rope(k, hp->n_head_kv, hd, hp->n_rot, b->pos[t], hp->rope_base, hp->rope_scale,
+        kern_rope(k, hp->n_head_kv, hd, hp->n_rot, pos, hp->rope_base, hp->rope_scale,
                   hp->rope_neox);
-        kv_store(e, kv_at(e, e->k_cache, e->kv_dim, il, b->slot[t], b->pos[t]), k, e->kv_dim);
-        kv_store(e, kv_at(e, e->v_cache, e->kv_dim_v, il, b->slot[t], b->pos[t]),
-                 e->v + (size_t)t * e->kv_dim_v, e->kv_dim_v);
+        kv_store(e, kv_at(e, e->k_cache, e->kv_dim, il, slot, pos), k, e->kv_dim);
+        kv_store(e, kv_at(e, e->v_cache, e->kv_dim_v, il, slot, pos), V + (size_t)t * e->kv_dim_v,
+                 e->kv_dim_v);
     }
-    attn_job_t job = {e, b, il};
+    attn_job_t job = {e, b, il, t0, n};
     kern_pool_run(e->pool, attn_cb, &job);
-    mm(e, e->ff, ly->wo, e->att, n);
+    mm(e, ff, ly->wo, e->att + (size_t)t0 * e->o_dim, n);
 residual:
-    for (size_t i = 0; i < (size_t)n * D; i++) e->x[i] += e->ff[i];
+    for (size_t i = 0; i < (size_t)n * D; i++) x[i] += ff[i];
 }
 
 /* out (n, n_embd) = down(silu(gate x) * up x): the dense FFN and the shared expert. */
 static void swiglu_ffn(coord_engine_t *e, float *out, const model_tensor_t *gate,
-                       const model_tensor_t *up, const model_tensor_t *down, int n)
+                       const model_tensor_t *up, const model_tensor_t *down, const float *x,
+                       int n)
 {
-    mm(e, e->h1, gate, e->xn, n);
-    mm(e, e->h2, up, e->xn, n);
+    mm(e, e->h1, gate, x, n);
+    mm(e, e->h2, up, x, n);
     kern_swiglu(e->h1, e->h1, e->h2, (int64_t)n * gate->ne[1]);
     mm(e, out, down, e->h1, n);
 }
 
-static int ffn(coord_engine_t *e, int n, int il)
+/* Router of tokens [t0, t0 + n): softmax, top-k, weights (renormalised when the model says). */
+static void route(coord_engine_t *e, int il, int t0, int n)
+{
+    const model_hparams_t *hp = &e->m->hp;
+    const int E = hp->n_expert, K = hp->n_expert_used;
+    mm(e, e->router, e->m->layers[il].gate_inp, e->xn + (size_t)t0 * hp->n_embd, n);
+    const float *bias = e->m->layers[il].exp_probs_b ? e->m->layers[il].exp_probs_b->data : NULL;
+    _Atomic uint64_t *cnt = e->expert_tokens + (size_t)il * E;
+    for (int t = 0; t < n; t++) {
+        float *p = e->router + (size_t)t * E;
+        int32_t *ids = e->ids + (size_t)(t0 + t) * K;
+        float *gw = e->gw + (size_t)(t0 + t) * K;
+        int top[256];
+        coord__router_select(hp, bias, p, top, gw);
+        for (int j = 0; j < K; j++) {
+            ids[j] = top[j];
+            atomic_fetch_add_explicit(&cnt[top[j]], 1, memory_order_relaxed);
+        }
+    }
+}
+
+/* The FFN block of tokens [t0, t0 + n) (micro-batch mb) up to what needs the routed experts: a
+ * dense FFN whole; else the router, then the routed experts submitted (remote ones are on the
+ * wire when this returns), then the shared expert, computed while they are out. */
+static int ffn_begin(coord_engine_t *e, int il, int mb, int t0, int n)
 {
     const model_hparams_t *hp = &e->m->hp;
     const model_layer_t *ly = &e->m->layers[il];
     const int D = hp->n_embd;
-    for (int t = 0; t < n; t++)
-        kern_rmsnorm(e->xn + (size_t)t * D, e->x + (size_t)t * D, ly->ffn_norm->data, D,
-                     hp->rms_eps);
+    float *x = e->x + (size_t)t0 * D, *xn = e->xn + (size_t)t0 * D, *ff = e->ff + (size_t)t0 * D;
+    double t = trace_now(e);
+    for (int i = 0; i < n; i++)
+        kern_rmsnorm(xn + (size_t)i * D, x + (size_t)i * D, ly->ffn_norm->data, D, hp->rms_eps);
     if (!ly->gate_inp) {
-        swiglu_ffn(e, e->ff, ly->ffn_gate, ly->ffn_up, ly->ffn_down, n);
-    } else {
-        const int E = hp->n_expert, K = hp->n_expert_used;
-        mm(e, e->router, ly->gate_inp, e->xn, n);
-        for (int t = 0; t < n; t++) {
-            float *p = e->router + (size_t)t * E;
-            int32_t *ids = e->ids + (size_t)t * K;
-            float *gw = e->gw + (size_t)t * K;
-            int top[256];
-            const float *bias = ly->exp_probs_b ? ly->exp_probs_b->data : NULL;
-            coord__router_select(hp, bias, p, top, gw);
-            _Atomic uint64_t *cnt = e->expert_tokens + (size_t)il * E;
-            for (int j = 0; j < K; j++) {
-                ids[j] = top[j];
-                atomic_fetch_add_explicit(&cnt[top[j]], 1, memory_order_relaxed);
-            }
-        }
-        int err = e->ex->vt->compute(e->ex, il, n, K, e->xn, e->ids, e->gw, e->ff);
+        swiglu_ffn(e, ff, ly->ffn_gate, ly->ffn_up, ly->ffn_down, xn, n);
+        trace(e, "ffn", &t, il, mb, n);
+        return 0;
+    }
+    const int K = hp->n_expert_used;
+    route(e, il, t0, n);
+    trace(e, "routing", &t, il, mb, n);
+    int err = coord_experts_submit(e->ex, il, mb, n, K, xn, e->ids + (size_t)t0 * K,
+                                   e->gw + (size_t)t0 * K, ff);
+    if (err) return err;
+    if (ly->gate_shexp) {
+        t = trace_now(e);
+        swiglu_ffn(e, e->sh + (size_t)t0 * D, ly->gate_shexp, ly->up_shexp, ly->down_shexp, xn,
+                   n);
+        if (ly->gate_inp_shexp) mm(e, e->shg + t0, ly->gate_inp_shexp, xn, n);
+        trace(e, "shared experts", &t, il, mb, n);
+    }
+    return 0;
+}
+
+/* The rest of the FFN block of tokens [t0, t0 + n): waits for micro-batch mb's routed experts,
+ * adds the shared expert (Qwen2-MoE: out += sigmoid(gate_inp_shexp . x) * shared_ffn(x)), and
+ * adds the block's output to the residual stream. */
+static int ffn_end(coord_engine_t *e, int il, int mb, int t0, int n)
+{
+    const model_hparams_t *hp = &e->m->hp;
+    const model_layer_t *ly = &e->m->layers[il];
+    const int D = hp->n_embd;
+    float *x = e->x + (size_t)t0 * D, *ff = e->ff + (size_t)t0 * D;
+    if (ly->gate_inp) {
+        int err = coord_experts_collect(e->ex, mb);
         if (err) return err;
-        if (ly->gate_shexp) {
-            /* Qwen2-MoE: out += sigmoid(gate_inp_shexp . x) * shared_ffn(x). */
-            swiglu_ffn(e, e->sh, ly->gate_shexp, ly->up_shexp, ly->down_shexp, n);
-            if (ly->gate_inp_shexp) mm(e, e->shg, ly->gate_inp_shexp, e->xn, n);
-            for (int t = 0; t < n; t++) {
-                float g = ly->gate_inp_shexp ? 1.0f / (1.0f + expf(-e->shg[t])) : 1.0f;
-                for (int d = 0; d < D; d++)
-                    e->ff[(size_t)t * D + d] += e->sh[(size_t)t * D + d] * g;
-            }
+    }
+    if (ly->gate_inp && ly->gate_shexp) {
+        const float *sh = e->sh + (size_t)t0 * D, *shg = e->shg + t0;
+        for (int t = 0; t < n; t++) {
+            float g = ly->gate_inp_shexp ? 1.0f / (1.0f + expf(-shg[t])) : 1.0f;
+            for (int d = 0; d < D; d++) ff[(size_t)t * D + d] += sh[(size_t)t * D + d] * g;
         }
     }
-    for (size_t i = 0; i < (size_t)n * D; i++) e->x[i] += e->ff[i];
+    for (size_t i = 0; i < (size_t)n * D; i++) x[i] += ff[i];
     return 0;
 }
 
@@ -355,6 +424,20 @@ static int check_batch(const coord_engine_t *e, const coord_batch_t *b)
     return 0;
 }
 
+int coord_engine_micro_batches(const coord_engine_t *e, int n)
+{
+    int M = e->p.n_micro;
+    if (M == 0) {
+        /* Splitting pays only when there is something to overlap (routed experts that work
+         * elsewhere) and the batch is big enough that a micro-batch costs clearly less to
+         * compute than the whole: below that, every weight is read once per micro-batch
+         * either way and the split only adds a round trip's worth of latency. */
+        bool overlap = e->has_moe && coord_experts_async(e->ex);
+        M = !overlap || n < MB_SPLIT_TOKENS ? 1 : n < 4 * MB_SPLIT_TOKENS ? 2 : 3;
+    }
+    return M < n ? M : n;
+}
+
 int coord_engine_decode(coord_engine_t *e, const coord_batch_t *b, float *logits)
 {
     int err = check_batch(e, b);
@@ -363,23 +446,53 @@ int coord_engine_decode(coord_engine_t *e, const coord_batch_t *b, float *logits
     const model_hparams_t *hp = &m->hp;
     const int n = b->n, D = hp->n_embd;
     CHECK(hp->n_expert_used <= 256);
+    const double t_start = wire_now();
+    double t = t_start;
     const size_t erow = kern_row_bytes(m->tok_embd->type, D);
-    for (int t = 0; t < n; t++)
-        kern_dequantize(m->tok_embd->type, (const uint8_t *)m->tok_embd->data + erow * b->tok[t],
-                        e->x + (size_t)t * D, D);
+    for (int i = 0; i < n; i++)
+        kern_dequantize(m->tok_embd->type, (const uint8_t *)m->tok_embd->data + erow * b->tok[i],
+                        e->x + (size_t)i * D, D);
+    /* Micro-batch j holds tokens [b0[j], b0[j + 1]), consecutive runs of about n / M. Layer by
+     * layer each one finishes the previous layer's FFN, then starts this layer: while its
+     * routed experts are out, the next micro-batch's attention and router run. Micro-batch j
+     * of a layer always precedes j + 1, so a token's earlier positions in the batch have
+     * written their K and V before it attends. */
+    const int M = coord_engine_micro_batches(e, n);
+    int b0[COORD_MICRO_BATCHES_MAX + 1];
+    for (int j = 0; j <= M; j++) b0[j] = (int)((int64_t)n * j / M);
     for (int il = 0; il < hp->n_layer; il++) {
-        attention(e, b, il);
-        if ((err = ffn(e, n, il)) != 0) return err;
+        for (int j = 0; j < M; j++) {
+            const int t0 = b0[j], nj = b0[j + 1] - b0[j];
+            if (il > 0 && (err = ffn_end(e, il - 1, j, t0, nj)) != 0) return err;
+            t = trace_now(e);
+            attention(e, b, il, t0, nj);
+            trace(e, "attention", &t, il, j, nj);
+            if ((err = ffn_begin(e, il, j, t0, nj)) != 0) return err;
+        }
     }
-    for (int t = 0; t < n; t++)
-        if (b->pos[t] + 1 > e->slot_len[b->slot[t]]) e->slot_len[b->slot[t]] = b->pos[t] + 1;
+    for (int j = 0; j < M; j++)
+        if ((err = ffn_end(e, hp->n_layer - 1, j, b0[j], b0[j + 1] - b0[j])) != 0) return err;
+    for (int i = 0; i < n; i++)
+        if (b->pos[i] + 1 > e->slot_len[b->slot[i]]) e->slot_len[b->slot[i]] = b->pos[i] + 1;
+    t = trace_now(e);
     int nw = 0;
-    for (int t = 0; t < n; t++) {
-        if (b->want ? !b->want[t] : t != n - 1) continue;
-        kern_rmsnorm(e->xn + (size_t)nw * D, e->x + (size_t)t * D, m->output_norm->data, D,
+    for (int i = 0; i < n; i++) {
+        if (b->want ? !b->want[i] : i != n - 1) continue;
+        kern_rmsnorm(e->xn + (size_t)nw * D, e->x + (size_t)i * D, m->output_norm->data, D,
                      hp->rms_eps);
         nw++;
     }
     if (nw > 0) mm(e, logits, m->output, e->xn, nw);
+    trace(e, "output", &t, -1, -1, nw);
+    const double t_end = wire_now();
+    static const char *const step_name[COORD_MICRO_BATCHES_MAX + 1] = {
+        "", "decode", "decode, 2 micro-batches", "decode, 3 micro-batches",
+        "decode, 4 micro-batches", "decode, 5 micro-batches", "decode, 6 micro-batches",
+        "decode, 7 micro-batches", "decode, 8 micro-batches"};
+    coord_trace_event(e->p.trace, COORD_TRACE_STEP, 0, step_name[M], t_start, t_end, -1, -1, n);
+    e->st.decodes++;
+    e->st.tokens += (uint64_t)n;
+    e->st.micro_batches += (uint64_t)M;
+    e->st.t_decode_s += t_end - t_start;
     return 0;
 }

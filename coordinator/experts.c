@@ -1,11 +1,15 @@
 /* Local routed experts: the "all experts in this process" implementation of coord_experts_t.
  * The arithmetic is kern_moe_ffn, the same function expert nodes run, so local and distributed
- * paths differ only in how partial sums across nodes are added.
+ * paths differ only in how partial sums across nodes are added. Also the coord_experts_*
+ * calls every implementation shares: submit/collect fall back to compute for implementations
+ * without their own (this one: the work runs on the caller's thread and pool either way, so
+ * there is nothing to overlap it with).
  */
 #include "coordinator/coord.h"
 
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "wire/wire.h"
 
@@ -29,8 +33,11 @@ static int local_compute(coord_experts_t *ex, int layer, int n_tok, int k, const
         return -EINVAL;
     for (int i = 0; i < n_tok * k; i++)
         if (ids[i] >= hp->n_expert) return -EINVAL;
+    double t0 = ex->trace ? wire_now() : 0;
     kern_moe_ffn(L->pool, L->experts + (size_t)layer * hp->n_expert, hp->n_expert, hp->n_embd,
                  hp->n_ff_exp, n_tok, k, x, ids, w, out, L->work, L->work_size);
+    coord_trace_event(ex->trace, COORD_TRACE_COORD, 0, "local experts", t0, wire_now(), layer,
+                      -1, n_tok);
     return 0;
 }
 
@@ -42,7 +49,7 @@ static void local_free(coord_experts_t *ex)
     free(L);
 }
 
-static const coord_experts_vt_t local_vt = {local_compute, local_free, NULL};
+static const coord_experts_vt_t local_vt = {.compute = local_compute, .free = local_free};
 
 coord_experts_t *coord_experts_local_new(const model_t *m, kern_pool_t *pool, int max_tok)
 {
@@ -77,4 +84,34 @@ coord_experts_t *coord_experts_local_new(const model_t *m, kern_pool_t *pool, in
 void coord_experts_free(coord_experts_t *ex)
 {
     if (ex) ex->vt->free(ex);
+}
+
+int coord_experts_submit(coord_experts_t *ex, int layer, int mb, int n_tok, int k,
+                         const float *x, const int32_t *ids, const float *w, float *out)
+{
+    CHECK(mb >= 0 && mb < COORD_MICRO_BATCHES_MAX);
+    if (ex->vt->submit) return ex->vt->submit(ex, layer, mb, n_tok, k, x, ids, w, out);
+    return ex->vt->compute(ex, layer, n_tok, k, x, ids, w, out);
+}
+
+int coord_experts_collect(coord_experts_t *ex, int mb)
+{
+    CHECK(mb >= 0 && mb < COORD_MICRO_BATCHES_MAX);
+    return ex->vt->collect ? ex->vt->collect(ex, mb) : 0;
+}
+
+bool coord_experts_async(const coord_experts_t *ex)
+{
+    return ex && ex->vt->submit != NULL;
+}
+
+void coord_experts_stats(const coord_experts_t *ex, coord_experts_stats_t *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (ex && ex->vt->stats) ex->vt->stats(ex, out);
+}
+
+void coord_experts_set_trace(coord_experts_t *ex, coord_trace_t *tr)
+{
+    ex->trace = tr;
 }

@@ -36,6 +36,7 @@ struct coord_server {
     coord_experts_t *ex;
     coord_engine_t *eng;
     coord_sched_t *sched;
+    coord_trace_t *trace;     /* --trace, owned; written and freed by coord_server_free */
     int n_ctx;
     char load_error[160];     /* "" when the load worked */
     bool stopping, torn_down, failed;
@@ -107,11 +108,14 @@ static void load(void *arg)
     } else if (s->m->hp.n_expert > 0) {
         s->ex = coord_experts_local_new(s->m, s->pool, p->n_batch);
     }
+    if (s->ex) coord_experts_set_trace(s->ex, s->trace);
     coord_engine_params_t ep = coord_engine_params_default();
     ep.n_ctx = p->n_ctx;
     ep.n_slots = p->n_slots;
     ep.n_batch = p->n_batch;
     ep.kv_f16 = p->kv_f16;
+    ep.n_micro = p->n_micro;
+    ep.trace = s->trace;
     s->eng = coord_engine_new(s->m, s->ex, s->pool, &ep);
     if (!s->eng) {
         snprintf(s->load_error, sizeof(s->load_error), "the engine parameters do not fit");
@@ -124,6 +128,7 @@ static void load(void *arg)
     sp.n_ctx = s->n_ctx;
     sp.max_queue = p->max_queue;
     sp.n_threads = p->n_threads;
+    sp.n_draft = p->n_draft;
     s->sched = coord_sched_new(s->eng, s->m, &sp);
     if (!s->sched) snprintf(s->load_error, sizeof(s->load_error), "cannot start the scheduler");
 out:
@@ -217,10 +222,14 @@ coord_server_t *coord_server_new(struct uv_loop_s *loop, const coord_server_para
         p->n_batch > 65536 || p->n_ctx < 0 || p->n_threads < 1 || p->n_threads > 256 ||
         p->max_queue < 0 || p->max_body < 1 || p->max_header < 256 || p->max_conns < 1 ||
         p->timeout_ms < 1 || p->grace_ms < 0 || p->max_tokens < 1 || p->max_prompt < 1 ||
-        p->n_expert_nodes < 0 || p->node_timeout_ms < 1 || p->replicas < 1) {
-        LOG_ERR("bad server parameters (model, slots, batch, ctx, threads or a limit)");
+        p->n_expert_nodes < 0 || p->node_timeout_ms < 1 || p->replicas < 1 || p->n_draft < 0 ||
+        p->n_micro < 0 || p->n_micro > COORD_MICRO_BATCHES_MAX) {
+        LOG_ERR("bad server parameters (model, slots, batch, ctx, threads, draft, micro-batches "
+                "or a limit)");
         return NULL;
     }
+    coord_trace_t *trace = NULL;
+    if (p->trace && !(trace = coord_trace_new(p->trace, 0))) return NULL;
     wire_dtype_t dt;
     if (!p->wire_type || wire_dtype_parse(p->wire_type, &dt) != 0 || dt == WIRE_DTYPE_BYTES) {
         LOG_ERR("bad wire type '%s' (f32, f16, bf16 or q8_0)", p->wire_type ? p->wire_type : "");
@@ -231,6 +240,7 @@ coord_server_t *coord_server_new(struct uv_loop_s *loop, const coord_server_para
     coord_server_t *s = xcalloc(1, sizeof(*s));
     s->loop = loop;
     s->p = *p;
+    s->trace = trace;
     const char *base = strrchr(p->model, '/');
     snprintf(s->model_id, sizeof(s->model_id), "%s", p->alias ? p->alias : base ? base + 1 : p->model);
     coord_api_params_t ap = {.model_id = s->model_id, .api_key = p->api_key,
@@ -279,6 +289,9 @@ int coord_server_free(coord_server_t *s)
 {
     if (!s) return 0;
     CHECK(s->n_open == 0 && !s->loader_running && !s->sched);
+    /* The scheduler thread that recorded the trace has been joined. */
+    coord_trace_write(s->trace);
+    coord_trace_free(s->trace);
     coord_engine_free(s->eng);
     coord_experts_free(s->ex);
     coord_cluster_free(s->cluster);
@@ -367,6 +380,12 @@ int coord_cmd_serve(int argc, char **argv)
         {"max-prompt", 0, "MOEMESH_MAX_PROMPT", COORD_OPT_INT, &p.max_prompt, "N",
          "largest prompt in tokens (32768, and always below the context)"},
         {"kv-f16", 0, "MOEMESH_KV_F16", COORD_OPT_BOOL, &p.kv_f16, NULL, "f16 KV cache"},
+        {"draft", 0, "MOEMESH_DRAFT", COORD_OPT_INT, &p.n_draft, "N",
+         "speculative tokens per step from the context, greedy requests only (0: off)"},
+        {"micro-batches", 0, "MOEMESH_MICRO_BATCHES", COORD_OPT_INT, &p.n_micro, "N",
+         "micro-batches per step, pipelined against the expert nodes (0: adaptive; 1: off)"},
+        {"trace", 0, "MOEMESH_TRACE", COORD_OPT_STR, &p.trace, "FILE",
+         "write a Chrome/Perfetto trace (JSON) of every step when the server stops"},
         {"log-level", 0, "MOEMESH_LOG_LEVEL", COORD_OPT_STR, &log_level, "L",
          "error|warn|info|debug (info)"},
         COORD__CLUSTER_OPTS(cf),

@@ -226,6 +226,10 @@ static void run_engine(const model_t *m, coord_experts_t *ex, kern_pool_t *pool,
     coord_engine_params_t p = coord_engine_params_default();
     p.n_ctx = n + 8;
     p.n_batch = n;
+    /* One micro-batch: remote and local then run matrix products of the same shapes, so only
+     * the order the nodes' sums are added differs (tests/coordinator/overlap_test.c compares
+     * micro-batched runs with this plain path). */
+    p.n_micro = 1;
     coord_engine_t *e = coord_engine_new(m, ex, pool, &p);
     cr_assert_not_null(e);
     int32_t pos[MAX_TOK], slot[MAX_TOK] = {0};

@@ -580,7 +580,7 @@ static int flaky_compute(coord_experts_t *ex, int layer, int n_tok, int k, const
 
 static void flaky_free(coord_experts_t *ex) { (void)ex; }
 
-static const coord_experts_vt_t flaky_vt = {flaky_compute, flaky_free, NULL};
+static const coord_experts_vt_t flaky_vt = {.compute = flaky_compute, .free = flaky_free};
 
 Test(coord_sched, engine_error_fails_active_requests_and_keeps_serving, .timeout = 120)
 {
