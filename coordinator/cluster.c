@@ -925,13 +925,15 @@ typedef struct {
     coord_cluster_t *c;
     coord_experts_t *inner; /* owned */
     double warned;          /* wire_now() of the last "experts unavailable" log line */
+    int first_layer;        /* lowest layer with routed experts: its micro-batch 0 starts a step */
 } guard_t;
 
 /* 0 when every pair the call routes to sits on a node that is up, else -EHOSTUNREACH (logged
- * at most once a second). */
-static int guard_check(guard_t *g, int layer, int n_tok, int k, const int32_t *ids)
+ * at most once a second). tend reads the node sockets and drops RESULTs it does not expect, so
+ * it runs only when no micro-batch can be in flight: at the start of a step. */
+static int guard_check(guard_t *g, int layer, int n_tok, int k, const int32_t *ids, bool tend)
 {
-    coord_cluster_tend(g->c);
+    if (tend) coord_cluster_tend(g->c);
     bool any_down = false;
     for (int o = 0; o < g->c->n_nodes && !any_down; o++)
         any_down = coord_cluster_node_down(g->c, o);
@@ -955,7 +957,7 @@ static int guard_compute(coord_experts_t *ex, int layer, int n_tok, int k, const
                          const int32_t *ids, const float *w, float *out)
 {
     guard_t *g = (guard_t *)ex;
-    int err = guard_check(g, layer, n_tok, k, ids);
+    int err = guard_check(g, layer, n_tok, k, ids, true);
     return err ? err : g->inner->vt->compute(g->inner, layer, n_tok, k, x, ids, w, out);
 }
 
@@ -965,7 +967,7 @@ static int guard_submit(coord_experts_t *ex, int layer, int mb, int n_tok, int k
                         const int32_t *ids, const float *w, float *out)
 {
     guard_t *g = (guard_t *)ex;
-    int err = guard_check(g, layer, n_tok, k, ids);
+    int err = guard_check(g, layer, n_tok, k, ids, mb == 0 && layer == g->first_layer);
     return err ? err : coord_experts_submit(g->inner, layer, mb, n_tok, k, x, ids, w, out);
 }
 
@@ -1009,5 +1011,7 @@ coord_experts_t *coord_cluster_guard_new(coord_cluster_t *c, coord_experts_t *in
     g->base.vt = &guard_vt;
     g->c = c;
     g->inner = inner;
+    while (g->first_layer < c->n_layers - 1 && coord_cluster_owner(c, g->first_layer, 0) < 0)
+        g->first_layer++;
     return &g->base;
 }

@@ -156,7 +156,8 @@ static int on_message(remote_t *R, int o, wire_msg_t *m, double t_recv)
     coord__node_t *n = &c->nodes[o];
     const int E = R->n_embd;
     switch (m->kind) {
-    case WIRE_KIND_HEARTBEAT:
+    case WIRE_KIND_HEARTBEAT: /* read here, not by the cluster's tend: liveness still counts */
+        c->nodes[o].last_heard = wire_now();
         return 0;
     case WIRE_KIND_ERROR: {
         const wire_error_t *e = &m->u.error;
