@@ -478,4 +478,72 @@ int coord_server_free(coord_server_t *s);
 /* `moemesh-coordinator serve ...`; the process exit code. */
 int coord_cmd_serve(int argc, char **argv);
 
+/* ---- expert load (coordinator/load.c) ----
+ * Rolling windows of routed tokens per (layer, expert) and of node busy time, built from
+ * cumulative counters sampled now and then (every engine step, every /metrics scrape): a
+ * window's count is the newest sample minus the one at the window's start, so the counters'
+ * owners need no change. From them: per-layer imbalance against a placement, a warning in the
+ * log when one expert takes over a layer (routing collapse), load profiles on disk for
+ * `--load-profile`, and the chooser that splits a replicated expert's calls by queue depth.
+ * One owner thread; nothing here locks. */
+typedef enum {
+    COORD_LOAD_RECENT_S = 0, /* the last window_s seconds (at sample resolution) */
+    COORD_LOAD_RECENT_STEPS, /* the last window_steps samples */
+    COORD_LOAD_ALL,          /* everything the counters saw */
+    COORD_LOAD_WINDOW_COUNT
+} coord_load_window_t;
+typedef struct {
+    int n_layers, n_expert;  /* shape of the token counters */
+    int n_nodes;             /* busy-time counters (0: none) */
+    double window_s;         /* seconds of COORD_LOAD_RECENT_S (default 60) */
+    int window_steps;        /* samples of COORD_LOAD_RECENT_STEPS (default 64, 1..4096) */
+    double collapse_share;   /* warn when one expert gets more than this share of a layer's
+                                tokens over the time window (default 0.5; >= 1 never) */
+    uint64_t collapse_min_tokens; /* ... and the layer saw at least this many (default 256) */
+} coord_load_config_t;
+coord_load_config_t coord_load_config_default(void);
+typedef struct coord_load coord_load_t;
+/* NULL (logged) for shapes out of range or windows too large for 256 MiB of snapshots. */
+coord_load_t *coord_load_new(const coord_load_config_t *cfg);
+void coord_load_free(coord_load_t *ld); /* NULL-safe */
+/* Takes one sample at now_s (monotonic seconds): tokens (n_layers, n_expert) and busy_s
+ * (n_nodes, or NULL) are cumulative counters, copied. A counter that went backwards (a
+ * restart) starts the windows over. Logs a warning when a layer's routing collapses over the
+ * time window, and a note when it recovers (once per change, not per sample). */
+void coord_load_sample(coord_load_t *ld, double now_s, const uint64_t *tokens,
+                       const double *busy_s);
+/* Tokens per (layer, expert) over window w into out (n_layers * n_expert). Returns the seconds
+ * the window covers (0 with fewer than two samples, when out is the newest counters for ALL
+ * and zeros otherwise). */
+double coord_load_tokens(const coord_load_t *ld, coord_load_window_t w, uint64_t *out);
+/* Busy seconds per node over window w into out (n_nodes); returns the seconds covered. */
+double coord_load_busy(const coord_load_t *ld, coord_load_window_t w, double *out);
+int coord_load_samples(const coord_load_t *ld); /* samples taken */
+/* The placement imbalance is measured against: owners (n_layers, n_expert, replicas) nodes or
+ * -1 (copied), share the same shape (fraction of the expert's tokens per copy; NULL: all to
+ * the first owner, as remote.c does today), node_cap (n_nodes) tokens/s or NULL (equal). */
+void coord_load_set_placement(coord_load_t *ld, const int *owners, const double *share,
+                              int replicas, const double *node_cap);
+/* Imbalance factor of layer over window w: max node time / the time of a perfect split
+ * (time = tokens / capacity; equal capacities: max node load / mean node load). 0 when the
+ * layer saw no tokens or no placement is set. */
+double coord_load_imbalance(const coord_load_t *ld, coord_load_window_t w, int layer);
+/* True while layer's routing is collapsed (see collapse_share); *expert and *share (either
+ * may be NULL) get the dominant expert and its share of the time window. */
+bool coord_load_collapsed(const coord_load_t *ld, int layer, int *expert, double *share);
+/* Which of the n owners (nodes, -1 skipped) of a replicated expert the next call goes to:
+ * the one whose queue finishes first, (inflight[node] + 1) / node_cap[node] smallest (cap NULL
+ * or <= 0: 1), ties to the earlier owner, so an idle cluster always uses the primary.
+ * inflight: (nodes) calls queued on each node. Returns an index into owners, -1 when none. */
+int coord_load_choose(const int *owners, int n, const int *inflight, const double *node_cap);
+/* Load profile, the file of --record-load / --load-profile (JSON, written with jansson):
+ *   {"moemesh_load_profile": 1, "model": "<fingerprint or name>", "n_layers": L,
+ *    "n_expert": E, "tokens": [[t(0,0), ..., t(0,E-1)], ..., [t(L-1,0), ...]]}
+ * tokens are routed-token counts (non-negative numbers); a layer without routed experts is all
+ * zeros. Write: 0 or -errno (logged). Read: fills out (n_layers * n_expert) and returns 0, or
+ * -EINVAL when the file is not such a profile or its shape differs (logged with the path). */
+int coord_load_profile_write(const char *path, const char *model, int n_layers, int n_expert,
+                             const uint64_t *tokens);
+int coord_load_profile_read(const char *path, int n_layers, int n_expert, double *out);
+
 #endif
