@@ -16,9 +16,11 @@ static int usage(void)
             "         --heads H --kv-heads K [--head-dim HD] --experts E --top-k K\n"
             "         --expert-ff F [--shared-ff S] --vocab V\n"
             "         --type f32|f16|bf16|q8_0|q4_0|q4_1|q5_0|q5_1|q4_k|q5_k|q6_k\n"
-            "         [--seed S] [--ctx C] [--name NAME] [--threads N] -o FILE\n"
+            "         [--seed S] [--ctx C] [--name NAME] [--threads N] [--router-skew S]\n"
+            "         -o FILE\n"
             "  Deterministic random-weight MoE model; --shared-ff only (and always) for "
-            "qwen2moe.\n");
+            "qwen2moe.\n"
+            "  --router-skew S (0..20): uneven routing, expert (l mod E) of layer l hottest.\n");
     return 2;
 }
 
@@ -82,6 +84,13 @@ int model_cli_gen(int argc, char **argv)
             p.type = (kern_type_t)t;
         } else if (strcmp(flag, "--seed") == 0 && parse_i64(val, &v)) {
             p.seed = (uint64_t)v;
+        } else if (strcmp(flag, "--router-skew") == 0) {
+            char *end;
+            p.router_skew = strtod(val, &end);
+            if (end == val || *end || !(p.router_skew >= 0 && p.router_skew <= 20)) {
+                fprintf(stderr, "moemesh-model gen: --router-skew wants 0..20, got '%s'\n", val);
+                return 2;
+            }
         } else if (strcmp(flag, "--ctx") == 0 && parse_i64(val, &v) && v > 0) {
             p.n_ctx = v;
         } else {

@@ -315,6 +315,10 @@ typedef struct {
     int64_t n_ctx;      /* <arch>.context_length; 0: 4096 */
     int n_threads;      /* threads generating and quantizing rows (0 or 1: the caller's only);
                            the bytes do not depend on it */
+    double router_skew; /* 0..20, 0: plain (same bytes as without it). S > 0 biases routing:
+                           layer l's expert e gets about S * (1 - ((e - l) mod E) / (E - 1))
+                           added to its router logit (through a constant feature added to every
+                           token embedding), so expert l mod E is the hottest */
 } model_gen_params_t;
 
 /* The matrix type named "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k",
