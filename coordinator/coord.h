@@ -406,15 +406,20 @@ typedef struct {
     const uint64_t *expert_tokens;    /* (n_layers, n_expert) */
     const bool *moe_layer;            /* (n_layers) */
     int n_layers, n_expert;
+    /* The placement per-layer imbalance is measured against (its owners); NULL: local experts,
+     * no imbalance shown. Loop thread, after start-up (the owners no longer change). */
+    const coord_cluster_t *cluster;
 } coord_metrics_gauges_t;
 coord_metrics_t *coord_metrics_new(void);
 void coord_metrics_free(coord_metrics_t *m); /* NULL-safe */
 void coord_metrics_request(coord_metrics_t *m, int status);
 void coord_metrics_tokens(coord_metrics_t *m, int n_prompt, int n_generated);
 void coord_metrics_observe(coord_metrics_t *m, coord_hist_t h, double seconds);
-/* The exposition text; *out is malloc'd (caller frees), returns its length. */
-size_t coord_metrics_render(const coord_metrics_t *m, const coord_metrics_gauges_t *g,
-                            char **out);
+/* The exposition text; *out is malloc'd (caller frees), returns its length. Each call also
+ * samples the expert counters into the metrics' rolling windows (coordinator/load.c): the
+ * moemesh:expert_*_recent, layer_* and node_busy_ratio series cover the last 60 s as seen by
+ * the scrapes (between the scrape nearest 60 s ago and this one). */
+size_t coord_metrics_render(coord_metrics_t *m, const coord_metrics_gauges_t *g, char **out);
 
 /* -- routes (coordinator/api.c): request validation, JSON responses, generation streams. */
 typedef struct coord_api coord_api_t;

@@ -224,3 +224,97 @@ Test(coord_load, profile_round_trip_and_refusals)
     cfg.window_steps = 4096, cfg.n_layers = 4096, cfg.n_expert = 4096;
     cr_assert_null(coord_load_new(&cfg));
 }
+
+/* Layer 0's counts over 96 random tokens of a generated model with the given router skew. */
+static void layer0_counts(double skew, uint64_t *out16)
+{
+    char path[96];
+    snprintf(path, sizeof(path), "/tmp/moemesh-skew-%d-%g.gguf", (int)getpid(), skew);
+    model_gen_params_t g = {.arch = "qwen3moe", .n_layers = 2, .n_embd = 64, .n_head = 4,
+                            .n_head_kv = 2, .n_expert = 16, .n_expert_used = 2,
+                            .expert_ff = 32, .n_vocab = 512, .type = KERN_F32, .seed = 7,
+                            .router_skew = skew};
+    cr_assert_eq(model_gen_write(&g, path), 0);
+    model_t *m;
+    cr_assert_eq(model_load(path, &m), 0);
+    unlink(path);
+    enum { N = 96 };
+    kern_pool_t *pool = kern_pool_new(1);
+    coord_experts_t *ex = coord_experts_local_new(m, pool, N);
+    coord_engine_params_t p = coord_engine_params_default();
+    p.n_ctx = N, p.n_slots = 1, p.n_batch = N;
+    coord_engine_t *eng = coord_engine_new(m, ex, pool, &p);
+    int32_t tok[N], pos[N], sl[N];
+    bool want[N];
+    for (int i = 0; i < N; i++)
+        tok[i] = (int32_t)((i * 131 + 17) % 512), pos[i] = i, sl[i] = 0, want[i] = i == N - 1;
+    float *logits = malloc(sizeof(float) * 512);
+    coord_batch_t b = {.n = N, .tok = tok, .pos = pos, .slot = sl, .want = want};
+    cr_assert_eq(coord_engine_decode(eng, &b, logits), 0);
+    uint64_t all[2 * 16];
+    coord_engine_expert_tokens(eng, all, 2 * 16);
+    memcpy(out16, all, 16 * sizeof(uint64_t));
+    free(logits);
+    coord_engine_free(eng);
+    coord_experts_free(ex);
+    kern_pool_free(pool);
+    model_free(m);
+}
+
+Test(coord_load, router_skew_makes_routing_measurably_uneven)
+{
+    uint64_t plain[16], skewed[16];
+    layer0_counts(0, plain);
+    layer0_counts(12, skewed);
+    uint64_t top_plain = 0, sum = 0;
+    int hot = 0;
+    for (int e = 0; e < 16; e++) {
+        top_plain = plain[e] > top_plain ? plain[e] : top_plain;
+        if (skewed[e] > skewed[hot]) hot = e;
+        sum += skewed[e];
+    }
+    cr_assert_eq(sum, 96 * 2);
+    /* Layer 0's hottest is expert 0 (rank 0), well above the even share (12 of 192) and above
+     * the unskewed model's hottest; expert 15 (rank 15: no bias) is rarely chosen. */
+    cr_assert_eq(hot, 0, "hottest %d", hot);
+    cr_assert_gt(skewed[0], 3 * 12, "%llu", (unsigned long long)skewed[0]);
+    cr_assert_gt(skewed[0], top_plain + 12);
+    cr_assert_lt(skewed[15], skewed[0] / 4);
+}
+
+/* Sum of the samples of series name (any labels) in a metrics text. */
+static double series(const char *text, const char *name)
+{
+    double sum = 0;
+    size_t n = strlen(name);
+    for (const char *l = text; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
+        if (strncmp(l, name, n) || (l[n] != '{' && l[n] != ' ')) continue;
+        const char *v = l[n] == '{' ? strchr(strchr(l, '}'), ' ') : l + n;
+        sum += strtod(v + 1, NULL);
+    }
+    return sum;
+}
+
+Test(coord_load, metrics_show_the_recent_window)
+{
+    coord_metrics_t *m = coord_metrics_new();
+    uint64_t tok[2 * 3] = {10, 0, 0, 0, 0, 0};
+    bool moe[2] = {true, false};
+    coord_metrics_gauges_t g = {.ready = true, .expert_tokens = tok, .moe_layer = moe,
+                                .n_layers = 2, .n_expert = 3};
+    char *t;
+    coord_metrics_render(m, &g, &t);
+    cr_assert_eq(series(t, "moemesh:expert_tokens_recent"), 0, "%s", t);
+    free(t);
+    tok[0] = 50, tok[1] = 5, tok[2] = 5; /* layer 0: 40 + 5 + 5 since the last scrape */
+    coord_metrics_render(m, &g, &t);
+    cr_assert_eq(series(t, "moemesh:expert_tokens_total"), 60);
+    cr_assert_eq(series(t, "moemesh:expert_tokens_recent"), 50, "%s", t);
+    cr_assert(strstr(t, "moemesh:expert_tokens_recent{layer=\"0\",expert=\"0\"} 40\n"));
+    cr_assert_float_eq(series(t, "moemesh:layer_top_expert_share"), 0.8, 1e-6);
+    cr_assert_null(strstr(t, "layer=\"1\""), "a layer without experts is not shown");
+    cr_assert_null(strstr(t, "moemesh:layer_imbalance"), "no cluster, no placement");
+    cr_assert_gt(series(t, "moemesh:expert_window_seconds"), 0);
+    free(t);
+    coord_metrics_free(m);
+}
