@@ -17,6 +17,8 @@ typedef struct {
     coord_node_stats_t st;    /* endpoint and name point into this struct; written by the
                                  cluster's thread, after start-up under the cluster's st_mu */
     int64_t ready;            /* start-up: n_experts of the node's READY, -1 until it came */
+    float capacity;           /* WELCOME's reference-expert pairs/s; 0: not measured */
+    double cap;               /* pairs/s for this model's experts place() weighed; 0: none */
 } coord__node_t;
 
 struct coord_cluster {

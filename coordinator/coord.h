@@ -90,6 +90,15 @@ typedef struct {
      * its socket is read again, so the node's READY is already waiting there (as when the
      * coordinator's thread is preempted at that point); 0 (the default) never sleeps. */
     int test_stall_ms;
+    /* Load-aware placement (model_plan_new_load; replicas is then the most copies of a hot
+     * expert, cold ones get one): on when balance is set or either of these is given.
+     * load_profile: a coord_load_profile_write file for this model; NULL: even load.
+     * node_cap: "C,C,..." (token, expert) pairs/s per node for this model's experts, one value
+     * for all; NULL: the nodes' WELCOME capacities scaled to the expert shape (equal when a
+     * node did not measure). */
+    const char *load_profile;
+    const char *node_cap;
+    bool balance;
 } coord_cluster_config_t;
 
 /* Zero nodes, f32, one replica, 10 s deadlines, progress on, no test hooks. */
@@ -112,7 +121,9 @@ int coord_cluster_owner(const coord_cluster_t *c, int layer, int expert);
 /* Copies of every expert (the configured replicas). */
 int coord_cluster_replicas(const coord_cluster_t *c);
 /* The coord_cluster_replicas(c) distinct nodes holding expert e of layer l, primary first, or
- * NULL when layer l has no routed experts / out of range. Borrowed; valid until
+ * NULL when layer l has no routed experts / out of range. With load-aware placement
+ * (load_profile, node_cap, balance) a cold expert may have fewer copies: the slots after its
+ * last copy are -1. Borrowed; valid until
  * coord_cluster_free. */
 const int *coord_cluster_owners(const coord_cluster_t *c, int layer, int expert);
 
@@ -468,6 +479,9 @@ typedef struct {
     int node_timeout_ms;
     const char *curve_keys;          /* directory, or NULL */
     int replicas;                    /* copies of every expert, each on its own node (1) */
+    const char *load_profile, *node_cap; /* coord_cluster_config_t's; NULL: none */
+    bool balance;
+    const char *record_load;         /* load profile written at shutdown; NULL: none */
 } coord_server_params_t;
 coord_server_params_t coord_server_params_default(void);
 typedef struct coord_server coord_server_t;
@@ -550,5 +564,11 @@ int coord_load_choose(const int *owners, int n, const int *inflight, const doubl
 int coord_load_profile_write(const char *path, const char *model, int n_layers, int n_expert,
                              const uint64_t *tokens);
 int coord_load_profile_read(const char *path, int n_layers, int n_expert, double *out);
+/* Writes e's expert token counts since start-up as m's load profile (--record-load). 0 or
+ * -errno (logged). */
+int coord_load_record(const coord_engine_t *e, const model_t *m, const char *path);
+/* Capacity place() used for node i ((token, expert) pairs/s for the model's experts), 0 when
+ * the placement did not weigh capacities. */
+double coord_cluster_capacity(const coord_cluster_t *c, int node);
 
 #endif

@@ -30,6 +30,8 @@ typedef struct {
     int node_timeout;        /* ms */
     int replicas;            /* copies of every expert, each on its own node */
     const char *curve_keys;  /* directory, or NULL */
+    const char *load_profile, *record_load, *node_cap; /* load-aware placement; NULL: none */
+    bool balance;
 } coord__cluster_flags_t;
 
 /* The coord_opt_t entries of those flags, for an options table. */
@@ -47,7 +49,15 @@ typedef struct {
     {"replicas", 0, "MOEMESH_REPLICAS", COORD_OPT_INT, &(cf).replicas, "R",                        \
      "copies of every expert, each on its own node (default 1; at most the node count)"},          \
     {"curve-keys", 0, "MOEMESH_CURVE_KEYS", COORD_OPT_STR, &(cf).curve_keys, "DIR",                \
-     "CURVE keys (coordinator.key/.pub, node.pub) for encrypted node links"}
+     "CURVE keys (coordinator.key/.pub, node.pub) for encrypted node links"},                   \
+    {"load-profile", 0, "MOEMESH_LOAD_PROFILE", COORD_OPT_STR, &(cf).load_profile, "FILE",     \
+     "place experts by this load profile (--record-load): hot ones replicated"},              \
+    {"record-load", 0, "MOEMESH_RECORD_LOAD", COORD_OPT_STR, &(cf).record_load, "FILE",        \
+     "write the expert load profile of this run at exit"},                                    \
+    {"node-cap", 0, "MOEMESH_NODE_CAP", COORD_OPT_STR, &(cf).node_cap, "C,C,..",               \
+     "expert nodes' capacities (pairs/s; default: measured by the nodes)"},                   \
+    {"balance", 0, "MOEMESH_BALANCE", COORD_OPT_BOOL, &(cf).balance, NULL,                     \
+     "capacity- and load-aware placement (implied by --load-profile, --node-cap)"}
 
 /* wire_type f32, node_timeout 10000 ms, one replica, no nodes. */
 coord__cluster_flags_t coord__cluster_flags_default(void);

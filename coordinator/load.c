@@ -392,3 +392,16 @@ int coord_load_profile_read(const char *path, int n_layers, int n_expert, double
     json_decref(doc);
     return err;
 }
+
+int coord_load_record(const coord_engine_t *e, const model_t *m, const char *path)
+{
+    const int L = m->hp.n_layer, E = m->hp.n_expert;
+    uint64_t *tok = xcalloc((size_t)L * (E > 0 ? E : 0) + 1, sizeof(uint64_t));
+    coord_engine_expert_tokens(e, tok, L * E);
+    char fp[64];
+    model_fingerprint(m->gguf, fp, sizeof(fp));
+    int err = coord_load_profile_write(path, fp, L, E, tok);
+    if (!err) LOG_INFO("load profile written to %s", path);
+    free(tok);
+    return err;
+}
