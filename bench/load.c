@@ -5,6 +5,7 @@
  * imbalance factor of two placements over --nodes expert nodes of --node-cap capacities:
  *   before: model_plan_new_r (byte-balanced round robin, calls to the primary copy), what the
  *           coordinator does without a profile;
+ *   cap:    model_plan_new_load without a profile, one copy each: capacities alone;
  *   after:  model_plan_new_load from the measured profile (or --load-profile FILE) with the
  *           capacities: hot experts replicated, cold ones packed.
  * Tokens/s is modelled, not measured on live nodes: one step's expert phase takes, per layer,
@@ -135,7 +136,7 @@ static double modelled_seconds(const model_plan_t *p, const double *load, const 
     return t;
 }
 
-static json_t *plan_json(const model_plan_t *p, const double *load, const double *cap,
+static json_t *plan_json(model_plan_t *p, const double *load, const double *cap,
                          int tokens)
 {
     json_t *imb = json_array();
@@ -153,9 +154,25 @@ static json_t *plan_json(const model_plan_t *p, const double *load, const double
         json_array_append_new(nodes, json_pack("{s:I,s:i}", "bytes", (json_int_t)p->node_bytes[i],
                                                "experts", p->node_experts[i]));
     double secs = modelled_seconds(p, load, cap);
-    return json_pack("{s:o,s:f,s:f,s:i,s:f,s:o}", "imbalance", imb, "max_imbalance", worst,
-                     "mean_imbalance", n ? mean / n : 0, "extra_copies", extra,
-                     "modelled_tokens_per_s", secs > 0 ? tokens / secs : 0, "nodes", nodes);
+    /* The same plan when every call goes to the primary copy, as remote.c does until it uses
+     * coord_load_choose: the shares are then 1, 0, 0... */
+    const size_t ns = (size_t)p->n_layers * p->n_expert * p->replicas;
+    double *keep = xmalloc(sizeof(double) * (ns + 1));
+    memcpy(keep, p->share, sizeof(double) * ns);
+    for (size_t i = 0; i < ns; i++) p->share[i] = i % (size_t)p->replicas == 0;
+    double prim = 0;
+    for (int l = 0; l < p->n_layers; l++) {
+        double x = model_plan_imbalance(p, l, load, cap);
+        prim = x > prim ? x : prim;
+    }
+    double prim_secs = modelled_seconds(p, load, cap);
+    memcpy(p->share, keep, sizeof(double) * ns);
+    free(keep);
+    return json_pack("{s:o,s:f,s:f,s:i,s:f,s:f,s:f,s:o}", "imbalance", imb, "max_imbalance",
+                     worst, "mean_imbalance", n ? mean / n : 0, "extra_copies", extra,
+                     "modelled_tokens_per_s", secs > 0 ? tokens / secs : 0,
+                     "primary_only_max_imbalance", prim, "primary_only_tokens_per_s",
+                     prim_secs > 0 ? tokens / prim_secs : 0, "nodes", nodes);
 }
 
 static int parse(int argc, char **argv, opts_t *o)
@@ -234,14 +251,17 @@ static void print_table(const json_t *r)
                json_real_value(ib), json_real_value(ia),
                json_is_true(json_object_get(lay, "collapsed")) ? "  collapsed" : "");
     }
-    const char *what[2] = {"before", "after"};
-    json_t *pl[2] = {before, after};
-    for (int k = 0; k < 2; k++)
-        printf("%-6s max imbalance %.3f, mean %.3f, extra copies %lld, modelled %.1f tokens/s\n",
+    const char *what[3] = {"before", "cap", "after"};
+    json_t *pl[3] = {before, json_object_get(r, "capacity_only"), after};
+    for (int k = 0; k < 3; k++)
+        printf("%-6s max imbalance %.3f, mean %.3f, extra copies %lld, modelled %.1f tokens/s"
+               " (primary copies only: %.3f, %.1f tokens/s)\n",
                what[k], json_real_value(json_object_get(pl[k], "max_imbalance")),
                json_real_value(json_object_get(pl[k], "mean_imbalance")),
                (long long)json_integer_value(json_object_get(pl[k], "extra_copies")),
-               json_real_value(json_object_get(pl[k], "modelled_tokens_per_s")));
+               json_real_value(json_object_get(pl[k], "modelled_tokens_per_s")),
+               json_real_value(json_object_get(pl[k], "primary_only_max_imbalance")),
+               json_real_value(json_object_get(pl[k], "primary_only_tokens_per_s")));
 }
 
 int bench_load_main(int argc, char **argv)
@@ -263,7 +283,7 @@ int bench_load_main(int argc, char **argv)
     coord_load_t *ld = coord_load_new(&lc);
     uint64_t *counts = xcalloc((size_t)P, sizeof(uint64_t));
     double *load = xcalloc((size_t)P, sizeof(double)), *profile = NULL;
-    model_plan_t *before = NULL, *after = NULL;
+    model_plan_t *before = NULL, *after = NULL, *capacity = NULL;
     rc = 1;
     if (!ld || run_workload(m, &o, ld, counts)) goto out;
     for (int i = 0; i < P; i++) load[i] = (double)counts[i];
@@ -279,7 +299,8 @@ int bench_load_main(int argc, char **argv)
     const uint64_t *mem = o.has_mem ? o.mem : NULL;
     if (model_plan_new_r(m->gguf, o.nodes, mem, 0, 1, &before) ||
         model_plan_new_load(m->gguf, o.nodes, mem, o.cap, profile ? profile : load, o.replicas,
-                            0, &after))
+                            0, &after) ||
+        model_plan_new_load(m->gguf, o.nodes, mem, o.cap, NULL, 1, 0, &capacity))
         goto out;
 
     json_t *layers = json_array();
@@ -303,9 +324,10 @@ int bench_load_main(int argc, char **argv)
     }
     json_t *caps = json_array();
     for (int i = 0; i < o.nodes; i++) json_array_append_new(caps, json_real(o.cap[i]));
-    json_t *r = json_pack("{s:s,s:i,s:i,s:i,s:o,s:o,s:o,s:o}", "model", o.model, "tokens",
+    json_t *r = json_pack("{s:s,s:i,s:i,s:i,s:o,s:o,s:o,s:o,s:o}", "model", o.model, "tokens",
                           o.tokens, "top_k", hp->n_expert_used, "n_expert", E, "node_cap", caps,
                           "layers", layers, "before", plan_json(before, load, o.cap, o.tokens),
+                          "capacity_only", plan_json(capacity, load, o.cap, o.tokens),
                           "after", plan_json(after, load, o.cap, o.tokens));
     CHECK(r);
     if (o.json) {
@@ -321,6 +343,7 @@ int bench_load_main(int argc, char **argv)
 out:
     model_plan_free(before);
     model_plan_free(after);
+    model_plan_free(capacity);
     free(counts), free(load), free(profile);
     coord_load_free(ld);
     model_free(m);

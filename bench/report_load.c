@@ -8,6 +8,7 @@
 #include <jansson.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "bench/bench.h"
 #include "wire/wire.h"
@@ -102,6 +103,11 @@ static int one(const json_t *r, const char *dir, FILE *md, int k)
     snprintf(gp, sizeof(gp), "%s/%s.gp", dir, stem);
     snprintf(png, sizeof(png), "%s/%s.png", dir, stem);
     const char *model = json_string_value(json_object_get(r, "model"));
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
+        int err = -errno;
+        LOG_ERR("load report: cannot create %s: %s", dir, wire_strerror(err));
+        return err;
+    }
     int err = write_svg(layers, E, svg, model ? model : "model");
     if (!err) err = write_gnuplot(layers, E, dat, gp, png);
     if (err) {
@@ -128,16 +134,20 @@ static int one(const json_t *r, const char *dir, FILE *md, int k)
                 100 * json_number_value(json_object_get(lay, "hottest_share")),
                 json_number_value(json_array_get(json_object_get(b, "imbalance"), i)),
                 json_number_value(json_array_get(json_object_get(a, "imbalance"), i)));
-    fprintf(md, "\n| placement | max imbalance | mean | extra copies | modelled tokens/s |\n"
-                "|---|---|---|---|---|\n");
-    const char *name[2] = {"round robin (before)", "balanced (after)"};
-    json_t *pl[2] = {b, a};
-    for (int q = 0; q < 2; q++)
-        fprintf(md, "| %s | %.3f | %.3f | %lld | %.1f |\n", name[q],
+    fprintf(md, "\n| placement | max imbalance | mean | extra copies | modelled tokens/s | "
+                "primary copies only: max imbalance | tokens/s |\n"
+                "|---|---|---|---|---|---|---|\n");
+    const char *name[3] = {"round robin (before)", "capacity-aware, no profile",
+                           "load- and capacity-aware (after)"};
+    json_t *pl[3] = {b, json_object_get(r, "capacity_only"), a};
+    for (int q = 0; q < 3; q++)
+        fprintf(md, "| %s | %.3f | %.3f | %lld | %.1f | %.3f | %.1f |\n", name[q],
                 json_number_value(json_object_get(pl[q], "max_imbalance")),
                 json_number_value(json_object_get(pl[q], "mean_imbalance")),
                 (long long)json_integer_value(json_object_get(pl[q], "extra_copies")),
-                json_number_value(json_object_get(pl[q], "modelled_tokens_per_s")));
+                json_number_value(json_object_get(pl[q], "modelled_tokens_per_s")),
+                json_number_value(json_object_get(pl[q], "primary_only_max_imbalance")),
+                json_number_value(json_object_get(pl[q], "primary_only_tokens_per_s")));
     return 0;
 }
 

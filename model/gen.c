@@ -374,17 +374,21 @@ static void list_tensors(gen_t *g, const model_gen_params_t *p, int head_dim)
 }
 
 /* --router-skew S: routing with a known bias. Dimension 0 of the residual stream becomes a
- * constant feature: every token embedding gets +1 there and no other matrix reading the stream
- * (attention, experts, head) sees it (their weight 0), so it stays the same in every hidden
- * state and reads about sqrt(n_embd / 2) after the norm. Router row e of layer l has
- * S * f * sqrt(2 / n_embd) there, f = 1 - rank / (E - 1), rank = (e - l) mod E: expert e's
- * logit moves up by about S * f next to a spread of about 1 from the token itself, so expert
- * l mod E is the hottest, the next ones less and less, and S sets how uneven it gets. */
+ * constant feature: every token embedding gets SKEW_FEATURE there (its other entries have a
+ * norm of about 1) and no other matrix reading the stream (attention, experts, head) sees it
+ * (their weight 0), so it stays in every hidden state. After the norm it reads about
+ * sqrt(n_embd) * c / sqrt(c^2 + 1) while the token's own part gives router logits a spread of
+ * about 1 / sqrt(c^2 + 1). Router row e of layer l has S * f / (c * sqrt(n_embd)) there,
+ * f = 1 - rank / (E - 1), rank = (e - l) mod E: expert e's logit moves up by about S * f times
+ * that spread, so expert l mod E is the hottest, the next ones less and less, and S sets how
+ * uneven it gets. What the layers add to the stream dilutes the feature, so deeper layers feel
+ * less of it (and a larger c would let their common part swamp the tokens' own). */
+#define SKEW_FEATURE 1.0
 static void router_skew(const gen_t *g, const gtensor_t *t, int64_t r, float *row)
 {
     if (g->router_skew == 0 || t->init != INIT_MATRIX || t->ne[0] != g->n_embd) return;
     if (strcmp(t->name, "token_embd.weight") == 0) {
-        row[0] += 1.0f;
+        row[0] += (float)SKEW_FEATURE;
         return;
     }
     const char *suffix = ".ffn_gate_inp.weight";
@@ -397,7 +401,7 @@ static void router_skew(const gen_t *g, const gtensor_t *t, int64_t r, float *ro
     const int E = g->n_expert;
     int rank = (int)(((r - l) % E + E) % E);
     double f = E > 1 ? 1.0 - (double)rank / (E - 1) : 0;
-    row[0] = (float)(g->router_skew * f * sqrt(2.0 / (double)t->ne[0]));
+    row[0] = (float)(g->router_skew * f / (SKEW_FEATURE * sqrt((double)t->ne[0])));
 }
 
 /* Row r of tensor t as floats: uniform on [-a, a], a = sqrt(3 / fan_in) (variance 1/fan_in)

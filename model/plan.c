@@ -438,6 +438,43 @@ static double deal(layer_t *L)
     return worst;
 }
 
+/* Orders each replicated expert's copies so that its primary — the copy serving everything
+ * while calls go to the primary alone, as remote.c does until it splits by queue depth — keeps
+ * that case balanced too: single-copy experts load their node, then replicated ones, heaviest
+ * first, make primary the holder whose time grows least. Shares move with their owners. */
+static void choose_primaries(layer_t *L)
+{
+    model_plan_t *p = L->p;
+    const int E = p->n_expert, N = p->n_nodes, R = p->replicas;
+    const size_t base = (size_t)L->l * E;
+    for (int n = 0; n < N; n++) L->t[n] = 0;
+    int nrep = 0;
+    for (int e = 0; e < E; e++) {
+        const size_t i = base + e;
+        if (p->copies[i] == 1) L->t[p->owners[i * R]] += L->w[e];
+        else if (p->copies[i] > 1) L->piece[nrep++] = e;
+    }
+    for (int e = 0; e < E; e++) L->r[e] = 1; /* by_share then orders by w alone */
+    sort_ctx = L;
+    qsort(L->piece, (size_t)nrep, sizeof(int), by_share);
+    for (int k = 0; k < nrep; k++) {
+        const size_t i = base + L->piece[k];
+        int *o = p->owners + i * R, best = 0;
+        double *sh = p->share + i * R;
+        for (int q = 1; q < p->copies[i]; q++)
+            if ((L->t[o[q]] + L->w[L->piece[k]]) / L->cap[o[q]] <
+                (L->t[o[best]] + L->w[L->piece[k]]) / L->cap[o[best]])
+                best = q;
+        int tn = o[best];
+        double ts = sh[best];
+        memmove(o + 1, o, sizeof(int) * (size_t)best);
+        memmove(sh + 1, sh, sizeof(double) * (size_t)best);
+        o[0] = tn, sh[0] = ts;
+        p->owner[i] = tn;
+        L->t[tn] += L->w[L->piece[k]];
+    }
+}
+
 /* Balances layer l into p (owners, copies, shares, node totals). extra: bytes of copies beyond
  * the first this layer may use. 0 or -ENOSPC. */
 static int balance_layer(layer_t *L, uint64_t extra)
@@ -511,6 +548,7 @@ static int balance_layer(layer_t *L, uint64_t extra)
         if (sum <= 0) p->share[i * R] = 1;
         p->owner[i] = p->owners[i * R];
     }
+    if (!err) choose_primaries(L);
     free(best_r);
     free(frozen);
     return err;
