@@ -135,19 +135,21 @@ static int one(const json_t *r, const char *dir, FILE *md, int k)
                 json_number_value(json_array_get(json_object_get(b, "imbalance"), i)),
                 json_number_value(json_array_get(json_object_get(a, "imbalance"), i)));
     fprintf(md, "\n| placement | max imbalance | mean | extra copies | modelled tokens/s | "
-                "primary copies only: max imbalance | tokens/s |\n"
-                "|---|---|---|---|---|---|---|\n");
+                "primary copies only: max imbalance | tokens/s | split by load: max imbalance "
+                "| tokens/s |\n|---|---|---|---|---|---|---|---|---|\n");
     const char *name[3] = {"round robin (before)", "capacity-aware, no profile",
                            "load- and capacity-aware (after)"};
     json_t *pl[3] = {b, json_object_get(r, "capacity_only"), a};
     for (int q = 0; q < 3; q++)
-        fprintf(md, "| %s | %.3f | %.3f | %lld | %.1f | %.3f | %.1f |\n", name[q],
+        fprintf(md, "| %s | %.3f | %.3f | %lld | %.1f | %.3f | %.1f | %.3f | %.1f |\n", name[q],
                 json_number_value(json_object_get(pl[q], "max_imbalance")),
                 json_number_value(json_object_get(pl[q], "mean_imbalance")),
                 (long long)json_integer_value(json_object_get(pl[q], "extra_copies")),
                 json_number_value(json_object_get(pl[q], "modelled_tokens_per_s")),
                 json_number_value(json_object_get(pl[q], "primary_only_max_imbalance")),
-                json_number_value(json_object_get(pl[q], "primary_only_tokens_per_s")));
+                json_number_value(json_object_get(pl[q], "primary_only_tokens_per_s")),
+                json_number_value(json_object_get(pl[q], "split_max_imbalance")),
+                json_number_value(json_object_get(pl[q], "split_tokens_per_s")));
     return 0;
 }
 

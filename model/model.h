@@ -287,6 +287,11 @@ int model_plan_balance(const model_balance_t *b, model_plan_t **out);
 int model_plan_new_load(const model_gguf_t *g, int n_nodes, const uint64_t *node_mem,
                         const double *node_cap, const double *load, int max_replicas,
                         int64_t n_ctx, model_plan_t **out);
+/* Re-splits the tokens of every expert with several copies between them for load (as in
+ * model_balance_t) so their nodes' times come out as equal as the rest allows: the split a
+ * queue-depth chooser (coord_load_choose) converges to on that load. Owners and copies stay;
+ * only p->share changes. */
+void model_plan_split(model_plan_t *p, const double *load, const double *node_cap);
 /* Expected time of node n for layer l under plan p: sum over the copies n holds of
  * share * load[l][e], divided by node_cap[n] (NULL: 1). load as in model_balance_t. */
 double model_plan_node_time(const model_plan_t *p, int layer, int node, const double *load,

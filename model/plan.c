@@ -689,3 +689,34 @@ double model_plan_imbalance(const model_plan_t *p, int layer, const double *load
     if (!(sum > 0)) return 0;
     return worst / (sum / caps);
 }
+
+void model_plan_split(model_plan_t *p, const double *load, const double *node_cap)
+{
+    const int E = p->n_expert, N = p->n_nodes, R = p->replicas;
+    double *cap = xmalloc(sizeof(double) * (size_t)N);
+    for (int n = 0; n < N; n++) cap[n] = node_cap && node_cap[n] > 0 ? node_cap[n] : 1;
+    layer_t L = {.p = p, .cap = cap};
+    double *w = xmalloc(sizeof(double) * (size_t)(E + 1));
+    L.w = w;
+    L.r = xmalloc(sizeof(int) * (size_t)(E + 1));
+    L.t = xmalloc(sizeof(double) * (size_t)N);
+    L.base = xmalloc(sizeof(double) * (size_t)R);
+    for (int l = 0; l < p->n_layers; l++) {
+        const size_t base = (size_t)l * E;
+        L.l = l;
+        L.own = p->owners + base * R; /* the plan's own arrays, re-split in place */
+        L.sh = p->share + base * R;
+        for (int n = 0; n < N; n++) L.t[n] = 0;
+        for (int e = 0; e < E; e++) {
+            double x = load[base + e];
+            w[e] = x > 0 && isfinite(x) ? x : 0;
+            L.r[e] = p->copies[base + e];
+            for (int q = 0; q < L.r[e]; q++)
+                L.t[L.own[(size_t)e * R + q]] += L.sh[(size_t)e * R + q] * w[e];
+        }
+        for (int pass = 0; pass < 8; pass++)
+            for (int e = 0; e < E; e++)
+                if (L.r[e] > 1 && L.w[e] > 0) water_fill(&L, e);
+    }
+    free(w), free(L.r), free(L.t), free(L.base), free(cap);
+}

@@ -550,3 +550,31 @@ Test(model_plan, new_load_places_a_real_model_and_old_plans_report_shares)
     model_plan_free(p);
     model_gguf_free(g);
 }
+
+Test(model_plan, split_follows_a_new_load_without_moving_copies)
+{
+    enum { L = 2, E = 16, N = 3 };
+    double prof[L * E], now[L * E];
+    uint64_t bytes[L * E];
+    for (int i = 0; i < L * E; i++) bytes[i] = 10;
+    zipf(prof, L, E, 1.5);
+    zipf(now, L, E, 1.2);
+    for (int i = 0; i < L * E; i += 3) now[i] *= 1.7; /* another workload, other hot spots */
+    const double cap[N] = {1, 2, 4};
+    model_balance_t b = {.n_nodes = N, .n_layers = L, .n_expert = E, .expert_bytes = bytes,
+                         .load = prof, .node_cap = cap, .max_replicas = N};
+    model_plan_t *p;
+    cr_assert_eq(model_plan_balance(&b, &p), 0);
+    int owners[L * E * N], copies[L * E];
+    memcpy(owners, p->owners, sizeof(owners));
+    memcpy(copies, p->copies, sizeof(copies));
+    double fixed[L];
+    for (int l = 0; l < L; l++) fixed[l] = model_plan_imbalance(p, l, now, cap);
+    model_plan_split(p, now, cap);
+    check_balanced(p, bytes, NULL);
+    cr_assert_arr_eq(owners, p->owners, sizeof(owners));
+    cr_assert_arr_eq(copies, p->copies, sizeof(copies));
+    for (int l = 0; l < L; l++)
+        cr_assert_leq(model_plan_imbalance(p, l, now, cap), fixed[l] + 1e-9, "layer %d", l);
+    model_plan_free(p);
+}
