@@ -79,11 +79,14 @@ static int write_gnuplot(const json_t *layers, int E, const char *dat, const cha
     f = fopen(gp, "w");
     if (!f) return -errno;
     const char *base = strrchr(dat, '/');
+    const int L = (int)json_array_size(layers);
     fprintf(f, "set terminal pngcairo size 900,600\nset output '%s'\n"
-               "set xlabel 'expert'\nset ylabel 'layer'\nset yrange [] reverse\n"
-               "set cblabel 'token share'\nset palette defined (0 'white', 1 'orange', 2 "
-               "'dark-red')\nplot '%s' matrix with image notitle\n",
-            (strrchr(png, '/') ? strrchr(png, '/') + 1 : png), base ? base + 1 : dat);
+               "set xlabel 'expert'\nset ylabel 'layer'\nset xrange [-0.5:%d.5]\n"
+               "set yrange [%d.5:-0.5]\nset cblabel 'token share'\n"
+               "set palette defined (0 'white', 1 'orange', 2 'dark-red')\n"
+               "plot '%s' matrix with image notitle\n",
+            (strrchr(png, '/') ? strrchr(png, '/') + 1 : png), E - 1, L - 1,
+            base ? base + 1 : dat);
     return fclose(f) ? -errno : 0;
 }
 

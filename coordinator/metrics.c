@@ -36,7 +36,7 @@ struct coord_metrics {
      * expert counts (their shape is known only then); placed tells whether the cluster's
      * placement was handed over yet. */
     coord_load_t *load;
-    bool placed;
+    bool placed, no_load; /* no_load: coord_load_new refused the shape (logged once) */
     uint64_t *win;    /* (n_layers, n_expert) scratch */
     double *busy;     /* (n_nodes) cumulative busy seconds, then the window's */
 };
@@ -193,11 +193,15 @@ static void render_nodes(sbuf_t *s, const coord_metrics_gauges_t *g)
 static void render_load(coord_metrics_t *m, const coord_metrics_gauges_t *g, sbuf_t *s)
 {
     const int L = g->n_layers, E = g->n_expert, N = g->n_nodes;
+    if (m->no_load) return;
     if (!m->load) {
         coord_load_config_t cfg = coord_load_config_default();
         cfg.n_layers = L, cfg.n_expert = E, cfg.n_nodes = N;
         m->load = coord_load_new(&cfg);
-        if (!m->load) return; /* logged; a shape this large shows the totals only */
+        if (!m->load) { /* logged; a shape this large shows the totals only */
+            m->no_load = true;
+            return;
+        }
         m->win = xmalloc(sizeof(uint64_t) * ((size_t)L * E + 1));
         m->busy = xmalloc(sizeof(double) * ((size_t)N + 1));
     }
