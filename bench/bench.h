@@ -7,6 +7,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 /* `moemesh-bench kernels [--threads N] [--seconds S] [--types LIST]` (bench/kernels.c): read
  * bandwidth, pool dispatch cost, GEMV and GEMM throughput per weight type. argv[0] is
@@ -44,6 +45,18 @@ int bench_proxy_main(int argc, char **argv);
  * adaptive pipeline: tokens/s, step time and its parts (coordinator compute, communication),
  * overlap efficiency, and tokens per round trip with speculation. Exit status 0, 1, 2 (usage). */
 int bench_overlap_main(int argc, char **argv);
+
+/* `moemesh-bench load -m MODEL [--nodes N] [--node-cap C,...] [--json] ...` (bench/load.c):
+ * per-layer expert token counts and shares of a local workload, and the imbalance factor and
+ * modelled tokens/s of the round-robin and the load-balanced placement. Exit status 0, 1, 2. */
+int bench_load_main(int argc, char **argv);
+
+/* Heatmap (layers x experts token share) of `moemesh-bench load --json` output (one object or
+ * an array of them) into dir: load-heatmap[-k].svg, .dat and .gp (gnuplot); with md non-NULL a
+ * markdown section (image, per-layer and before/after tables) is appended to it. 0, or -EINVAL
+ * (not load results) / -errno (logged). (bench/report_load.c) */
+struct json_t;
+int bench_report_load(const struct json_t *results, const char *dir, FILE *md);
 
 /* Sum of buf (words) with 32-byte loads (bench/read_avx2.c); only when the CPU has AVX2. */
 uint64_t bench__read_sum_avx2(const uint64_t *buf, size_t words);

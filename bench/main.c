@@ -14,6 +14,7 @@ static const struct {
     {"wire", bench_wire_main, "FORWARD/RESULT round trips vs raw ZeroMQ, by tokens and dtype"},
     {"proxy", bench_proxy_main, "TCP relay adding one-way delay, jitter and a rate cap"},
     {"model", bench_model_main, "prompt and generation tokens/s of one GGUF, 1 and 2 threads"},
+    {"load", bench_load_main, "expert load per layer, imbalance before/after balancing"},
     {"serve", bench_serve_main, "load client for the HTTP API: throughput, TTFT, TPOT, ITL"},
     {"sweep", bench_sweep_main, "end-to-end grid over nodes, RTT, rate, ...; limit model beside"},
     {"report", bench_report_main, "plots (gnuplot SVG/PNG) and report.md from sweep JSON"},

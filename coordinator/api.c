@@ -303,6 +303,7 @@ static void route_metrics(coord_api_t *a, coord_http_req_t *req)
             g.moe_layer = a->moe_layer;
             g.n_layers = hp->n_layer;
             g.n_expert = hp->n_expert;
+            g.cluster = a->st.cluster;
         }
     }
     coord_metrics_request(a->metrics, 200);

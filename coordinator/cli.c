@@ -23,6 +23,7 @@ typedef struct {
     coord_engine_t *eng;
     coord__endpoints_t eps;   /* the nodes' "tcp://..." endpoints */
     coord_trace_t *trace;     /* --trace, NULL: none */
+    const char *record_load;  /* --record-load, written by stack_free */
 } run_stack_t;
 
 /* The engine flags run and eval share beyond the cluster's. */
@@ -43,6 +44,7 @@ static void stack_free(run_stack_t *s)
 {
     coord_trace_write(s->trace);
     coord_trace_free(s->trace);
+    if (s->record_load && s->eng) coord_load_record(s->eng, s->m, s->record_load);
     coord_engine_free(s->eng);
     coord_experts_free(s->ex);
     coord_cluster_free(s->cluster);
@@ -67,6 +69,7 @@ static int stack_init(run_stack_t *s, const char *path, int threads, int ctx, in
     }
     if (ef->trace && !(s->trace = coord_trace_new(ef->trace, 0))) return -EIO;
     coord_cluster_config_t cc = coord_cluster_config_default();
+    s->record_load = cf->record_load;
     int err = coord__cluster_flags_check(cf, &s->eps);
     if (err) return err;
     CHECK(wire_dtype_parse(cf->wire_type, &cc.wire_type) == 0);
@@ -89,6 +92,7 @@ static int stack_init(run_stack_t *s, const char *path, int threads, int ctx, in
         cc.timeout_ms = cc.connect_ms = cf->node_timeout;
         cc.curve_dir = cf->curve_keys;
         cc.replicas = cf->replicas;
+        cc.load_profile = cf->load_profile, cc.node_cap = cf->node_cap, cc.balance = cf->balance;
         s->cluster = coord_cluster_new(&cc, s->m);
         if (!s->cluster) {
             fprintf(stderr, "cannot start the expert nodes (reason above)\n");

@@ -274,6 +274,7 @@ static int hello_all(coord_cluster_t *c, const char *fp, uint8_t *have)
         const wire_hello_t *h = &m.u.hello;
         snprintf(n->name, sizeof(n->name), "%s", h->name);
         n->cores = h->cores, n->mem_bytes = h->mem_bytes, n->dtypes = h->dtypes;
+        n->capacity = h->capacity;
         bool same = mark_held(c, i, h, fp, have);
         LOG_INFO("expert node %d (%s): '%s', %u cores, %.1f MiB, holds %u pairs%s", i,
                  n->endpoint, n->name, n->cores, n->mem_bytes / 1048576.0, h->n_pairs,
@@ -287,22 +288,79 @@ static int hello_all(coord_cluster_t *c, const char *fp, uint8_t *have)
     return 0;
 }
 
-/* Step 3: placement, logged node by node. */
+/* The capacities a load-aware placement weighs, pairs/s for this model's experts, into cap:
+ * --node-cap when given, else each node's WELCOME capacity scaled from the reference expert by
+ * the multiply-adds per pair (all 1 when any node did not measure). 0 or -EINVAL (logged). */
+static int capacities(coord_cluster_t *c, double *cap)
+{
+    const int N = c->n_nodes;
+    if (c->cfg.node_cap) {
+        const char *p = c->cfg.node_cap;
+        int k = 0;
+        while (*p) {
+            char *end;
+            double v = strtod(p, &end);
+            if (end == p || !(v > 0) || v > 1e15 || k == N) break;
+            cap[k++] = v;
+            p = *end == ',' ? end + 1 : end;
+            if (*end && *end != ',') break;
+        }
+        if (*p || (k != 1 && k != N)) {
+            LOG_ERR("--node-cap '%s': want 1 or %d positive numbers, comma-separated",
+                    c->cfg.node_cap, N);
+            return -EINVAL;
+        }
+        for (int i = k; i < N; i++) cap[i] = cap[0];
+        return 0;
+    }
+    const model_hparams_t *hp = &c->m->hp;
+    double scale = (double)WIRE_CAPACITY_REF_EMBD * WIRE_CAPACITY_REF_FF /
+                   ((double)hp->n_embd * (hp->n_ff_exp > 0 ? hp->n_ff_exp : 1));
+    bool all = true;
+    for (int i = 0; i < N; i++) all &= c->nodes[i].capacity > 0;
+    for (int i = 0; i < N; i++) cap[i] = all ? c->nodes[i].capacity * scale : 1;
+    if (!all) LOG_WARN("a node did not report its capacity: placing as if all were equal");
+    return 0;
+}
+
+/* Step 3: placement, logged node by node. Plain (model_plan_new_r: byte-balanced, every expert
+ * on `replicas` nodes) unless a load profile, capacities or --balance ask for the load-aware
+ * one (model_plan_new_load: up to `replicas` copies of hot experts, one of cold ones; unused
+ * owner slots stay -1). */
 static int place(coord_cluster_t *c)
 {
     const model_t *m = c->m;
+    const bool balanced = c->cfg.balance || c->cfg.load_profile || c->cfg.node_cap;
     uint64_t *mem = xmalloc(sizeof(uint64_t) * c->n_nodes);
+    double *cap = xmalloc(sizeof(double) * c->n_nodes);
+    double *load = NULL;
     for (int i = 0; i < c->n_nodes; i++)
         mem[i] = c->nodes[i].mem_bytes ? c->nodes[i].mem_bytes : UINT64_MAX;
     model_plan_t *p = NULL;
-    int err = model_plan_new_r(m->gguf, c->n_nodes, mem, 0, c->replicas, &p);
+    int err = 0;
+    if (balanced) {
+        err = capacities(c, cap);
+        if (!err && c->cfg.load_profile) {
+            load = xmalloc(sizeof(double) * ((size_t)c->n_layers * c->n_expert + 1));
+            err = coord_load_profile_read(c->cfg.load_profile, c->n_layers, c->n_expert, load);
+        }
+        if (!err)
+            err = model_plan_new_load(m->gguf, c->n_nodes, mem, cap, load, c->replicas, 0, &p);
+    } else {
+        err = model_plan_new_r(m->gguf, c->n_nodes, mem, 0, c->replicas, &p);
+    }
     free(mem);
+    free(load);
     if (err) {
         LOG_ERR("cannot place %d cop%s of the routed experts on %d node(s): %s", c->replicas,
                 c->replicas == 1 ? "y" : "ies", c->n_nodes, wire_strerror(err));
+        free(cap);
         return err;
     }
+    for (int i = 0; i < c->n_nodes; i++) c->nodes[i].cap = balanced ? cap[i] : 0;
+    free(cap);
     const int R = c->replicas;
+    int extra = 0;
     for (int l = 0; l < c->n_layers && !err; l++) {
         if (!m->layers[l].gate_exps) continue;
         if (l >= p->n_layers || p->n_expert != c->n_expert || p->replicas != R) {
@@ -312,7 +370,13 @@ static int place(coord_cluster_t *c)
         }
         for (int e = 0; e < c->n_expert && !err; e++) {
             const size_t i = (size_t)l * c->n_expert + e;
-            for (int r = 0; r < R; r++) {
+            if (p->copies[i] < 1) {
+                LOG_ERR("the plan leaves expert %d of layer %d without a node", e, l);
+                err = -EINVAL;
+                break;
+            }
+            extra += p->copies[i] - 1;
+            for (int r = 0; r < p->copies[i]; r++) {
                 int o = p->owners[i * R + r];
                 if (o < 0 || o >= c->n_nodes) {
                     LOG_ERR("the plan leaves copy %d of expert %d of layer %d without a node",
@@ -328,11 +392,25 @@ static int place(coord_cluster_t *c)
         }
     }
     model_plan_free(p);
-    for (int i = 0; i < c->n_nodes && !err; i++)
-        LOG_INFO("plan: node %d (%s) holds %d experts (%d replica%s each), %.2f MiB", i,
-                 c->nodes[i].endpoint, c->nodes[i].st.experts, R, R == 1 ? "" : "s",
-                 c->nodes[i].st.expert_bytes / 1048576.0);
+    if (balanced && !err)
+        LOG_INFO("plan: load-aware (%s), %d extra cop%s of hot experts", c->cfg.load_profile
+                 ? c->cfg.load_profile : "even load", extra, extra == 1 ? "y" : "ies");
+    for (int i = 0; i < c->n_nodes && !err; i++) {
+        if (balanced)
+            LOG_INFO("plan: node %d (%s) holds %d experts, %.2f MiB, capacity %.0f pairs/s", i,
+                     c->nodes[i].endpoint, c->nodes[i].st.experts,
+                     c->nodes[i].st.expert_bytes / 1048576.0, c->nodes[i].cap);
+        else
+            LOG_INFO("plan: node %d (%s) holds %d experts (%d replica%s each), %.2f MiB", i,
+                     c->nodes[i].endpoint, c->nodes[i].st.experts, R, R == 1 ? "" : "s",
+                     c->nodes[i].st.expert_bytes / 1048576.0);
+    }
     return err;
+}
+
+double coord_cluster_capacity(const coord_cluster_t *c, int node)
+{
+    return node >= 0 && node < c->n_nodes ? c->nodes[node].cap : 0;
 }
 
 static int assign(coord_cluster_t *c, int i, const char *fp)

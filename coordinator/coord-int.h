@@ -19,6 +19,8 @@ typedef struct {
     int64_t ready;            /* start-up: n_experts of the node's READY, -1 until it came */
     double last_heard;        /* wire_now() of its last HEARTBEAT or RESULT (liveness) */
     double probe_at;          /* wire_now() of the last HELLO sent to it while down */
+    float capacity;           /* WELCOME's reference-expert pairs/s; 0: not measured */
+    double cap;               /* pairs/s for this model's experts place() weighed; 0: none */
 } coord__node_t;
 
 struct coord_cluster {

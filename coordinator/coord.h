@@ -165,6 +165,15 @@ typedef struct {
     /* After start-up, a node silent this long (no HEARTBEAT, sent every second, nor RESULT) is
      * marked down (default 3000; 0: never by silence). */
     int heartbeat_ms;
+    /* Load-aware placement (model_plan_new_load; replicas is then the most copies of a hot
+     * expert, cold ones get one): on when balance is set or either of these is given.
+     * load_profile: a coord_load_profile_write file for this model; NULL: even load.
+     * node_cap: "C,C,..." (token, expert) pairs/s per node for this model's experts, one value
+     * for all; NULL: the nodes' WELCOME capacities scaled to the expert shape (equal when a
+     * node did not measure). */
+    const char *load_profile;
+    const char *node_cap;
+    bool balance;
 } coord_cluster_config_t;
 
 /* Zero nodes, f32, one replica, 10 s deadlines, progress on, no test hooks. */
@@ -187,7 +196,9 @@ int coord_cluster_owner(const coord_cluster_t *c, int layer, int expert);
 /* Copies of every expert (the configured replicas). */
 int coord_cluster_replicas(const coord_cluster_t *c);
 /* The coord_cluster_replicas(c) distinct nodes holding expert e of layer l, primary first, or
- * NULL when layer l has no routed experts / out of range. Borrowed; valid until
+ * NULL when layer l has no routed experts / out of range. With load-aware placement
+ * (load_profile, node_cap, balance) a cold expert may have fewer copies: the slots after its
+ * last copy are -1. Borrowed; valid until
  * coord_cluster_free. */
 const int *coord_cluster_owners(const coord_cluster_t *c, int layer, int expert);
 
@@ -530,15 +541,20 @@ typedef struct {
     const uint64_t *expert_tokens;    /* (n_layers, n_expert) */
     const bool *moe_layer;            /* (n_layers) */
     int n_layers, n_expert;
+    /* The placement per-layer imbalance is measured against (its owners); NULL: local experts,
+     * no imbalance shown. Loop thread, after start-up (the owners no longer change). */
+    const coord_cluster_t *cluster;
 } coord_metrics_gauges_t;
 coord_metrics_t *coord_metrics_new(void);
 void coord_metrics_free(coord_metrics_t *m); /* NULL-safe */
 void coord_metrics_request(coord_metrics_t *m, int status);
 void coord_metrics_tokens(coord_metrics_t *m, int n_prompt, int n_generated);
 void coord_metrics_observe(coord_metrics_t *m, coord_hist_t h, double seconds);
-/* The exposition text; *out is malloc'd (caller frees), returns its length. */
-size_t coord_metrics_render(const coord_metrics_t *m, const coord_metrics_gauges_t *g,
-                            char **out);
+/* The exposition text; *out is malloc'd (caller frees), returns its length. Each call also
+ * samples the expert counters into the metrics' rolling windows (coordinator/load.c): the
+ * moemesh:expert_*_recent, layer_* and node_busy_ratio series cover the last 60 s as seen by
+ * the scrapes (between the scrape nearest 60 s ago and this one). */
+size_t coord_metrics_render(coord_metrics_t *m, const coord_metrics_gauges_t *g, char **out);
 
 /* -- routes (coordinator/api.c): request validation, JSON responses, generation streams. */
 typedef struct coord_api coord_api_t;
@@ -590,6 +606,9 @@ typedef struct {
     int n_draft;                     /* speculative tokens per step (--draft), 0: off */
     int n_micro;                     /* micro-batches per step (--micro-batches), 0: adaptive */
     const char *trace;               /* --trace FILE, written when the server is freed; NULL */
+    const char *load_profile, *node_cap; /* coord_cluster_config_t's; NULL: none */
+    bool balance;
+    const char *record_load;         /* load profile written at shutdown; NULL: none */
 } coord_server_params_t;
 coord_server_params_t coord_server_params_default(void);
 typedef struct coord_server coord_server_t;
@@ -604,5 +623,79 @@ void coord_server_stop(coord_server_t *s);
 int coord_server_free(coord_server_t *s);
 /* `moemesh-coordinator serve ...`; the process exit code. */
 int coord_cmd_serve(int argc, char **argv);
+
+/* ---- expert load (coordinator/load.c) ----
+ * Rolling windows of routed tokens per (layer, expert) and of node busy time, built from
+ * cumulative counters sampled now and then (every engine step, every /metrics scrape): a
+ * window's count is the newest sample minus the one at the window's start, so the counters'
+ * owners need no change. From them: per-layer imbalance against a placement, a warning in the
+ * log when one expert takes over a layer (routing collapse), load profiles on disk for
+ * `--load-profile`, and the chooser that splits a replicated expert's calls by queue depth.
+ * One owner thread; nothing here locks. */
+typedef enum {
+    COORD_LOAD_RECENT_S = 0, /* the last window_s seconds (at sample resolution) */
+    COORD_LOAD_RECENT_STEPS, /* the last window_steps samples */
+    COORD_LOAD_ALL,          /* everything the counters saw */
+    COORD_LOAD_WINDOW_COUNT
+} coord_load_window_t;
+typedef struct {
+    int n_layers, n_expert;  /* shape of the token counters */
+    int n_nodes;             /* busy-time counters (0: none) */
+    double window_s;         /* seconds of COORD_LOAD_RECENT_S (default 60) */
+    int window_steps;        /* samples of COORD_LOAD_RECENT_STEPS (default 64, 1..4096) */
+    double collapse_share;   /* warn when one expert gets more than this share of a layer's
+                                tokens over the time window (default 0.5; >= 1 never) */
+    uint64_t collapse_min_tokens; /* ... and the layer saw at least this many (default 256) */
+} coord_load_config_t;
+coord_load_config_t coord_load_config_default(void);
+typedef struct coord_load coord_load_t;
+/* NULL (logged) for shapes out of range or windows too large for 256 MiB of snapshots. */
+coord_load_t *coord_load_new(const coord_load_config_t *cfg);
+void coord_load_free(coord_load_t *ld); /* NULL-safe */
+/* Takes one sample at now_s (monotonic seconds): tokens (n_layers, n_expert) and busy_s
+ * (n_nodes, or NULL) are cumulative counters, copied. A counter that went backwards (a
+ * restart) starts the windows over. Logs a warning when a layer's routing collapses over the
+ * time window, and a note when it recovers (once per change, not per sample). */
+void coord_load_sample(coord_load_t *ld, double now_s, const uint64_t *tokens,
+                       const double *busy_s);
+/* Tokens per (layer, expert) over window w into out (n_layers * n_expert). Returns the seconds
+ * the window covers (0 with fewer than two samples, when out is the newest counters for ALL
+ * and zeros otherwise). */
+double coord_load_tokens(const coord_load_t *ld, coord_load_window_t w, uint64_t *out);
+/* Busy seconds per node over window w into out (n_nodes); returns the seconds covered. */
+double coord_load_busy(const coord_load_t *ld, coord_load_window_t w, double *out);
+int coord_load_samples(const coord_load_t *ld); /* samples taken */
+/* The placement imbalance is measured against: owners (n_layers, n_expert, replicas) nodes or
+ * -1 (copied), share the same shape (fraction of the expert's tokens per copy; NULL: all to
+ * the first owner, as remote.c does today), node_cap (n_nodes) tokens/s or NULL (equal). */
+void coord_load_set_placement(coord_load_t *ld, const int *owners, const double *share,
+                              int replicas, const double *node_cap);
+/* Imbalance factor of layer over window w: max node time / the time of a perfect split
+ * (time = tokens / capacity; equal capacities: max node load / mean node load). 0 when the
+ * layer saw no tokens or no placement is set. */
+double coord_load_imbalance(const coord_load_t *ld, coord_load_window_t w, int layer);
+/* True while layer's routing is collapsed (see collapse_share); *expert and *share (either
+ * may be NULL) get the dominant expert and its share of the time window. */
+bool coord_load_collapsed(const coord_load_t *ld, int layer, int *expert, double *share);
+/* Which of the n owners (nodes, -1 skipped) of a replicated expert the next call goes to:
+ * the one whose queue finishes first, (inflight[node] + 1) / node_cap[node] smallest (cap NULL
+ * or <= 0: 1), ties to the earlier owner, so an idle cluster always uses the primary.
+ * inflight: (nodes) calls queued on each node. Returns an index into owners, -1 when none. */
+int coord_load_choose(const int *owners, int n, const int *inflight, const double *node_cap);
+/* Load profile, the file of --record-load / --load-profile (JSON, written with jansson):
+ *   {"moemesh_load_profile": 1, "model": "<fingerprint or name>", "n_layers": L,
+ *    "n_expert": E, "tokens": [[t(0,0), ..., t(0,E-1)], ..., [t(L-1,0), ...]]}
+ * tokens are routed-token counts (non-negative numbers); a layer without routed experts is all
+ * zeros. Write: 0 or -errno (logged). Read: fills out (n_layers * n_expert) and returns 0, or
+ * -EINVAL when the file is not such a profile or its shape differs (logged with the path). */
+int coord_load_profile_write(const char *path, const char *model, int n_layers, int n_expert,
+                             const uint64_t *tokens);
+int coord_load_profile_read(const char *path, int n_layers, int n_expert, double *out);
+/* Writes e's expert token counts since start-up as m's load profile (--record-load). 0 or
+ * -errno (logged). */
+int coord_load_record(const coord_engine_t *e, const model_t *m, const char *path);
+/* Capacity place() used for node i ((token, expert) pairs/s for the model's experts), 0 when
+ * the placement did not weigh capacities. */
+double coord_cluster_capacity(const coord_cluster_t *c, int node);
 
 #endif

@@ -31,6 +31,8 @@ typedef struct {
     int replicas;            /* copies of every expert, each on its own node */
     const char *curve_keys;  /* directory, or NULL */
     int expert_port;         /* wire port of the nodes a LeaderWorkerSet group names (LWS_*) */
+    const char *load_profile, *record_load, *node_cap; /* load-aware placement; NULL: none */
+    bool balance;
 } coord__cluster_flags_t;
 
 /* The coord_opt_t entries of those flags, for an options table. */
@@ -50,7 +52,15 @@ typedef struct {
     {"curve-keys", 0, "MOEMESH_CURVE_KEYS", COORD_OPT_STR, &(cf).curve_keys, "DIR",                \
      "CURVE keys (coordinator.key/.pub, node.pub) for encrypted node links"},                      \
     {"expert-port", 0, "MOEMESH_EXPERT_PORT", COORD_OPT_INT, &(cf).expert_port, "PORT",            \
-     "wire port of the workers of a LeaderWorkerSet group (LWS_*; default 5555)"}
+     "wire port of the workers of a LeaderWorkerSet group (LWS_*; default 5555)"},                 \
+    {"load-profile", 0, "MOEMESH_LOAD_PROFILE", COORD_OPT_STR, &(cf).load_profile, "FILE",         \
+     "place experts by this load profile (--record-load): hot ones replicated"},                   \
+    {"record-load", 0, "MOEMESH_RECORD_LOAD", COORD_OPT_STR, &(cf).record_load, "FILE",            \
+     "write the expert load profile of this run at exit"},                                         \
+    {"node-cap", 0, "MOEMESH_NODE_CAP", COORD_OPT_STR, &(cf).node_cap, "C,C,..",                   \
+     "expert nodes' capacities (pairs/s; default: measured by the nodes)"},                        \
+    {"balance", 0, "MOEMESH_BALANCE", COORD_OPT_BOOL, &(cf).balance, NULL,                         \
+     "capacity- and load-aware placement (implied by --load-profile, --node-cap)"}
 
 /* wire_type f32, node_timeout 10000 ms, one replica, no nodes, expert_port 5555. */
 coord__cluster_flags_t coord__cluster_flags_default(void);

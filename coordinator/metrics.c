@@ -32,6 +32,13 @@ struct coord_metrics {
     } req[N_STATUS];
     uint64_t prompt_tokens, generation_tokens;
     hist_t hist[COORD_HIST_COUNT];
+    /* Rolling windows over the expert and node counters, made at the first render that has
+     * expert counts (their shape is known only then); placed tells whether the cluster's
+     * placement was handed over yet. */
+    coord_load_t *load;
+    bool placed, no_load; /* no_load: coord_load_new refused the shape (logged once) */
+    uint64_t *win;    /* (n_layers, n_expert) scratch */
+    double *busy;     /* (n_nodes) cumulative busy seconds, then the window's */
 };
 
 static const struct {
@@ -49,6 +56,10 @@ coord_metrics_t *coord_metrics_new(void)
 
 void coord_metrics_free(coord_metrics_t *m)
 {
+    if (!m) return;
+    coord_load_free(m->load);
+    free(m->win);
+    free(m->busy);
     free(m);
 }
 
@@ -174,7 +185,87 @@ static void render_nodes(sbuf_t *s, const coord_metrics_gauges_t *g)
             label_value(g->nodes[i].endpoint, addr, sizeof(addr)), g->nodes[i].down ? 0 : 1);
 }
 
-size_t coord_metrics_render(const coord_metrics_t *m, const coord_metrics_gauges_t *g, char **out)
+/* Samples the counters into the windows and renders what they show: tokens per (layer,
+ * expert) over the last minute, each layer's busiest expert share and collapse flag, the
+ * imbalance of the cluster's placement, and each node's busy ratio. Node busy time is the sum
+ * of its calls' round trips (FORWARD to RESULT) until RESULT's compute_us reaches the cluster's
+ * counters: an upper bound that includes the network. */
+static void render_load(coord_metrics_t *m, const coord_metrics_gauges_t *g, sbuf_t *s)
+{
+    const int L = g->n_layers, E = g->n_expert, N = g->n_nodes;
+    if (m->no_load) return;
+    if (!m->load) {
+        coord_load_config_t cfg = coord_load_config_default();
+        cfg.n_layers = L, cfg.n_expert = E, cfg.n_nodes = N;
+        m->load = coord_load_new(&cfg);
+        if (!m->load) { /* logged; a shape this large shows the totals only */
+            m->no_load = true;
+            return;
+        }
+        m->win = xmalloc(sizeof(uint64_t) * ((size_t)L * E + 1));
+        m->busy = xmalloc(sizeof(double) * ((size_t)N + 1));
+    }
+    if (!m->placed && g->cluster) {
+        const int R = coord_cluster_replicas(g->cluster);
+        int *own = xmalloc(sizeof(int) * ((size_t)L * E * R + 1));
+        for (int l = 0; l < L; l++)
+            for (int e = 0; e < E; e++) {
+                const int *o = coord_cluster_owners(g->cluster, l, e);
+                for (int r = 0; r < R; r++) own[((size_t)l * E + e) * R + r] = o ? o[r] : -1;
+            }
+        coord_load_set_placement(m->load, own, NULL, R, NULL); /* calls go to the primary */
+        free(own);
+        m->placed = true;
+    }
+    for (int i = 0; i < N; i++) m->busy[i] = g->nodes[i].rtt_sum_s;
+    coord_load_sample(m->load, wire_now(), g->expert_tokens, N ? m->busy : NULL);
+    double secs = coord_load_tokens(m->load, COORD_LOAD_RECENT_S, m->win);
+
+    const char *name = "moemesh:expert_tokens_recent";
+    family(s, name, "gauge", "Tokens routed to each (layer, expert) over the last 60 s "
+                             "(between the scrapes that span it).");
+    for (int l = 0; l < L; l++)
+        for (int e = 0; e < E && g->moe_layer[l]; e++)
+            put(s, "%s{layer=\"%d\",expert=\"%d\"} %llu\n", name, l, e,
+                (unsigned long long)m->win[(size_t)l * E + e]);
+    family(s, "moemesh:expert_window_seconds", "gauge",
+           "Seconds the *_recent series cover (0 until two scrapes).");
+    put(s, "moemesh:expert_window_seconds %.6f\n", secs);
+    family(s, "moemesh:layer_top_expert_share", "gauge",
+           "Share of a layer's recent tokens taken by its busiest expert (0..1).");
+    for (int l = 0; l < L; l++) {
+        double sh = 0;
+        if (!g->moe_layer[l]) continue;
+        coord_load_collapsed(m->load, l, NULL, &sh);
+        put(s, "moemesh:layer_top_expert_share{layer=\"%d\"} %.6f\n", l, sh);
+    }
+    family(s, "moemesh:layer_routing_collapsed", "gauge",
+           "1 while one expert takes more than half of the layer's recent tokens.");
+    for (int l = 0; l < L; l++)
+        if (g->moe_layer[l])
+            put(s, "moemesh:layer_routing_collapsed{layer=\"%d\"} %d\n", l,
+                coord_load_collapsed(m->load, l, NULL, NULL) ? 1 : 0);
+    if (m->placed) {
+        family(s, "moemesh:layer_imbalance", "gauge",
+               "Busiest node's recent tokens of the layer over the mean node's (1 = even).");
+        for (int l = 0; l < L; l++)
+            if (g->moe_layer[l])
+                put(s, "moemesh:layer_imbalance{layer=\"%d\"} %.6f\n", l,
+                    coord_load_imbalance(m->load, COORD_LOAD_RECENT_S, l));
+    }
+    if (N > 0) {
+        double span = coord_load_busy(m->load, COORD_LOAD_RECENT_S, m->busy);
+        char addr[300];
+        family(s, "moemesh:node_busy_ratio", "gauge",
+               "Recent seconds of calls in flight on the node per second (round trips).");
+        for (int i = 0; i < N; i++)
+            put(s, "moemesh:node_busy_ratio{node=\"%d\",addr=\"%s\"} %.6f\n", i,
+                label_value(g->nodes[i].endpoint, addr, sizeof(addr)),
+                span > 0 ? m->busy[i] / span : 0);
+    }
+}
+
+size_t coord_metrics_render(coord_metrics_t *m, const coord_metrics_gauges_t *g, char **out)
 {
     sbuf_t s = {.buf = xmalloc(4096), .cap = 4096};
     family(&s, "moemesh:requests_total", "counter", "HTTP requests answered, by status.");
@@ -219,6 +310,7 @@ size_t coord_metrics_render(const coord_metrics_t *m, const coord_metrics_gauges
                 put(&s, "%s{layer=\"%d\",expert=\"%d\"} %llu\n", name, l, e,
                     (unsigned long long)g->expert_tokens[(size_t)l * g->n_expert + e]);
         }
+        render_load(m, g, &s);
     }
     *out = s.buf;
     return s.len;

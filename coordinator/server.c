@@ -94,6 +94,7 @@ static void load(void *arg)
         cc.timeout_ms = cc.connect_ms = p->node_timeout_ms;
         cc.curve_dir = p->curve_keys;
         cc.replicas = p->replicas;
+        cc.load_profile = p->load_profile, cc.node_cap = p->node_cap, cc.balance = p->balance;
         cc.progress = false;
         s->cluster = coord_cluster_new(&cc, s->m);
         if (!s->cluster) {
@@ -292,6 +293,7 @@ int coord_server_free(coord_server_t *s)
     /* The scheduler thread that recorded the trace has been joined. */
     coord_trace_write(s->trace);
     coord_trace_free(s->trace);
+    if (s->p.record_load && s->eng) coord_load_record(s->eng, s->m, s->p.record_load);
     coord_engine_free(s->eng);
     coord_experts_free(s->ex);
     coord_cluster_free(s->cluster);
@@ -433,6 +435,8 @@ int coord_cmd_serve(int argc, char **argv)
     p.node_timeout_ms = cf.node_timeout;
     p.curve_keys = cf.curve_keys;
     p.replicas = cf.replicas;
+    p.load_profile = cf.load_profile, p.node_cap = cf.node_cap, p.balance = cf.balance;
+    p.record_load = cf.record_load;
     wire_log_set_role("coord");
     uv_loop_t loop;
     CHECK(uv_loop_init(&loop) == 0);

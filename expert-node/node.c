@@ -45,6 +45,7 @@ struct xnode {
     xnode__counters_t ctr;
     peer_t peers[MAX_PEERS];
     int n_peers;
+    float capacity; /* WELCOME's, measured at the first HELLO (expert-node/probe.c) */
     uint64_t hb_seq;
     /* The coordinator whose ASSIGN we are loading, and whether it has had its READY. */
     wire_route_t assign_route;
@@ -290,6 +291,7 @@ static void send_error(xnode_t *xn, const wire_route_t *route, int code, uint64_
 
 static void on_hello(xnode_t *xn, const wire_msg_t *req)
 {
+    if (!xn->capacity) xn->capacity = xnode__probe_capacity(xn->cfg.threads); /* once */
     uint32_t *layer, *expert, n;
     const char *fp = xnode__shard_held(&xn->shard, &layer, &expert, &n);
     if (n > xn->cfg.limits.max_pairs) n = 0; /* the peer could not take it; transfer instead */
@@ -304,7 +306,8 @@ static void on_hello(xnode_t *xn, const wire_msg_t *req)
                                n,
                                layer,
                                expert,
-                               fp};
+                               fp,
+                               xn->capacity};
     LOG_INFO("HELLO from %s: offering %u experts of %s", req->u.hello.name, n, fp[0] ? fp : "-");
     send_msg(xn, &m);
     free(layer);

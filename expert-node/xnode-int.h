@@ -138,4 +138,11 @@ void xnode__job_free(xnode__job_t *job); /* NULL-safe */
 uint64_t xnode__compute_work_bytes(const xnode__pair_t *const *ex, int n, uint32_t n_embd,
                                    uint32_t n_ff, uint32_t n_tok, uint32_t k);
 
+/* ---- capacity probe (expert-node/probe.c) ----
+ * (token, expert) pairs per second this machine computes on the reference expert of
+ * wire_hello_t.capacity (q8_0, WIRE_CAPACITY_REF_EMBD x WIRE_CAPACITY_REF_FF, calls of
+ * WIRE_CAPACITY_REF_TOKENS tokens) with `threads` threads, over about 40 ms; what WELCOME
+ * reports so the coordinator can weigh nodes by speed. Always > 0. */
+float xnode__probe_capacity(int threads);
+
 #endif

@@ -16,14 +16,16 @@ static int usage(void)
             "         --heads H --kv-heads K [--head-dim HD] --experts E --top-k K\n"
             "         --expert-ff F [--shared-ff S] --vocab V\n"
             "         --type f32|f16|bf16|q8_0|q4_0|q4_1|q5_0|q5_1|q4_k|q5_k|q6_k\n"
-            "         [--seed S] [--ctx C] [--name NAME] [--threads N] -o FILE\n"
+            "         [--seed S] [--ctx C] [--name NAME] [--threads N] [--router-skew S]\n"
+            "         -o FILE\n"
             "  Deterministic random-weight MoE model; --shared-ff only (and always) for "
             "qwen2moe.\n"
             "  deepseek2 / glm4moe: [--dense-layers N --dense-ff F] [--shared-experts N]\n"
             "         [--gating 1|2 (softmax|sigmoid+bias)] [--groups G --groups-used U]\n"
             "         [--expert-scale S] [--expert-norm 0|1] [--rope-dim R]\n"
             "         [--yarn-factor F [--yarn-log-mul M]]\n"
-            "  deepseek2 only: --kv-lora-rank R [--q-lora-rank Q] [--v-head-dim V]\n");
+            "  deepseek2 only: --kv-lora-rank R [--q-lora-rank Q] [--v-head-dim V]\n"
+            "  --router-skew S (0..20): uneven routing, expert (l mod E) of layer l hottest.\n");
     return 2;
 }
 
@@ -106,6 +108,13 @@ int model_cli_gen(int argc, char **argv)
                                                                 : &p.yarn_log_mul) = f;
         } else if (strcmp(flag, "--seed") == 0 && parse_i64(val, &v)) {
             p.seed = (uint64_t)v;
+        } else if (strcmp(flag, "--router-skew") == 0) {
+            char *end;
+            p.router_skew = strtod(val, &end);
+            if (end == val || *end || !(p.router_skew >= 0 && p.router_skew <= 20)) {
+                fprintf(stderr, "moemesh-model gen: --router-skew wants 0..20, got '%s'\n", val);
+                return 2;
+            }
         } else if (strcmp(flag, "--ctx") == 0 && parse_i64(val, &v) && v > 0) {
             p.n_ctx = v;
         } else {

@@ -318,6 +318,8 @@ typedef struct {
     gtensor_t *t;
     int n, cap;
     uint64_t seed;
+    double router_skew; /* model_gen_params_t.router_skew */
+    int n_expert, n_embd;
     kern_pool_t *pool; /* splits each chunk's rows across threads */
     float **row;       /* (pool size) scratch rows of (max ne0) floats, one per thread */
 } gen_t;
@@ -573,6 +575,37 @@ static void family_metadata(model_gguf_writer_t *w, const model_gen_params_t *p,
 #undef K
 }
 
+/* --router-skew S: routing with a known bias. Dimension 0 of the residual stream becomes a
+ * constant feature: every token embedding gets SKEW_FEATURE there (its other entries have a
+ * norm of about 1) and no other matrix reading the stream (attention, experts, head) sees it
+ * (their weight 0), so it stays in every hidden state. After the norm it reads about
+ * sqrt(n_embd) * c / sqrt(c^2 + 1) while the token's own part gives router logits a spread of
+ * about 1 / sqrt(c^2 + 1). Router row e of layer l has S * f / (c * sqrt(n_embd)) there,
+ * f = 1 - rank / (E - 1), rank = (e - l) mod E: expert e's logit moves up by about S * f times
+ * that spread, so expert l mod E is the hottest, the next ones less and less, and S sets how
+ * uneven it gets. What the layers add to the stream dilutes the feature, so deeper layers feel
+ * less of it (and a larger c would let their common part swamp the tokens' own). */
+#define SKEW_FEATURE 1.0
+static void router_skew(const gen_t *g, const gtensor_t *t, int64_t r, float *row)
+{
+    if (g->router_skew == 0 || t->init != INIT_MATRIX || t->ne[0] != g->n_embd) return;
+    if (strcmp(t->name, "token_embd.weight") == 0) {
+        row[0] += (float)SKEW_FEATURE;
+        return;
+    }
+    const char *suffix = ".ffn_gate_inp.weight";
+    size_t n = strlen(t->name), k = strlen(suffix);
+    int l;
+    if (n < k || strcmp(t->name + n - k, suffix) != 0 || sscanf(t->name, "blk.%d.", &l) != 1) {
+        row[0] = 0; /* blind to the bias feature */
+        return;
+    }
+    const int E = g->n_expert;
+    int rank = (int)(((r - l) % E + E) % E);
+    double f = E > 1 ? 1.0 - (double)rank / (E - 1) : 0;
+    row[0] = (float)(g->router_skew * f / (SKEW_FEATURE * sqrt((double)t->ne[0])));
+}
+
 /* Row r of tensor t as floats: uniform on [-a, a], a = sqrt(3 / fan_in) (variance 1/fan_in)
  * for matrices, 1 +- 0.05 for norm weights, +-0.02 for biases. */
 static void gen_row(const gen_t *g, const gtensor_t *t, int64_t r, float *out)
@@ -586,6 +619,7 @@ static void gen_row(const gen_t *g, const gtensor_t *t, int64_t r, float *out)
         float u = (float)(splitmix64(&s) >> 40) * (1.0f / 16777216.0f); /* [0, 1) */
         out[i] = base + scale * (2.0f * u - 1.0f);
     }
+    router_skew(g, t, r, out);
 }
 
 typedef struct {
@@ -677,6 +711,10 @@ static int check_params(const model_gen_params_t *p, const arch_t **arch, int *h
     RANGE(p->head_dim, 0, 1 << 16);
     RANGE(p->n_threads, 0, 256);
 #undef RANGE
+    if (!(p->router_skew >= 0 && p->router_skew <= 20)) {
+        LOG_ERR("router_skew = %g: must be 0..20", p->router_skew);
+        return -EINVAL;
+    }
     *head_dim = p->head_dim ? p->head_dim : p->n_embd / p->n_head;
     if (!p->head_dim && p->n_embd % p->n_head) {
         LOG_ERR("n_embd %d is not a multiple of %d heads: give head_dim", p->n_embd, p->n_head);
@@ -779,7 +817,8 @@ int model_gen_write(const model_gen_params_t *params, const char *path)
     if (a->chat_template) model_gguf_writer_set_str(w, "tokenizer.chat_template", a->chat_template);
     vocab_free(&v);
 
-    gen_t g = {.seed = p->seed};
+    gen_t g = {.seed = p->seed, .router_skew = p->router_skew, .n_expert = p->n_expert,
+               .n_embd = p->n_embd};
     list_tensors(&g, p, head_dim);
     int64_t max_row = 0;
     for (int i = 0; i < g.n && !err; i++) {

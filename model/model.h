@@ -240,6 +240,13 @@ typedef struct {
     uint64_t coord_weight_bytes; /* everything that is not a routed expert */
     uint64_t coord_kv_bytes;     /* f16 KV cache for n_ctx tokens */
     int64_t n_ctx;
+    int *copies;             /* (n_layers, n_expert) owners actually used, 1..replicas: the
+                                first copies[i] entries of owners are nodes, the rest -1
+                                (model_plan_new_r fills every slot; a balanced plan copies only
+                                hot experts) */
+    double *share;           /* (n_layers, n_expert, replicas) fraction of the pair's tokens each
+                                copy is expected to serve (sums to 1 over the used copies; the
+                                plain plans give the primary 1, as calls go to it alone) */
 } model_plan_t;
 
 /* Plans n_nodes (>= 1) expert nodes for g, one copy of every expert: model_plan_new_r with
@@ -255,6 +262,48 @@ int model_plan_new(const model_gguf_t *g, int n_nodes, const uint64_t *node_mem,
 int model_plan_new_r(const model_gguf_t *g, int n_nodes, const uint64_t *node_mem, int64_t n_ctx,
                      int replicas, model_plan_t **out);
 void model_plan_free(model_plan_t *p); /* NULL-safe */
+
+/* Capacity- and load-aware placement (EPLB-style): hot experts get several copies, cold ones
+ * are packed, so that every layer's largest node time (load / capacity) is as small as the
+ * greedy can make it, within each node's memory. Deterministic. */
+typedef struct {
+    int n_nodes, n_layers, n_expert;
+    const uint64_t *expert_bytes; /* (n_layers, n_expert) one copy's bytes; a layer whose
+                                     bytes are all 0 has no routed experts and is skipped */
+    const double *load;           /* (n_layers, n_expert) tokens (any unit: each layer is
+                                     normalised); NULL or a layer summing to 0: uniform */
+    const uint64_t *node_mem;     /* (n_nodes) bytes for experts; NULL: unlimited */
+    const double *node_cap;       /* (n_nodes) tokens/s for one expert's shape; NULL or
+                                     entries <= 0: all equal */
+    int max_replicas;             /* copies allowed per expert, 1..n_nodes */
+} model_balance_t;
+
+/* Places the pairs of b (see above): for every layer, each expert is cut into 1..max_replicas
+ * equal shares on distinct nodes, shares are dealt largest first to the node whose time
+ * (load / capacity) grows least, then the busiest node's largest replicable expert gets one
+ * more copy while that lowers the layer's largest time and memory is left for the layers still
+ * to place. Returns 0 and *out (owned; its coordinator fields are 0), -EINVAL (bad arguments)
+ * or -ENOSPC (the single copies do not fit; logged). */
+int model_plan_balance(const model_balance_t *b, model_plan_t **out);
+/* model_plan_balance for g's routed experts (bytes as model_plan_new_r counts them); load may
+ * be NULL (uniform). n_ctx as in model_plan_new. */
+int model_plan_new_load(const model_gguf_t *g, int n_nodes, const uint64_t *node_mem,
+                        const double *node_cap, const double *load, int max_replicas,
+                        int64_t n_ctx, model_plan_t **out);
+/* Re-splits the tokens of every expert with several copies between them for load (as in
+ * model_balance_t) so their nodes' times come out as equal as the rest allows: the split a
+ * queue-depth chooser (coord_load_choose) converges to on that load. Owners and copies stay;
+ * only p->share changes. */
+void model_plan_split(model_plan_t *p, const double *load, const double *node_cap);
+/* Expected time of node n for layer l under plan p: sum over the copies n holds of
+ * share * load[l][e], divided by node_cap[n] (NULL: 1). load as in model_balance_t. */
+double model_plan_node_time(const model_plan_t *p, int layer, int node, const double *load,
+                            const double *node_cap);
+/* Imbalance factor of layer l: the largest node time over the time of a perfect split,
+ * sum(load) / sum(cap) (with equal capacities: max node load / mean node load). 1 is perfect;
+ * 0 when the layer has no load or no experts. */
+double model_plan_imbalance(const model_plan_t *p, int layer, const double *load,
+                            const double *node_cap);
 
 /* ---- synthetic model generator (model/gen.c) ----
  * Deterministic random-weight MoE models in the layouts llama.cpp loads (metadata keys, tensor
@@ -290,6 +339,10 @@ typedef struct {
     int v_head_dim;     /* deepseek2: value head size (0: head_dim - rope_dim) */
     float yarn_factor;  /* > 1: YaRN RoPE scaling, original context n_ctx / factor */
     float yarn_log_mul; /* deepseek2's mscale_all_dim (written times 0.1, as the converter does) */
+    double router_skew; /* 0..20, 0: plain (same bytes as without it). S > 0 biases routing:
+                           layer l's expert e gets about S * (1 - ((e - l) mod E) / (E - 1))
+                           added to its router logit (through a constant feature added to every
+                           token embedding), so expert l mod E is the hottest */
 } model_gen_params_t;
 
 /* The matrix type named "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k",

@@ -320,6 +320,8 @@ static void hello_to_pb(const wire_hello_t *h, Moemesh__Hello *p)
     p->layer = RO(h->layer);
     p->expert = RO(h->expert);
     p->model = RO(h->model ? h->model : "");
+    p->has_capacity = h->capacity > 0;
+    p->capacity = h->capacity;
 }
 
 static void to_pb(const wire_msg_t *m, pb_out_t *o)
@@ -485,7 +487,9 @@ static int hello_from_pb(const Moemesh__Hello *p, wire_hello_t *h)
     if (p->n_layer != p->n_expert || p->n_layer > UINT32_MAX) return WIRE_E_FIELD;
     *h = (wire_hello_t){str_or_empty(p->name), p->cores, p->mem_bytes,
                         p->dtypes & ((1u << WIRE_DTYPE_COUNT) - 1), (uint32_t)p->n_layer,
-                        p->layer, p->expert, str_or_empty(p->model)};
+                        p->layer, p->expert, str_or_empty(p->model), 0};
+    /* Anything but a positive finite number means "not measured". */
+    if (p->has_capacity && p->capacity > 0 && p->capacity < 1e30f) h->capacity = p->capacity;
     return 0;
 }
 

@@ -180,7 +180,15 @@ typedef struct {
     const uint32_t *layer;    /* (n_pairs): (layer[i], expert[i]) held now */
     const uint32_t *expert;   /* (n_pairs) */
     const char *model;        /* model_fingerprint of the pairs' model; NULL sends "" */
+    float capacity;           /* WELCOME: (token, expert) pairs/s on the reference expert
+                                 below, measured at start-up; 0: not measured (not sent) */
 } wire_hello_t;
+/* The reference expert of wire_hello_t.capacity: q8_0 weights, this shape, this many tokens per
+ * call. A node's capacity for another shape scales by the multiply-adds per pair (about
+ * n_embd * n_ff). */
+#define WIRE_CAPACITY_REF_EMBD 1024
+#define WIRE_CAPACITY_REF_FF 512
+#define WIRE_CAPACITY_REF_TOKENS 8
 
 typedef struct {
     const char *model;        /* model name or file hash */

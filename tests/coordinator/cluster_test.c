@@ -738,3 +738,76 @@ Test(cluster, curve_keys_admit_ours_and_refuse_others, .timeout = 60)
     snprintf(cmd, sizeof(cmd), "rm -rf %s %s", good, bad);
     cr_expect_eq(system(cmd), 0);
 }
+
+/* Load-aware placement (coordinator/cluster.c place() with a load profile and capacities,
+ * model/plan.c model_plan_new_load): hot experts get extra copies on distinct nodes, unused
+ * owner slots are -1, the capacities are the declared ones, and the answers do not change.
+ * Then without --node-cap: every node measured and reported its capacity in WELCOME. */
+Test(cluster, load_aware_placement_equals_local_path, .timeout = 240)
+{
+    const char *name = "qwen3moe-tiny-f32";
+    char path[512], prof[64];
+    snprintf(path, sizeof(path), "%s/%s.gguf", GOLDEN, name);
+    snprintf(prof, sizeof(prof), "/tmp/moemesh-prof-%d.json", (int)getpid());
+    model_t *m = NULL;
+    cr_assert_eq(model_load(path, &m), 0);
+    const int L = m->hp.n_layer, E = m->hp.n_expert;
+    uint64_t *tok = calloc((size_t)L * E, sizeof(uint64_t));
+    for (int l = 0; l < L; l++)
+        for (int e = 0; m->layers[l].gate_exps && e < E; e++)
+            tok[l * E + e] = 10000 / ((uint64_t)((e + l) % E) + 1) / ((uint64_t)((e + l) % E) + 1);
+    cr_assert_eq(coord_load_profile_write(prof, "test", L, E, tok), 0);
+    const char *eps[3];
+    for (int i = 0; i < 3; i++) eps[i] = spawn_node(NULL)->endpoint;
+    coord_cluster_config_t cc = coord_cluster_config_default();
+    cc.n_nodes = 3, cc.endpoints = eps, cc.replicas = 3, cc.progress = false;
+    cc.load_profile = prof, cc.node_cap = "100,200,400";
+    coord_cluster_t *c = coord_cluster_new(&cc, m);
+    cr_assert_not_null(c);
+    unlink(prof);
+    for (int i = 0; i < 3; i++) cr_assert_float_eq(coord_cluster_capacity(c, i), 100 << i, 0);
+    int extra = 0;
+    for (int l = 0; l < L; l++) {
+        for (int e = 0; m->layers[l].gate_exps && e < E; e++) {
+            const int *o = coord_cluster_owners(c, l, e);
+            cr_assert_not_null(o);
+            int k = 1;
+            while (k < 3 && o[k] >= 0) k++;
+            for (int r = k; r < 3; r++) cr_assert_eq(o[r], -1, "used slots come first");
+            for (int r = 0; r < k; r++)
+                for (int q = 0; q < r; q++) cr_assert_neq(o[q], o[r]);
+            extra += k - 1;
+            if ((e + l) % E == 0) cr_assert_gt(k, 1, "layer %d's hottest has one copy", l);
+        }
+    }
+    cr_assert_gt(extra, 0);
+    int32_t ids[MAX_TOK];
+    int n_prompt, N = golden_ids(name, ids, MAX_TOK, &n_prompt);
+    const int V = m->hp.n_vocab;
+    kern_pool_t *pool = kern_pool_new(2);
+    coord_experts_t *lx = coord_experts_local_new(m, pool, N);
+    coord_experts_t *rx = coord_experts_remote_new(c, N);
+    float *ref = malloc(sizeof(float) * (size_t)N * V);
+    float *out = malloc(sizeof(float) * (size_t)N * V);
+    int32_t gref[MAX_TOK], gout[MAX_TOK];
+    run_engine(m, lx, pool, ids, N, n_prompt, ref, gref);
+    run_engine(m, rx, pool, ids, N, n_prompt, out, gout);
+    int over;
+    compare(ref, out, N, V, 1e-5, &over);
+    cr_expect_eq(over, 0);
+    for (int i = 0; i < N - n_prompt; i++) cr_expect_eq(gout[i], gref[i]);
+    coord_experts_free(rx);
+    coord_cluster_free(c);
+
+    /* No capacities given: the nodes' own measurements, scaled to this model's experts. */
+    cc.node_cap = NULL, cc.load_profile = NULL, cc.balance = true, cc.replicas = 1;
+    c = coord_cluster_new(&cc, m);
+    cr_assert_not_null(c);
+    for (int i = 0; i < 3; i++) cr_assert_gt(coord_cluster_capacity(c, i), 0, "node %d", i);
+    coord_cluster_free(c);
+    free(ref), free(out), free(tok);
+    coord_experts_free(lx);
+    kern_pool_free(pool);
+    model_free(m);
+    reap_all();
+}

@@ -308,6 +308,12 @@ Test(http_cluster, metrics_show_the_nodes_and_expert_load, .timeout = 120)
     double t1 = series_sum(after, "moemesh:expert_tokens_total");
     cr_assert_geq(t0, 0);
     cr_assert_gt(t1, t0, "expert tokens %g -> %g", t0, t1);
+    /* The recent window spans the two scrapes: it holds exactly what the totals gained; the
+     * placement's imbalance is at least 1 on every layer that saw tokens. */
+    cr_assert_eq(series_sum(after, "moemesh:expert_tokens_recent"), t1 - t0);
+    cr_assert(strstr(after, "moemesh:layer_imbalance{layer=\"0\"} "), "%s", after);
+    cr_assert_geq(series_sum(after, "moemesh:layer_imbalance"), 1);
+    cr_assert(strstr(after, "moemesh:node_busy_ratio{node=\"1\""), "%s", after);
     free(before), free(after);
     stop(&x);
 }

@@ -224,7 +224,7 @@ static void hello(client_t *c, wire_msg_t *welcome)
     wire_msg_t m;
     wire_msg_init(&m, WIRE_KIND_HELLO);
     m.u.hello = (wire_hello_t){"test-coord", 2, 1u << 30, 1u << WIRE_DTYPE_F32, 0, NULL, NULL,
-                               ""};
+                               "", 0};
     send_ok(c, &m);
     expect_kind(c, welcome, WIRE_KIND_WELCOME);
 }

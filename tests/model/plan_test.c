@@ -4,6 +4,7 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -362,4 +363,218 @@ Test(model_plan, plan_command_shows_replicas)
                     "--replicas", "0", NULL};
     cr_assert_eq(run_plan(6, zero, &out), 2);
     free(out);
+}
+
+/* ---- load- and capacity-aware placement (model_plan_balance) ---- */
+
+/* A skewed synthetic profile: layer l's expert e gets tokens ~ 1 / (1 + ((e + 3l) mod E))^s,
+ * so every layer has its own hot experts (Zipf with exponent s). */
+static void zipf(double *load, int L, int E, double s)
+{
+    for (int l = 0; l < L; l++)
+        for (int e = 0; e < E; e++)
+            load[l * E + e] = 1000.0 / pow(1.0 + (double)((e + 3 * l) % E), s);
+}
+
+/* Every used copy on a distinct valid node, shares summing to 1, unused slots -1, node totals
+ * matching the copies, and every node within its memory. */
+static void check_balanced(const model_plan_t *p, const uint64_t *bytes, const uint64_t *mem)
+{
+    const int R = p->replicas;
+    uint64_t *nb = calloc((size_t)p->n_nodes, sizeof(uint64_t));
+    for (int i = 0; i < p->n_layers * p->n_expert; i++) {
+        if (!bytes[i]) {
+            cr_assert_eq(p->copies[i], 0);
+            continue;
+        }
+        cr_assert(p->copies[i] >= 1 && p->copies[i] <= R, "pair %d copies %d", i, p->copies[i]);
+        double s = 0;
+        for (int q = 0; q < R; q++) {
+            int n = p->owners[i * R + q];
+            if (q >= p->copies[i]) {
+                cr_assert_eq(n, -1);
+                continue;
+            }
+            cr_assert(n >= 0 && n < p->n_nodes);
+            for (int k = 0; k < q; k++) cr_assert_neq(p->owners[i * R + k], n);
+            s += p->share[i * R + q];
+            nb[n] += bytes[i];
+        }
+        cr_assert_float_eq(s, 1.0, 1e-9);
+        cr_assert_eq(p->owner[i], p->owners[i * R]);
+    }
+    for (int n = 0; n < p->n_nodes; n++) {
+        cr_assert_eq(nb[n], p->node_bytes[n]);
+        if (mem) cr_assert_leq(p->node_bytes[n], mem[n], "node %d", n);
+    }
+    free(nb);
+}
+
+/* Round-robin: expert e of every layer on node e mod N, what a byte-balanced plan of equal
+ * experts amounts to. */
+static double round_robin_worst(int L, int E, int N, const double *load, const double *cap)
+{
+    uint64_t *bytes = malloc(sizeof(uint64_t) * (size_t)(L * E));
+    for (int i = 0; i < L * E; i++) bytes[i] = 1;
+    model_balance_t b = {.n_nodes = N, .n_layers = L, .n_expert = E, .expert_bytes = bytes,
+                         .max_replicas = 1};
+    model_plan_t *p;
+    cr_assert_eq(model_plan_balance(&b, &p), 0);
+    for (int i = 0; i < L * E; i++) {
+        p->owner[i] = p->owners[i] = i % E % N;
+    }
+    double worst = 0;
+    for (int l = 0; l < L; l++) {
+        double x = model_plan_imbalance(p, l, load, cap);
+        worst = x > worst ? x : worst;
+    }
+    model_plan_free(p);
+    free(bytes);
+    return worst;
+}
+
+Test(model_plan, balanced_beats_round_robin_on_skewed_profiles)
+{
+    enum { L = 4, E = 16, N = 3 };
+    double load[L * E];
+    uint64_t bytes[L * E];
+    for (int i = 0; i < L * E; i++) bytes[i] = 1000;
+    static const double caps[][N] = {{1, 1, 1}, {1, 2, 4}, {3, 1, 1.5}};
+    for (int c = 0; c < 3; c++) {
+        for (double s = 0.5; s <= 2.0; s += 0.5) {
+            zipf(load, L, E, s);
+            model_balance_t b = {.n_nodes = N, .n_layers = L, .n_expert = E,
+                                 .expert_bytes = bytes, .load = load, .node_cap = caps[c],
+                                 .max_replicas = N};
+            model_plan_t *p;
+            cr_assert_eq(model_plan_balance(&b, &p), 0);
+            check_balanced(p, bytes, NULL);
+            double rr = round_robin_worst(L, E, N, load, caps[c]), worst = 0;
+            for (int l = 0; l < L; l++) {
+                double x = model_plan_imbalance(p, l, load, caps[c]);
+                cr_assert_geq(x, 1.0 - 1e-9);
+                worst = x > worst ? x : worst;
+            }
+            cr_assert_lt(worst, rr, "caps %d skew %.1f: %.3f vs round-robin %.3f", c, s, worst,
+                         rr);
+            cr_assert_leq(worst, 1.15, "caps %d skew %.1f: imbalance %.3f", c, s, worst);
+            model_plan_free(p);
+        }
+    }
+}
+
+Test(model_plan, balanced_is_deterministic_and_replicates_only_hot_experts)
+{
+    enum { L = 3, E = 8, N = 4 };
+    double load[L * E];
+    uint64_t bytes[L * E];
+    for (int i = 0; i < L * E; i++) bytes[i] = 4096 + (uint64_t)(i % 3);
+    zipf(load, L, E, 2.0);
+    const double cap[N] = {2, 1, 1, 1};
+    model_balance_t b = {.n_nodes = N, .n_layers = L, .n_expert = E, .expert_bytes = bytes,
+                         .load = load, .node_cap = cap, .max_replicas = 3};
+    model_plan_t *p, *q;
+    cr_assert_eq(model_plan_balance(&b, &p), 0);
+    cr_assert_eq(model_plan_balance(&b, &q), 0);
+    check_balanced(p, bytes, NULL);
+    cr_assert_arr_eq(p->owners, q->owners, sizeof(int) * L * E * 3);
+    cr_assert_arr_eq(p->copies, q->copies, sizeof(int) * L * E);
+    for (int l = 0; l < L; l++) {
+        int hottest = 0, coldest = 0;
+        for (int e = 0; e < E; e++) {
+            if (load[l * E + e] > load[l * E + hottest]) hottest = e;
+            if (load[l * E + e] < load[l * E + coldest]) coldest = e;
+        }
+        cr_assert_gt(p->copies[l * E + hottest], 1, "layer %d", l);
+        cr_assert_eq(p->copies[l * E + coldest], 1, "layer %d", l);
+    }
+    model_plan_free(p);
+    model_plan_free(q);
+}
+
+Test(model_plan, balanced_respects_memory_or_is_refused)
+{
+    wire__log_level = -1;
+    enum { L = 4, E = 8, N = 3 };
+    double load[L * E];
+    uint64_t bytes[L * E], total = 0;
+    for (int i = 0; i < L * E; i++) bytes[i] = 100, total += 100;
+    zipf(load, L, E, 1.5);
+    /* The fastest node has room for a few experts only: capacity must give way to memory. */
+    const double cap[N] = {10, 1, 1};
+    uint64_t mem[N] = {300, total, total / 2};
+    model_balance_t b = {.n_nodes = N, .n_layers = L, .n_expert = E, .expert_bytes = bytes,
+                         .load = load, .node_cap = cap, .node_mem = mem, .max_replicas = 3};
+    model_plan_t *p;
+    cr_assert_eq(model_plan_balance(&b, &p), 0);
+    check_balanced(p, bytes, mem);
+    cr_assert_eq(p->node_bytes[0], 300);
+    model_plan_free(p);
+    /* Exactly enough for single copies: no room for any replica, still placed. */
+    uint64_t tight[N] = {total / 2, total / 4, total / 4};
+    b.node_mem = tight;
+    cr_assert_eq(model_plan_balance(&b, &p), 0);
+    check_balanced(p, bytes, tight);
+    for (int i = 0; i < L * E; i++) cr_assert_eq(p->copies[i], 1);
+    model_plan_free(p);
+    uint64_t small[N] = {total / 4, total / 4, total / 4};
+    b.node_mem = small;
+    cr_assert_eq(model_plan_balance(&b, &p), -ENOSPC);
+    cr_assert_null(p);
+    b.node_mem = NULL;
+    b.max_replicas = 4;
+    cr_assert_eq(model_plan_balance(&b, &p), -EINVAL);
+}
+
+Test(model_plan, new_load_places_a_real_model_and_old_plans_report_shares)
+{
+    model_gguf_t *g = open_golden("qwen3moe-tiny-f32");
+    model_plan_t *old, *p;
+    cr_assert_eq(model_plan_new_r(g, 3, NULL, 0, 2, &old), 0);
+    const int P = old->n_layers * old->n_expert;
+    double *load = calloc((size_t)P, sizeof(double));
+    zipf(load, old->n_layers, old->n_expert, 1.5);
+    for (int i = 0; i < P; i++) {
+        cr_assert_eq(old->copies[i], 2);
+        cr_assert_float_eq(old->share[i * 2], 1.0, 0);
+    }
+    const double cap[3] = {1, 2, 3};
+    cr_assert_eq(model_plan_new_load(g, 3, NULL, cap, load, 3, 0, &p), 0);
+    check_balanced(p, p->expert_bytes, NULL);
+    cr_assert_eq(p->coord_weight_bytes, old->coord_weight_bytes);
+    for (int l = 0; l < p->n_layers; l++)
+        cr_assert_lt(model_plan_imbalance(p, l, load, cap),
+                     model_plan_imbalance(old, l, load, cap), "layer %d", l);
+    free(load);
+    model_plan_free(old);
+    model_plan_free(p);
+    model_gguf_free(g);
+}
+
+Test(model_plan, split_follows_a_new_load_without_moving_copies)
+{
+    enum { L = 2, E = 16, N = 3 };
+    double prof[L * E], now[L * E];
+    uint64_t bytes[L * E];
+    for (int i = 0; i < L * E; i++) bytes[i] = 10;
+    zipf(prof, L, E, 1.5);
+    zipf(now, L, E, 1.2);
+    for (int i = 0; i < L * E; i += 3) now[i] *= 1.7; /* another workload, other hot spots */
+    const double cap[N] = {1, 2, 4};
+    model_balance_t b = {.n_nodes = N, .n_layers = L, .n_expert = E, .expert_bytes = bytes,
+                         .load = prof, .node_cap = cap, .max_replicas = N};
+    model_plan_t *p;
+    cr_assert_eq(model_plan_balance(&b, &p), 0);
+    int owners[L * E * N], copies[L * E];
+    memcpy(owners, p->owners, sizeof(owners));
+    memcpy(copies, p->copies, sizeof(copies));
+    double fixed[L];
+    for (int l = 0; l < L; l++) fixed[l] = model_plan_imbalance(p, l, now, cap);
+    model_plan_split(p, now, cap);
+    check_balanced(p, bytes, NULL);
+    cr_assert_arr_eq(owners, p->owners, sizeof(owners));
+    cr_assert_arr_eq(copies, p->copies, sizeof(copies));
+    for (int l = 0; l < L; l++)
+        cr_assert_leq(model_plan_imbalance(p, l, now, cap), fixed[l] + 1e-9, "layer %d", l);
+    model_plan_free(p);
 }

@@ -70,7 +70,7 @@ static void make(wire_msg_t *m, wire_kind_t k, wire_dtype_t dt)
     case WIRE_KIND_HELLO:
     case WIRE_KIND_WELCOME:
         m->u.hello = (wire_hello_t){"node-a", 16, UINT64_C(1) << 36, 0x1e, 4, LAYERS, EXPERTS,
-                                    "moe-fp-0123456789abcdef"};
+                                    "moe-fp-0123456789abcdef", 0};
         break;
     case WIRE_KIND_ASSIGN:
         m->u.assign = (wire_assign_t){"olmoe-1b-7b", 48, 128, 4, LAYERS, EXPERTS, 2048, 1024,
@@ -244,7 +244,7 @@ Test(wire_msg, hello_model_is_optional_and_bounded)
     pair_open(&p, "inproc://wire-msg-hello-model", NULL);
     wire_msg_t m, r;
     wire_msg_init(&m, WIRE_KIND_WELCOME);
-    m.u.hello = (wire_hello_t){"n", 1, 2, 0x2, 0, NULL, NULL, NULL};
+    m.u.hello = (wire_hello_t){"n", 1, 2, 0x2, 0, NULL, NULL, NULL, 0};
     cr_assert_eq(wire_msg_send(p.coord, &m), 0);
     cr_assert_eq(wire_msg_recv(p.node, NULL, &r), 0);
     cr_assert_eq(r.kind, WIRE_KIND_WELCOME);
@@ -258,7 +258,7 @@ Test(wire_msg, hello_model_is_optional_and_bounded)
     memset(big, 'f', lim.max_string + 1);
     big[lim.max_string + 1] = 0;
     wire_msg_init(&m, WIRE_KIND_HELLO);
-    m.u.hello = (wire_hello_t){"n", 1, 2, 0x2, 0, NULL, NULL, big};
+    m.u.hello = (wire_hello_t){"n", 1, 2, 0x2, 0, NULL, NULL, big, 0};
     cr_assert_eq(wire_msg_send(p.coord, &m), 0, "the sender checks without limits");
     free(big);
     cr_assert_eq(wire_msg_recv(p.node, NULL, &r), WIRE_E_LIMIT, "the receiver refuses it");
