@@ -63,7 +63,7 @@ size_t kern_matmul_work_size(kern_type_t wt, int64_t m, int64_t n)
     if (wt == KERN_F32) return 64; /* both paths read x directly */
     size_t bytes = (size_t)m * align64(kern_row_bytes(ti->dot_type, n));
     /* The tiled kernel's f32 activation scales (one per block of 32). */
-    if (m > 1) bytes += align64((size_t)m * (size_t)(n / KERN_QK32) * sizeof(float));
+    bytes += align64((size_t)m * (size_t)(n / KERN_QK32) * sizeof(float));
     /* Sized for the BLAS path from the lower threshold on, whatever the ISA: kern_set_isa may
      * change between this call and kern_matmul. */
     if (m >= BLAS_MIN_M) bytes += align64((size_t)m * n * sizeof(float)) +
@@ -199,9 +199,10 @@ void kern_matmul(kern_pool_t *pool, float *out, const void *w, size_t w_stride, 
     t.dot = kern__isa >= KERN_ISA_AVX2 && kern__dot_avx2[wt] ? kern__dot_avx2[wt]
                                                               : kern__dot_scalar[wt];
     CHECK(t.dot != NULL);
-    /* A single row keeps the single-row kernel, which is tuned for streaming. */
-    if (m > 1 && kern__isa >= KERN_ISA_AVX2) {
-        t.dotn = kern__dotn_avx2[wt];
+    /* A single activation row keeps single-row kernels tuned for streaming (the tiled
+     * kernel's own for m = 1, else kern__dot_*): dotn is for m > 1. */
+    if (kern__isa >= KERN_ISA_AVX2) {
+        if (m > 1) t.dotn = kern__dotn_avx2[wt];
         t.gemm = blas ? NULL : kern__gemm_avx2[wt];
     }
     if (wt == KERN_F32) {
@@ -218,7 +219,7 @@ void kern_matmul(kern_pool_t *pool, float *out, const void *w, size_t w_stride, 
             CHECK(ti->dot_type == KERN_Q8_0);
             t.xd = (float *)p;
         }
-        if (m > 1) p += align64((size_t)m * (size_t)(n / KERN_QK32) * sizeof(float));
+        p += align64((size_t)m * (size_t)(n / KERN_QK32) * sizeof(float));
         if (blas) {
             t.xr = (float *)p;
             p += align64((size_t)m * n * sizeof(float));

@@ -92,6 +92,7 @@ Test(kern_gemm_avx2, tiles_equal_scalar_dots)
         const int64_t shapes[][3] = {
             {32, 1, 1},   {96, 2, 4},  {224, 3, 5},  {64, 5, 7},    {1056, 7, 9},
             {160, 1, 70}, {128, 2, 131}, {96, 35, 6}, {3104, 33, 66},
+            {1056, 7, 1}, {3104, 3, 1}, {2048, 40, 1}, /* m = 1: the streaming row kernel */
         };
         for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++)
             check((kern_type_t)t, shapes[s][0], shapes[s][1], shapes[s][2]);
