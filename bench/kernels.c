@@ -4,8 +4,8 @@
  *   2. pool dispatch: microseconds per empty kern_pool_run;
  *   3. GEMV (m = 1, plus an expert-sized batch) on shapes of real models, per weight type:
  *      weight GB/s, GFLOP/s and % of the read bandwidth with the same thread count;
- *   4. GEMM (m = 8, 16, 64, 512) GFLOP/s for F32 (BLAS), Q8_0 and Q4_K, either side of the
- *      BLAS thresholds of kernels/matmul.c;
+ *   4. GEMM (m = 8, 16, 64, 512) GFLOP/s for F32 (BLAS), Q8_0 (tiled int8 kernel) and Q4_K,
+ *      either side of the BLAS thresholds of kernels/matmul.c;
  *   --expert instead of 3 and 4: one grouped expert FFN (kern_moe_ffn) of 1..512 tokens.
  *
  * Weights are rotated through copies totalling >= 256 MiB so that even small matrices come from
@@ -322,7 +322,8 @@ int bench_kernels_main(int argc, char **argv)
         free(out);
     }
 
-    printf("\nGEMM 4096 x 4096 weights: GFLOP/s (BLAS on tiles from m = 16; Q8_0/Q4_K/Q6_K from 128)\n");
+    printf("\nGEMM 4096 x 4096 weights: GFLOP/s (BLAS on tiles from m = 16; Q4_K/Q6_K from 128; "
+           "Q8_0 tiled int8, never BLAS)\n");
     const kern_type_t gemm_types[] = {KERN_F32, KERN_Q8_0, KERN_Q4_K};
     const int64_t gemm_m[] = {8, 16, 64, 512}, n = 4096, d = 4096;
     printf("%-6s", "type");

@@ -68,6 +68,14 @@ typedef void (*kern__dotn_fn)(int64_t n, const void *w, const void *xq, size_t x
                               float *out, size_t out_stride);
 extern const kern__dotn_fn kern__dotn_avx2[KERN_TYPE_COUNT];
 
+/* A block of nr weight rows (ws bytes apart) against nx activation rows (xs bytes apart, in the
+ * weight type's dot_type): out[j * os + r] = dot(w row r, x row j). xd holds, for dot types with
+ * fp16 block scales (Q8_0), each activation block's scale as f32: row j's nb = n / 32 scales at
+ * xd + j * nb. The tiled kernel of kernels/gemm_avx2.c, NULL where a type has none. */
+typedef void (*kern__gemm_fn)(int64_t n, const void *w, size_t ws, int64_t nr, const void *xq,
+                              size_t xs, const float *xd, int64_t nx, float *out, size_t os);
+extern const kern__gemm_fn kern__gemm_avx2[KERN_TYPE_COUNT];
+
 /* kern_attn's AVX2 body (kernels/attn_avx2.c), for hd and hv multiples of 8. */
 void kern__attn_avx2(float *out, size_t out_stride, const float *q, int nq, const void *k,
                      size_t k_stride, const void *v, size_t v_stride, kern_type_t kv_type,

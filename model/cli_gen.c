@@ -15,7 +15,7 @@ static int usage(void)
             "usage: moemesh-model gen --arch qwen3moe|qwen2moe|llama|olmoe --layers L --dim D\n"
             "         --heads H --kv-heads K [--head-dim HD] --experts E --top-k K\n"
             "         --expert-ff F [--shared-ff S] --vocab V\n"
-            "         --type f32|f16|bf16|q8_0|q4_0|q4_1|q5_0|q5_1|q4_k|q5_k|q6_k\n"
+            "         --type f32|f16|bf16|q8_0|q4_0|q4_1|q5_0|q5_1|q4_k|q5_k|q6_k|q4_k_m\n"
             "         [--seed S] [--ctx C] [--name NAME] [--threads N] [--router-skew S]\n"
             "         -o FILE\n"
             "  Deterministic random-weight MoE model; --shared-ff only (and always) for "

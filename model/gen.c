@@ -344,10 +344,32 @@ static void add(gen_t *g, const char *name, kern_type_t type, init_t init, int n
 
 static void list_family_tensors(gen_t *g, const model_gen_params_t *p, int head_dim);
 
+/* ---- q4_k_m: llama.cpp's Q4_K_M mix (llama_tensor_get_type), a pseudo type for --type ----
+ * Matrices Q4_K, except output Q6_K, and attn_v and ffn_down(_exps) Q6_K in the layers where
+ * llama.cpp's use_more_bits holds (the first and last eighth, every third in between: about
+ * half). Its Q8_0 attn_v and Q5_K attn_output apply to 8-expert models only, left out here. */
+#define GEN_Q4_K_M 1000
+
+static bool q4km_more_bits(int i, int n)
+{
+    return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2;
+}
+
+/* The type of one matrix: the file's type, or the mix's choice for it. */
+static kern_type_t mat_type(const model_gen_params_t *p, const char *role, int layer)
+{
+    if ((int)p->type != GEN_Q4_K_M) return p->type;
+    if (!strcmp(role, "output")) return KERN_Q6_K;
+    if ((!strcmp(role, "attn_v") || !strcmp(role, "ffn_down")) &&
+        q4km_more_bits(layer, p->n_layers))
+        return KERN_Q6_K;
+    return KERN_Q4_K;
+}
+
 /* The tensor list in the order llama.cpp's converters write it. */
 static void list_tensors(gen_t *g, const model_gen_params_t *p, int head_dim)
 {
-    const kern_type_t T = p->type, F = KERN_F32;
+    const kern_type_t T = mat_type(p, "", 0), F = KERN_F32;
     const int64_t d = p->n_embd, q = (int64_t)p->n_head * head_dim;
     const int64_t kv = (int64_t)p->n_head_kv * head_dim, E = p->n_expert, ff = p->expert_ff;
     bool qwen2 = strcmp(p->arch, "qwen2moe") == 0, qwen3 = strcmp(p->arch, "qwen3moe") == 0;
@@ -363,7 +385,7 @@ static void list_tensors(gen_t *g, const model_gen_params_t *p, int head_dim)
         add(g, NAME("attn_norm.weight"), F, INIT_NORM, 1, d, 1, 1);
         add(g, NAME("attn_q.weight"), T, INIT_MATRIX, 2, d, q, 1);
         add(g, NAME("attn_k.weight"), T, INIT_MATRIX, 2, d, kv, 1);
-        add(g, NAME("attn_v.weight"), T, INIT_MATRIX, 2, d, kv, 1);
+        add(g, NAME("attn_v.weight"), mat_type(p, "attn_v", l), INIT_MATRIX, 2, d, kv, 1);
         if (qwen2) {
             add(g, NAME("attn_q.bias"), F, INIT_BIAS, 1, q, 1, 1);
             add(g, NAME("attn_k.bias"), F, INIT_BIAS, 1, kv, 1, 1);
@@ -379,17 +401,19 @@ static void list_tensors(gen_t *g, const model_gen_params_t *p, int head_dim)
         add(g, NAME("ffn_gate_inp.weight"), F, INIT_MATRIX, 2, d, E, 1);
         add(g, NAME("ffn_gate_exps.weight"), T, INIT_MATRIX, 3, d, ff, E);
         add(g, NAME("ffn_up_exps.weight"), T, INIT_MATRIX, 3, d, ff, E);
-        add(g, NAME("ffn_down_exps.weight"), T, INIT_MATRIX, 3, ff, d, E);
+        add(g, NAME("ffn_down_exps.weight"), mat_type(p, "ffn_down", l), INIT_MATRIX, 3, ff, d,
+            E);
         if (qwen2) {
             add(g, NAME("ffn_gate_inp_shexp.weight"), F, INIT_MATRIX, 1, d, 1, 1);
             add(g, NAME("ffn_gate_shexp.weight"), T, INIT_MATRIX, 2, d, p->shared_ff, 1);
             add(g, NAME("ffn_up_shexp.weight"), T, INIT_MATRIX, 2, d, p->shared_ff, 1);
-            add(g, NAME("ffn_down_shexp.weight"), T, INIT_MATRIX, 2, p->shared_ff, d, 1);
+            add(g, NAME("ffn_down_shexp.weight"), mat_type(p, "ffn_down", l), INIT_MATRIX, 2,
+                p->shared_ff, d, 1);
         }
 #undef NAME
     }
     add(g, "output_norm.weight", F, INIT_NORM, 1, d, 1, 1);
-    add(g, "output.weight", T, INIT_MATRIX, 2, d, p->n_vocab, 1);
+    add(g, "output.weight", mat_type(p, "output", 0), INIT_MATRIX, 2, d, p->n_vocab, 1);
 }
 
 
@@ -663,6 +687,7 @@ static const struct {
     {"q8_0", KERN_Q8_0, 7},  {"q4_0", KERN_Q4_0, 2},  {"q4_1", KERN_Q4_1, 3},
     {"q5_0", KERN_Q5_0, 8},  {"q5_1", KERN_Q5_1, 9},  {"q4_k", KERN_Q4_K, 14},
     {"q5_k", KERN_Q5_K, 16}, {"q6_k", KERN_Q6_K, 18},
+    {"q4_k_m", (kern_type_t)GEN_Q4_K_M, 15}, /* the mix above; Q4_K's blocks of 256 */
 };
 enum { N_GEN_TYPES = sizeof(gen_types) / sizeof(gen_types[0]) };
 
@@ -737,8 +762,13 @@ static int check_params(const model_gen_params_t *p, const arch_t **arch, int *h
                 "kv heads = heads");
         return -EINVAL;
     }
+    if ((int)p->type == GEN_Q4_K_M && is_family(p->arch)) {
+        LOG_ERR("the q4_k_m mix is written for the llama/qwen/olmoe layouts only, not %s: "
+                "give a single type", p->arch);
+        return -EINVAL;
+    }
     /* Every matrix row must be whole blocks of the type. */
-    int block = kern_type_info(p->type)->block;
+    int block = kern_type_info((int)p->type == GEN_Q4_K_M ? KERN_Q4_K : p->type)->block;
     const int64_t rows[] = {p->n_embd, (int64_t)p->n_head * *head_dim, p->expert_ff,
                             qwen2 ? p->shared_ff : block};
     for (int i = 0; i < 4; i++) {
