@@ -41,6 +41,7 @@ typedef struct {
     int n_dtypes;
     double ref[K_COUNT];   /* the value each axis is held at when it is not plotted */
     const char *note, *self_cmd;
+    json_t *load;          /* `moemesh-bench load --json` results (--load), NULL: none; owned */
 } report_t;
 
 static const char *const key_names[K_COUNT] = {"nodes", "RTT ms", "rate Mbit/s", "concurrency",
@@ -449,6 +450,13 @@ static int sec_table(const report_t *r, FILE *md)
     return 0;
 }
 
+/* The expert-load heatmap and tables (bench/report_load.c) when --load gave load results. */
+static int sec_load(const report_t *r, FILE *md)
+{
+    if (!r->load) return 0;
+    return bench_report_load(r->load, r->dir, md) ? -1 : 0;
+}
+
 /* The sections of report.md, in order; each writes its files into r->dir and its Markdown. */
 static const struct {
     const char *name;
@@ -456,14 +464,17 @@ static const struct {
 } sections[] = {
     {"header", sec_header}, {"rtt", sec_rtt},     {"concurrency", sec_conc},
     {"dtype", sec_dtype},   {"limit", sec_limit}, {"table", sec_table},
+    {"load", sec_load},
 };
 
 int bench_report_main(int argc, char **argv)
 {
-    const char *dir = NULL, *note = NULL;
+    const char *dir = NULL, *note = NULL, *load_in = NULL;
     const coord_opt_t opts[] = {
         {"out", 'o', NULL, COORD_OPT_STR, &dir, "DIR", "where plots and report.md go (created)"},
         {"note", 0, NULL, COORD_OPT_STR, &note, "TEXT", "a paragraph for the report's top"},
+        {"load", 0, NULL, COORD_OPT_STR, &load_in, "FILE",
+         "`moemesh-bench load --json` results: adds the expert-load heatmap"},
     };
     const char *in = NULL;
     /* The one positional argument, RESULTS.json, may come anywhere. */
@@ -471,15 +482,16 @@ int bench_report_main(int argc, char **argv)
     int ac = 0;
     for (int i = 0; i < argc; i++) {
         bool val = i > 0 && (!strcmp(argv[i - 1], "-o") || !strcmp(argv[i - 1], "--out") ||
-                             !strcmp(argv[i - 1], "--note"));
+                             !strcmp(argv[i - 1], "--note") || !strcmp(argv[i - 1], "--load"));
         if (i > 0 && argv[i][0] != '-' && !val && !in) in = argv[i];
         else av[ac++] = argv[i];
     }
-    int rc = coord_opts_parse(opts, 2, "report", ac, av, 1);
+    int rc = coord_opts_parse(opts, 3, "report", ac, av, 1);
     free(av);
     if (rc) return rc > 0 ? 0 : 2;
     if (!in || !dir) {
-        fprintf(stderr, "usage: moemesh-bench report RESULTS.json -o DIR [--note TEXT]\n");
+        fprintf(stderr, "usage: moemesh-bench report RESULTS.json -o DIR [--note TEXT] "
+                        "[--load LOAD.json]\n");
         return 2;
     }
     if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
@@ -492,6 +504,13 @@ int bench_report_main(int argc, char **argv)
              note ? " --note '" : "", note ? note : "", note ? "'" : "");
     r.self_cmd = self;
     rc = load(&r, in) ? 1 : 0;
+    if (!rc && load_in) {
+        json_error_t je;
+        if (!(r.load = json_load_file(load_in, 0, &je))) {
+            fprintf(stderr, "report: %s: %s (line %d)\n", load_in, je.text, je.line);
+            rc = 1;
+        }
+    }
     char path[PATH_MAX];
     snprintf(path, sizeof(path), "%s/report.md", dir);
     FILE *md = rc ? NULL : fopen(path, "w");
@@ -508,5 +527,6 @@ int bench_report_main(int argc, char **argv)
     if (!rc) printf("report: wrote %s\n", path);
     free(r.rows);
     json_decref(r.root);
+    json_decref(r.load);
     return rc;
 }

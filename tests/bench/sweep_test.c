@@ -104,12 +104,18 @@ Test(sweep, two_points_then_report)
     fclose(f);
     cr_expect_eq(lines, 3, "header and two points");
 
+    /* Expert-load results of the same model ride along: the report gains the heatmap. */
+    char load[256], cmd[PATH_MAX + 512];
+    snprintf(load, sizeof(load), "%s/load.json", g_dir);
+    snprintf(cmd, sizeof(cmd), "'%s/moemesh-bench' load -m " MODEL " --nodes 2 --tokens 64 "
+             "--json > '%s' 2>/dev/null", g_bin, load);
+    cr_assert_eq(system(cmd), 0, "%s", cmd);
     snprintf(path, sizeof(path), "%s.json", out);
-    const char *rargv[] = {"report", path, "-o", rep, "--note", "test run", NULL};
-    cr_assert_eq(bench_report_main(6, (char **)rargv), 0);
+    const char *rargv[] = {"report", path, "-o", rep, "--note", "test run", "--load", load, NULL};
+    cr_assert_eq(bench_report_main(8, (char **)rargv), 0);
     const char *files[] = {"report.md", "tps_vs_rtt.svg", "tps_vs_rtt.png", "tps_vs_rtt.gp",
                            "bytes_by_dtype.svg", "bytes_by_dtype.png", "measured_vs_limit.svg",
-                           "measured_vs_limit.png"};
+                           "measured_vs_limit.png", "load-heatmap.svg"};
     for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
         struct stat st;
         snprintf(line, sizeof(line), "%s/%s", rep, files[i]);
@@ -125,6 +131,7 @@ Test(sweep, two_points_then_report)
     cr_expect(strstr(md, "![tokens/s vs RTT](tps_vs_rtt.svg)"));
     cr_expect(strstr(md, "moemesh-bench sweep -m " MODEL));
     cr_expect(strstr(md, "test run"));
+    cr_expect(strstr(md, "load-heatmap.svg"));
     /* Two RTTs on one node count: not enough for the concurrency plot, said so in words. */
     cr_expect(strstr(md, "Not enough points"));
 }
