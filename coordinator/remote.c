@@ -43,10 +43,10 @@
  *
  * Slow nodes (replicas > 1): each node's recent RTT is an EWMA (weight 1/4) of its RESULTs'.
  * A node with at least 8 of them is slow when it exceeds SLOW_X (4) times the median of its
- * live peers' and SLOW_MIN_S (2 ms); then the pairs whose first live copy it is go to their
+ * live peers' and SLOW_MIN_S (5 ms); then the pairs whose first live copy it is go to their
  * next live copy instead (re-routing, never a duplicate). Once every PROBE_S a call routes to
  * it normally, and its answers then replace the estimate, so it becomes normal again as soon
- * as it answers within BACK_X (2) times the median (or under 2 ms).
+ * as it answers within BACK_X (2) times the median (or under 5 ms).
  *
  * coord_cluster_tend runs at the start of a submit that finds nothing in flight (the cluster
  * also refuses to tend while requests are out: tending reads the sockets). Runs on the
@@ -66,7 +66,7 @@
 #define RTT_ALPHA 0.25   /* weight of a new RTT in the recent estimate */
 #define SLOW_SAMPLES 8   /* RTTs a node needs before it can be judged slow */
 #define SLOW_X 4.0       /* slow above this multiple of the peers' median... */
-#define SLOW_MIN_S 0.002 /* ...and above this (seconds): microsecond jitter is not slowness */
+#define SLOW_MIN_S 0.005 /* ...and above this (seconds): a loaded host's jitter is not slowness */
 #define BACK_X 2.0       /* normal again at or below this multiple */
 #define PROBE_S 0.5      /* a slow node gets one normally routed call this often */
 
