@@ -130,8 +130,10 @@ typedef struct {
     uint64_t *rerouted; /* (n_nodes) pairs re-routed away from each, not yet in its stats */
     float *xbuf;       /* (slice, n_embd) gathered activation rows */
     double *scratch;   /* (n_nodes) median scratch */
-    zmq_pollitem_t *items; /* (n_nodes) poll scratch */
-    int *who;          /* (n_nodes) node of each poll item */
+    void **mon;        /* (n_nodes) PAIR sockets with each node socket's connection events
+                          (replicas > 1 only; NULL entries: none) */
+    zmq_pollitem_t *items; /* (2 * n_nodes) poll scratch: node sockets, then monitors */
+    int *who;          /* (2 * n_nodes) node of each poll item */
     coord_experts_stats_t st;
     double t_busy0;    /* wire_now() when in_flight last rose from 0 */
     coord_trace_t *named; /* the trace whose node lanes carry names */
@@ -366,6 +368,71 @@ static int lose(remote_t *R, int o, int err)
     return 0;
 }
 
+/* ---- connection events ----
+ * With replicas, a node whose TCP connection drops (killed, host gone) is lost at once rather
+ * than at the next deadline: ZeroMQ's monitor reports it. Events are read in order; what
+ * counts is whether a DISCONNECTED came (its requests in flight are gone with the connection)
+ * and whether the last event leaves it disconnected (nothing sent to it would leave). */
+
+static void monitor_open(remote_t *R, int o)
+{
+    coord_cluster_t *c = R->c;
+    char ep[96];
+    snprintf(ep, sizeof(ep), "inproc://moemesh-remote-%p-%d", (void *)R, o);
+    if (zmq_socket_monitor(c->nodes[o].sock, ep, ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED)) {
+        LOG_WARN("expert node %d (%s): no connection monitor (%s); a lost node is noticed at "
+                 "its deadline", o, c->nodes[o].endpoint, zmq_strerror(zmq_errno()));
+        return;
+    }
+    void *m = zmq_socket(c->ctx, ZMQ_PAIR);
+    int zero = 0;
+    if (!m || zmq_setsockopt(m, ZMQ_LINGER, &zero, sizeof(zero)) || zmq_connect(m, ep)) {
+        LOG_WARN("expert node %d (%s): no connection monitor (%s)", o, c->nodes[o].endpoint,
+                 zmq_strerror(zmq_errno()));
+        if (m) zmq_close(m);
+        zmq_socket_monitor(c->nodes[o].sock, NULL, 0);
+        return;
+    }
+    R->mon[o] = m;
+}
+
+static void monitor_close(remote_t *R, int o)
+{
+    if (!R->mon[o]) return;
+    zmq_socket_monitor(R->c->nodes[o].sock, NULL, 0);
+    zmq_close(R->mon[o]);
+    R->mon[o] = NULL;
+}
+
+/* Reads node o's connection events so far: *dropped when a DISCONNECTED was among them;
+ * returns true when the last one was a DISCONNECTED (false when none came). */
+static bool monitor_read(remote_t *R, int o, bool *dropped)
+{
+    bool gone = false;
+    *dropped = false;
+    for (void *m = R->mon[o]; m;) {
+        zmq_msg_t f;
+        zmq_msg_init(&f);
+        if (zmq_msg_recv(&f, m, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&f);
+            break;
+        }
+        /* Frame 1: event (uint16) and value (uint32); frame 2: the endpoint. */
+        uint16_t ev = 0;
+        if (zmq_msg_size(&f) >= 2) memcpy(&ev, zmq_msg_data(&f), 2);
+        if (ev == ZMQ_EVENT_DISCONNECTED) gone = *dropped = true;
+        else if (ev == ZMQ_EVENT_CONNECTED) gone = false;
+        bool more = zmq_msg_more(&f);
+        zmq_msg_close(&f);
+        while (more) {
+            zmq_msg_init(&f);
+            more = zmq_msg_recv(&f, m, 0) >= 0 && zmq_msg_more(&f);
+            zmq_msg_close(&f);
+        }
+    }
+    return gone;
+}
+
 /* ---- receiving ---- */
 
 static void note_rtt(remote_t *R, int o, double rtt)
@@ -493,6 +560,12 @@ static int pump(remote_t *R, bool block)
         double s = silent_at(R, o);
         if (s > 0 && s < deadline) deadline = s;
     }
+    const int nsock = np;
+    for (int j = 0; j < nsock; j++)
+        if (R->mon[R->who[j]]) {
+            R->items[np] = (zmq_pollitem_t){R->mon[R->who[j]], 0, ZMQ_POLLIN, 0};
+            R->who[np++] = R->who[j];
+        }
     if (np == 0) return 0;
     int left = block ? coord__ms_left(deadline) : 0;
     double t0 = wire_now();
@@ -508,7 +581,7 @@ static int pump(remote_t *R, bool block)
         LOG_ERR("zmq_poll: %s", zmq_strerror(-err));
         return err;
     }
-    for (int j = 0; j < np && rc > 0; j++) {
+    for (int j = 0; j < nsock && rc > 0; j++) {
         int o = R->who[j];
         /* Drain: readiness is about the socket, not one message. A node with nothing in
          * flight is left to the idle reader. */
@@ -528,11 +601,21 @@ static int pump(remote_t *R, bool block)
             if (e < 0 && (e = lose(R, o, e)) != 0) return e;
         }
     }
-    /* Deadlines and silence, whatever woke us. */
+    /* Lost connections (after the answers that came before), deadlines and silence. */
     const double now = wire_now();
-    for (int j = 0; j < np; j++) {
+    for (int j = 0; j < nsock; j++) {
         int o = R->who[j];
         if (!R->n_fl[o]) continue;
+        bool dropped;
+        monitor_read(R, o, &dropped);
+        if (dropped) {
+            LOG_ERR("expert node %d (%s): connection lost with requests in flight", o,
+                    c->nodes[o].endpoint);
+            coord__node_failed(c, o, "connection lost");
+            int e = lose(R, o, -ECONNRESET);
+            if (e) return e;
+            continue;
+        }
         const flight_t *late = NULL;
         for (int i = 0; i < R->n_fl[o] && !late; i++)
             if (R->fl[(size_t)o * FLIGHT_MAX + i].deadline <= now)
@@ -698,7 +781,18 @@ static int remote_submit(coord_experts_t *ex, int layer, int mbi, int n_tok, int
         fail_all(R);
         return err;
     }
-    for (int o = 0; o < c->n_nodes; o++) R->down[o] = coord_cluster_node_down(c, o);
+    for (int o = 0; o < c->n_nodes; o++) {
+        bool dropped;
+        /* A node without requests out whose connection is gone now: sends to it would wait for
+         * a reconnection, so it is down (the cluster probes it and re-admits it when it
+         * answers). One with requests out is the next pump's. */
+        if (R->mon[o] && !R->n_fl[o] && monitor_read(R, o, &dropped) &&
+            !coord_cluster_node_down(c, o)) {
+            LOG_ERR("expert node %d (%s): connection lost", o, c->nodes[o].endpoint);
+            coord__node_failed(c, o, "connection lost");
+        }
+        R->down[o] = coord_cluster_node_down(c, o);
+    }
     judge_speed(R);
     *B = (mbatch_t){.active = true, .layer = layer, .n_tok = n_tok, .k = k, .out = out,
                     .x = B->x, .xcap = B->xcap, .src = B->src, .part = B->part};
@@ -802,6 +896,7 @@ static void remote_free(coord_experts_t *ex)
 {
     remote_t *R = (remote_t *)ex;
     fail_all(R); /* the cluster may be tended again */
+    for (int o = 0; o < R->c->n_nodes; o++) monitor_close(R, o);
     for (int m = 0; m < COORD_MICRO_BATCHES_MAX; m++) {
         for (int o = 0; o < R->c->n_nodes; o++) {
             part_t *p = &R->mb[m].part[o];
@@ -812,7 +907,7 @@ static void remote_free(coord_experts_t *ex)
     }
     free(R->fl), free(R->n_fl), free(R->busy_since), free(R->down), free(R->slow);
     free(R->avoid), free(R->probe_at), free(R->rtt), free(R->n_rtt), free(R->rerouted);
-    free(R->xbuf), free(R->scratch), free(R->items), free(R->who);
+    free(R->xbuf), free(R->scratch), free(R->items), free(R->who), free(R->mon);
     free(R);
 }
 
@@ -876,7 +971,9 @@ coord_experts_t *coord_experts_remote_new(coord_cluster_t *c, int max_tok)
     R->rerouted = xcalloc(N, sizeof(uint64_t));
     R->xbuf = xcalloc((size_t)R->slice * R->n_embd, sizeof(float));
     R->scratch = xcalloc(N, sizeof(double));
-    R->items = xcalloc(N, sizeof(zmq_pollitem_t));
-    R->who = xcalloc(N, sizeof(int));
+    R->items = xcalloc(2 * N, sizeof(zmq_pollitem_t));
+    R->who = xcalloc(2 * N, sizeof(int));
+    R->mon = xcalloc(N, sizeof(void *));
+    for (int o = 0; R->per_pair && o < c->n_nodes; o++) monitor_open(R, o);
     return &R->base;
 }
