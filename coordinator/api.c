@@ -242,8 +242,8 @@ static bool body_object(coord_api_t *a, coord_http_req_t *req, json_t **out)
 /* ---- simple routes ---- */
 
 /* Health with expert nodes: 503 naming the nodes that are down and the experts that are
- * therefore unavailable (every copy down), 200 otherwise. A node is down from the moment a call to it fails (it
- * answered ERROR, gave no RESULT within the node timeout, could not be sent to, or sent
+ * therefore unavailable (every copy down), 200 otherwise. A node is down from the moment a
+ * call to it fails (it answered ERROR, gave no RESULT within the node timeout, could not be sent to, or sent
  * something unreadable) or it has been silent for the cluster's heartbeat_ms (noticed between
  * requests too: the scheduler tends the cluster about once a second while idle), until it has
  * been given its shard again (coord_cluster_tend) or answers a call with a RESULT. */

@@ -204,8 +204,9 @@ const int *coord_cluster_owners(const coord_cluster_t *c, int layer, int expert)
 void coord_cluster_tend(coord_cluster_t *c);
 /* True when node i is marked down. Any thread. */
 bool coord_cluster_node_down(const coord_cluster_t *c, int node);
-/* Routed experts that cannot be computed now because every node holding a copy is down. Writes a one-line description naming the down nodes and the experts ("layer L:
- * e,e,..", cut short with "..." to fit cap) into buf (cap > 0) and returns how many pairs are
+/* Routed experts that cannot be computed now because every node holding a copy is down.
+ * Writes a one-line description naming the down nodes and the experts ("layer L: e,e,..",
+ * cut short with "..." to fit cap) into buf (cap > 0) and returns how many pairs are
  * missing; 0 (buf "") when none. Any thread. */
 int coord_cluster_missing(const coord_cluster_t *c, char *buf, size_t cap);
 /* Wraps the remote experts inner (taking it over) so that every call first runs
@@ -236,10 +237,10 @@ typedef struct {
     uint64_t results;         /* RESULTs taken: the RTT observations */
     uint64_t rtt_bucket[COORD_RTT_BUCKETS]; /* RTTs <= coord_rtt_bounds[i] (not cumulative);
                                                larger ones count only in requests */
-    /* Replicas (remote.c): pairs that were out to this node, unanswered, when it failed and
-     * were sent to another copy; pairs sent to another copy instead of this node because it
-     * was slow; whether it is judged slow now, and its recent RTT (an EWMA, seconds) that the
-     * judgement uses. */
+    /* Replicas (remote.c). failovers: pairs sent to another copy because this node was down
+     * (unanswered by it when it failed mid-call, or, as their primary, routed around it while
+     * down); reroutes: pairs it is primary for sent to another copy because it was slow.
+     * Whether it is judged slow now, and the recent RTT (an EWMA, seconds) behind that. */
     uint64_t failovers, reroutes;
     bool slow;
     double rtt_recent_s;

@@ -160,7 +160,7 @@ static void render_nodes(sbuf_t *s, const coord_metrics_gauges_t *g)
          offsetof(coord_node_stats_t, requests)},
         /* Replicas (remote.c): pairs moved off a failed node, and around a slow one. */
         {"moemesh:node_failovers_total",
-         "Pairs unanswered by the expert node when it failed, re-sent to a replica.",
+         "Pairs sent to a replica because the expert node was down (mid-call or since).",
          offsetof(coord_node_stats_t, failovers)},
         {"moemesh:node_reroutes_total",
          "Pairs sent to a replica instead of the expert node while it was slow.",

@@ -128,6 +128,7 @@ typedef struct {
     double *rtt;       /* (n_nodes) recent RTT estimate (s) */
     int *n_rtt;        /* (n_nodes) RTTs seen */
     uint64_t *rerouted; /* (n_nodes) pairs re-routed away from each, not yet in its stats */
+    uint64_t *failed_over; /* (n_nodes) pairs routed around each while down, likewise */
     float *xbuf;       /* (slice, n_embd) gathered activation rows */
     double *scratch;   /* (n_nodes) median scratch */
     void **mon;        /* (n_nodes) PAIR sockets with each node socket's connection events
@@ -256,15 +257,6 @@ static int pick_owner(const remote_t *R, int layer, int expert)
         if (live < 0) live = o;
     }
     return live;
-}
-
-/* The first copy of a pair that is up (what pick_owner would choose without slowness). */
-static int first_live(const remote_t *R, int layer, int expert)
-{
-    const int *own = coord_cluster_owners(R->c, layer, expert);
-    for (int r = 0; own && r < R->c->replicas; r++)
-        if (!R->down[own[r]]) return own[r];
-    return -1;
 }
 
 static int cmp_double(const void *a, const void *b)
@@ -817,13 +809,18 @@ static int remote_submit(coord_experts_t *ex, int layer, int mbi, int n_tok, int
                 LOG_ERR("layer %d expert %d: every copy is down; failing the call", layer, id);
                 return -EHOSTUNREACH;
             }
-            int f = first_live(R, layer, id);
-            if (o != f) R->rerouted[f]++;
+            /* Served elsewhere than the primary: on its account, as a failover while it is
+             * down, a re-route while it is slow. */
+            int p0 = coord_cluster_owners(c, layer, id)[0];
+            if (o != p0) (R->down[p0] ? R->failed_over : R->rerouted)[p0]++;
             part_add(R, mbi, o, t, j, id, w[t * k + j]);
         }
     }
     for (int o = 0; o < c->n_nodes; o++)
-        if (R->rerouted[o]) node_count(R, o, 0, R->rerouted[o]), R->rerouted[o] = 0;
+        if (R->rerouted[o] || R->failed_over[o]) {
+            node_count(R, o, R->failed_over[o], R->rerouted[o]);
+            R->rerouted[o] = R->failed_over[o] = 0;
+        }
     /* Every node's FORWARDs leave now; none waits for another node's. A node whose table is
      * full makes submit wait for answers, as a bound on what is out. */
     err = flush_all(R);
@@ -907,6 +904,7 @@ static void remote_free(coord_experts_t *ex)
     }
     free(R->fl), free(R->n_fl), free(R->busy_since), free(R->down), free(R->slow);
     free(R->avoid), free(R->probe_at), free(R->rtt), free(R->n_rtt), free(R->rerouted);
+    free(R->failed_over);
     free(R->xbuf), free(R->scratch), free(R->items), free(R->who), free(R->mon);
     free(R);
 }
@@ -969,6 +967,7 @@ coord_experts_t *coord_experts_remote_new(coord_cluster_t *c, int max_tok)
     R->rtt = xcalloc(N, sizeof(double));
     R->n_rtt = xcalloc(N, sizeof(int));
     R->rerouted = xcalloc(N, sizeof(uint64_t));
+    R->failed_over = xcalloc(N, sizeof(uint64_t));
     R->xbuf = xcalloc((size_t)R->slice * R->n_embd, sizeof(float));
     R->scratch = xcalloc(N, sizeof(double));
     R->items = xcalloc(2 * N, sizeof(zmq_pollitem_t));
