@@ -181,8 +181,8 @@ typedef struct coord_cluster coord_cluster_t;
 coord_cluster_t *coord_cluster_new(const coord_cluster_config_t *cfg, const model_t *m);
 void coord_cluster_free(coord_cluster_t *c); /* NULL-safe; closes sockets, ends the context */
 int coord_cluster_n_nodes(const coord_cluster_t *c);
-/* Primary node of expert e of layer l — the one calls go to — or -1 when layer l has no routed
- * experts / out of range. */
+/* Primary node of expert e of layer l — the one calls go to while it is up and not slow (else
+ * the next copy, remote.c) — or -1 when layer l has no routed experts / out of range. */
 int coord_cluster_owner(const coord_cluster_t *c, int layer, int expert);
 /* Copies of every expert (the configured replicas). */
 int coord_cluster_replicas(const coord_cluster_t *c);
