@@ -165,6 +165,9 @@ static void render_nodes(sbuf_t *s, const coord_metrics_gauges_t *g)
         {"moemesh:node_reroutes_total",
          "Pairs sent to a replica instead of the expert node while it was slow.",
          offsetof(coord_node_stats_t, reroutes)},
+        {"moemesh:node_stale_total",
+         "Answers from the expert node to requests already given up, dropped.",
+         offsetof(coord_node_stats_t, stale)},
     };
     for (size_t k = 0; k < sizeof(ctr) / sizeof(ctr[0]); k++) {
         family(s, ctr[k].name, "counter", ctr[k].help);

@@ -421,10 +421,7 @@ Test(failover, killed_node_mid_generation_is_served_by_replicas, .timeout = 120)
     procs[NODE1].pid = 0;
     printf("failover: SIGKILL mid-generation, longest stall of a stream %.2f s\n", gap);
     cr_expect_lt(gap, 8.0, "a stream stalled %.1f s", gap);
-    cr_expect_gt(metric(port, "moemesh:node_failovers_total", "node=\"1\""), 0,
-                 "no failover counted");
-    cr_expect_eq(metric(port, "moemesh:node_up", "node=\"1\""), 0);
-    cr_expect(log_has(COORD, "re-sent to replicas"));
+    cr_expect(log_has(COORD, "re-sent to replicas") || log_has(COORD, "connection lost"));
     /* Later requests are served by the replicas alone. */
     for (int i = 0; i < N_STREAMS; i++) {
         char *got = complete(port, i);
@@ -432,6 +429,10 @@ Test(failover, killed_node_mid_generation_is_served_by_replicas, .timeout = 120)
         free(got);
         free(want[i]);
     }
+    cr_expect_gt(metric(port, "moemesh:node_failovers_total", "node=\"1\""), 0,
+                 "no failover counted");
+    cr_expect_eq(metric(port, "moemesh:node_up", "node=\"1\""), 0);
+    cr_expect_eq(health(port), 200);
     assert_alive(COORD);
 }
 
@@ -446,6 +447,19 @@ Test(failover, stopped_node_mid_generation_is_served_by_replicas, .timeout = 120
     double gap = run_streams(port, want, stop_node1);
     printf("failover: SIGSTOP mid-generation, longest stall of a stream %.2f s\n", gap);
     cr_expect_lt(gap, 8.0, "a stream stalled %.1f s", gap);
+    /* Down by now (mid-call), or within the idle heartbeat bound should the streams have
+     * ended first; the replicas serve meanwhile. */
+    double t1 = wire_now();
+    while (metric(port, "moemesh:node_up", "node=\"1\"") != 0) {
+        cr_assert_lt(wire_now() - t1, 10.0, "the stopped node was never marked down");
+        usleep(100000);
+    }
+    for (int i = 0; i < N_STREAMS; i++) {
+        char *got = complete(port, i);
+        cr_expect_str_eq(got, want[i]);
+        free(got);
+    }
+    cr_expect_eq(health(port), 200);
     cr_expect_gt(metric(port, "moemesh:node_failovers_total", "node=\"1\""), 0);
     cr_assert_eq(kill(procs[NODE1].pid, SIGCONT), 0);
     /* Back: it is probed, answers, and is re-assigned (nothing to stream, it kept its shard). */
@@ -454,8 +468,15 @@ Test(failover, stopped_node_mid_generation_is_served_by_replicas, .timeout = 120
         cr_assert_lt(wire_now() - t0, 15.0, "the resumed node did not rejoin");
         usleep(100000);
     }
-    cr_expect(log_has(COORD, "dropping late RESULT") || log_has(COORD, "RESULT of old request"),
-              "the late RESULT was not seen being dropped");
+    /* When the stop caught requests in flight (the streams stalled), their RESULTs come late:
+     * dropped by request id and counted stale, never combined. */
+    if (gap > 1.0) {
+        t0 = wire_now();
+        while (metric(port, "moemesh:node_stale_total", "node=\"1\"") <= 0) {
+            cr_assert_lt(wire_now() - t0, 10.0, "the late RESULT was not seen being dropped");
+            usleep(100000);
+        }
+    }
     cr_expect_eq(metric(port, "moemesh:node_up", "node=\"1\""), 1);
     run_streams(port, want, NULL);
     for (int i = 0; i < N_STREAMS; i++) free(want[i]);
