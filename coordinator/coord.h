@@ -240,7 +240,7 @@ typedef struct {
     /* Replicas (remote.c). failovers: pairs sent to another copy because this node was down
      * (unanswered by it when it failed mid-call, or, as their primary, routed around it while
      * down); reroutes: pairs it is primary for sent to another copy because it was slow.
-     * Whether it is judged slow now, and the recent RTT (an EWMA, seconds) behind that. */
+     * Whether it is judged slow now, and the recent RTT (median of the last 8, seconds) behind that. */
     uint64_t failovers, reroutes;
     bool slow;
     double rtt_recent_s;

@@ -41,12 +41,13 @@
  * is stale by request id and dropped, never counted twice. Without a live copy (replicas 1, or
  * every copy down) the call fails and every micro-batch is abandoned, as before.
  *
- * Slow nodes (replicas > 1): each node's recent RTT is an EWMA (weight 1/4) of its RESULTs'.
- * A node with at least 8 of them is slow when it exceeds SLOW_X (4) times the median of its
- * live peers' and SLOW_MIN_S (5 ms); then the pairs whose first live copy it is go to their
- * next live copy instead (re-routing, never a duplicate). Once every PROBE_S a call routes to
- * it normally, and its answers then replace the estimate, so it becomes normal again as soon
- * as it answers within BACK_X (2) times the median (or under 5 ms).
+ * Slow nodes (replicas > 1): each node's recent RTT is the median of its last RTT_WIN (8)
+ * RESULTs' (a median, so one descheduled moment on a loaded host does not count). A node with
+ * a full window is slow when that exceeds SLOW_X (4) times the median of its live peers' and
+ * SLOW_MIN_S (5 ms); then the pairs whose first live copy it is go to their next live copy
+ * instead (re-routing, never a duplicate). Once every PROBE_S (0.5 s) a call routes to it
+ * normally as a probe, with its window emptied first, so the probe's answers alone judge it:
+ * it is normal again when they are within BACK_X (2) times the peers' median (or under 5 ms).
  *
  * coord_cluster_tend runs at the start of a submit that finds nothing in flight (the cluster
  * also refuses to tend while requests are out: tending reads the sockets). Runs on the
@@ -63,8 +64,7 @@
  * a node's part; beyond it rows wait. The node queues what it cannot compute yet. */
 #define FLIGHT_MAX 16
 
-#define RTT_ALPHA 0.25   /* weight of a new RTT in the recent estimate */
-#define SLOW_SAMPLES 8   /* RTTs a node needs before it can be judged slow */
+#define RTT_WIN 8        /* a node's recent RTT is the median of its last RTT_WIN */
 #define SLOW_X 4.0       /* slow above this multiple of the peers' median... */
 #define SLOW_MIN_S 0.005 /* ...and above this (seconds): a loaded host's jitter is not slowness */
 #define BACK_X 2.0       /* normal again at or below this multiple */
@@ -125,12 +125,14 @@ typedef struct {
     bool *slow;        /* (n_nodes) judged slow */
     bool *avoid;       /* (n_nodes) slow and not probed in this call */
     double *probe_at;  /* (n_nodes) last normally routed call while slow */
-    double *rtt;       /* (n_nodes) recent RTT estimate (s) */
-    int *n_rtt;        /* (n_nodes) RTTs seen */
+    double *rtt;       /* (n_nodes) recent RTT (s): the ring's median, as of judge_speed */
+    double *win;       /* (n_nodes, RTT_WIN) ring of each node's last RTTs (s) */
+    int *n_rtt;        /* (n_nodes) RTTs in the ring (<= RTT_WIN) */
+    int *w_at;         /* (n_nodes) ring slot the next RTT goes to */
     uint64_t *rerouted; /* (n_nodes) pairs re-routed away from each, not yet in its stats */
     uint64_t *failed_over; /* (n_nodes) pairs routed around each while down, likewise */
     float *xbuf;       /* (slice, n_embd) gathered activation rows */
-    double *scratch;   /* (n_nodes) median scratch */
+    double *scratch;   /* (max(n_nodes, RTT_WIN)) median scratch */
     void **mon;        /* (n_nodes) PAIR sockets with each node socket's connection events
                           (replicas > 1 only; NULL entries: none) */
     zmq_pollitem_t *items; /* (2 * n_nodes) poll scratch: node sockets, then monitors */
@@ -265,6 +267,12 @@ static int cmp_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof(double), cmp_double);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
 /* The slow-node policy (see the top), once per submit: who is slow, who is avoided in this
  * call; the verdicts go to the nodes' stats. */
 static void judge_speed(remote_t *R)
@@ -273,24 +281,27 @@ static void judge_speed(remote_t *R)
     if (c->replicas < 2) return;
     const double now = wire_now();
     for (int o = 0; o < c->n_nodes; o++) {
+        memcpy(R->scratch, R->win + (size_t)o * RTT_WIN, sizeof(double) * R->n_rtt[o]);
+        R->rtt[o] = R->n_rtt[o] ? median(R->scratch, R->n_rtt[o]) : 0;
+    }
+    for (int o = 0; o < c->n_nodes; o++) {
         int np = 0;
         for (int q = 0; q < c->n_nodes; q++)
-            if (q != o && !R->down[q] && R->n_rtt[q] >= SLOW_SAMPLES) R->scratch[np++] = R->rtt[q];
+            if (q != o && !R->down[q] && R->n_rtt[q] >= RTT_WIN / 2) R->scratch[np++] = R->rtt[q];
         bool was = R->slow[o];
         if (R->down[o]) {
             R->slow[o] = false;
         } else if (np > 0) {
-            qsort(R->scratch, (size_t)np, sizeof(double), cmp_double);
-            double med = np % 2 ? R->scratch[np / 2]
-                                : (R->scratch[np / 2 - 1] + R->scratch[np / 2]) / 2;
-            if (!was && R->n_rtt[o] >= SLOW_SAMPLES && R->rtt[o] > SLOW_X * med &&
+            double med = median(R->scratch, np);
+            if (!was && R->n_rtt[o] == RTT_WIN && R->rtt[o] > SLOW_X * med &&
                 R->rtt[o] > SLOW_MIN_S) {
                 R->slow[o] = true;
                 R->probe_at[o] = now;
                 LOG_WARN("expert node %d (%s) is slow: recent RTT %.2f ms, peers' median %.2f ms; "
                          "its pairs go to their replicas", o, c->nodes[o].endpoint,
                          R->rtt[o] * 1e3, med * 1e3);
-            } else if (was && (R->rtt[o] <= BACK_X * med || R->rtt[o] <= SLOW_MIN_S)) {
+            } else if (was && R->n_rtt[o] > 0 &&
+                       (R->rtt[o] <= BACK_X * med || R->rtt[o] <= SLOW_MIN_S)) {
                 R->slow[o] = false;
                 LOG_INFO("expert node %d (%s) is fast again: recent RTT %.2f ms, peers' median "
                          "%.2f ms", o, c->nodes[o].endpoint, R->rtt[o] * 1e3, med * 1e3);
@@ -298,8 +309,10 @@ static void judge_speed(remote_t *R)
         }
         R->avoid[o] = R->slow[o];
         if (R->slow[o] && now - R->probe_at[o] >= PROBE_S) {
-            R->avoid[o] = false; /* this call probes it */
+            /* This call probes it, and its answers alone will judge it. */
+            R->avoid[o] = false;
             R->probe_at[o] = now;
+            R->n_rtt[o] = R->w_at[o] = 0;
         }
         pthread_mutex_lock(&c->st_mu);
         c->nodes[o].st.slow = R->slow[o];
@@ -337,7 +350,9 @@ static int reroute_row(remote_t *R, int mbi, int o, int r)
 static int lose(remote_t *R, int o, int err)
 {
     R->down[o] = true;
+    /* Whatever it comes back as (restarted, another host, another link) is judged afresh. */
     R->slow[o] = R->avoid[o] = false;
+    R->n_rtt[o] = R->w_at[o] = 0;
     if (!R->per_pair) return err; /* one copy of everything: nowhere to go */
     uint64_t moved = 0;
     int rc = 0;
@@ -429,10 +444,9 @@ static bool monitor_read(remote_t *R, int o, bool *dropped)
 
 static void note_rtt(remote_t *R, int o, double rtt)
 {
-    /* While a node is slow only probes reach it: their answers replace the estimate, so it
-     * is judged by what it does now, not by how slow it was. */
-    if (R->n_rtt[o]++ == 0 || R->slow[o]) R->rtt[o] = rtt;
-    else R->rtt[o] += RTT_ALPHA * (rtt - R->rtt[o]);
+    R->win[(size_t)o * RTT_WIN + R->w_at[o]] = rtt;
+    R->w_at[o] = (R->w_at[o] + 1) % RTT_WIN;
+    if (R->n_rtt[o] < RTT_WIN) R->n_rtt[o]++;
 }
 
 /* Handles one message from node o. Returns 0 (taken or ignored) or a negative error (logged,
@@ -784,6 +798,7 @@ static int remote_submit(coord_experts_t *ex, int layer, int mbi, int n_tok, int
             coord__node_failed(c, o, "connection lost");
         }
         R->down[o] = coord_cluster_node_down(c, o);
+        if (R->down[o]) R->n_rtt[o] = R->w_at[o] = 0; /* judged afresh when back, as in lose */
     }
     judge_speed(R);
     *B = (mbatch_t){.active = true, .layer = layer, .n_tok = n_tok, .k = k, .out = out,
@@ -904,6 +919,7 @@ static void remote_free(coord_experts_t *ex)
     }
     free(R->fl), free(R->n_fl), free(R->busy_since), free(R->down), free(R->slow);
     free(R->avoid), free(R->probe_at), free(R->rtt), free(R->n_rtt), free(R->rerouted);
+    free(R->win), free(R->w_at);
     free(R->failed_over);
     free(R->xbuf), free(R->scratch), free(R->items), free(R->who), free(R->mon);
     free(R);
@@ -966,10 +982,12 @@ coord_experts_t *coord_experts_remote_new(coord_cluster_t *c, int max_tok)
     R->probe_at = xcalloc(N, sizeof(double));
     R->rtt = xcalloc(N, sizeof(double));
     R->n_rtt = xcalloc(N, sizeof(int));
+    R->win = xcalloc(N * RTT_WIN, sizeof(double));
+    R->w_at = xcalloc(N, sizeof(int));
     R->rerouted = xcalloc(N, sizeof(uint64_t));
     R->failed_over = xcalloc(N, sizeof(uint64_t));
     R->xbuf = xcalloc((size_t)R->slice * R->n_embd, sizeof(float));
-    R->scratch = xcalloc(N, sizeof(double));
+    R->scratch = xcalloc(N > RTT_WIN ? N : RTT_WIN, sizeof(double));
     R->items = xcalloc(2 * N, sizeof(zmq_pollitem_t));
     R->who = xcalloc(2 * N, sizeof(int));
     R->mon = xcalloc(N, sizeof(void *));
