@@ -242,23 +242,20 @@ static bool body_object(coord_api_t *a, coord_http_req_t *req, json_t **out)
 /* ---- simple routes ---- */
 
 /* Health with expert nodes: 503 naming the nodes that are down and the experts that are
- * therefore unavailable, 200 otherwise. A node is down from the moment a call to it fails (it
- * answered ERROR, gave no RESULT within the node timeout, could not be sent to, or sent
+ * therefore unavailable (every copy down), 200 otherwise. A node is down from the moment a
+ * call to it fails (it answered ERROR, gave no RESULT within the node timeout, could not be sent to, or sent
  * something unreadable) or it has been silent for the cluster's heartbeat_ms (noticed between
  * requests too: the scheduler tends the cluster about once a second while idle), until it has
  * been given its shard again (coord_cluster_tend) or answers a call with a RESULT. */
 static void route_health(coord_api_t *a, coord_http_req_t *req)
 {
-    if (a->ready && a->st.cluster) {
-        coord_cluster_snapshot(a->st.cluster, a->nodes, a->n_nodes);
-        for (int i = 0; i < a->n_nodes; i++) {
-            if (!a->nodes[i].down) continue;
-            char msg[1024];
-            coord_cluster_missing(a->st.cluster, msg, sizeof(msg));
-            send_json(a, req, 503, json_pack("{s:s,s:s}", "status", "error", "message", msg),
-                      "Retry-After: 1\r\n");
-            return;
-        }
+    /* With replicas a node may be down while every expert still has a live copy: that is
+     * still service (remote.c fails over), so only a missing expert turns /health 503. */
+    char msg[1024];
+    if (a->ready && a->st.cluster && coord_cluster_missing(a->st.cluster, msg, sizeof(msg)) > 0) {
+        send_json(a, req, 503, json_pack("{s:s,s:s}", "status", "error", "message", msg),
+                  "Retry-After: 1\r\n");
+        return;
     }
     if (a->ready)
         send_json(a, req, 200, json_pack("{s:s}", "status", "ok"), NULL);

@@ -924,6 +924,9 @@ static void probe(coord_cluster_t *c, int i)
 
 void coord_cluster_tend(coord_cluster_t *c)
 {
+    /* Reading the sockets now would take in-flight answers away from remote.c (and rejoining
+     * reads every socket), so liveness waits for the next moment with nothing out. */
+    if (c->busy > 0) return;
     for (int i = 0; i < c->n_nodes; i++) {
         coord__node_t *n = &c->nodes[i];
         bool down = coord_cluster_node_down(c, i);
@@ -959,6 +962,17 @@ void coord_cluster_tend(coord_cluster_t *c)
     }
 }
 
+/* True when pair p (layer * n_expert + expert) has copies and all of them are on nodes marked
+ * down. Caller holds st_mu. */
+static bool all_down(const coord_cluster_t *c, size_t p)
+{
+    const int *o = c->owners + p * (size_t)c->replicas;
+    if (o[0] < 0) return false;
+    for (int r = 0; r < c->replicas; r++)
+        if (!c->nodes[o[r]].st.down) return false;
+    return true;
+}
+
 int coord_cluster_missing(const coord_cluster_t *c, char *buf, size_t cap)
 {
     pthread_mutex_t *mu = (pthread_mutex_t *)&c->st_mu;
@@ -977,13 +991,12 @@ int coord_cluster_missing(const coord_cluster_t *c, char *buf, size_t cap)
         if (c->nodes[i].st.down)
             PUT("%sexpert node %d (%s) down: %s", w ? "; " : "", i, c->nodes[i].endpoint,
                 c->nodes[i].st.failure);
-    /* Calls go to the primary owner only (remote.c), so a pair is missing when its primary is
-     * down, whatever its replicas do. */
+    /* Calls go to the first live copy (remote.c), so a pair is missing only when every copy
+     * is down. */
     for (int l = 0; l < c->n_layers; l++) {
         bool first = true;
         for (int e = 0; e < c->n_expert; e++) {
-            int o = c->owner[(size_t)l * c->n_expert + e];
-            if (o < 0 || !c->nodes[o].st.down) continue;
+            if (!all_down(c, (size_t)l * c->n_expert + e)) continue;
             missing++;
             if (first) PUT("%slayer %d experts %d", w ? "; " : "", l, e);
             else PUT(",%d", e);
@@ -1003,27 +1016,29 @@ typedef struct {
     coord_cluster_t *c;
     coord_experts_t *inner; /* owned */
     double warned;          /* wire_now() of the last "experts unavailable" log line */
-    int first_layer;        /* lowest layer with routed experts: its micro-batch 0 starts a step */
 } guard_t;
 
-/* 0 when every pair the call routes to sits on a node that is up, else -EHOSTUNREACH (logged
- * at most once a second). tend reads the node sockets and drops RESULTs it does not expect, so
- * it runs only when no micro-batch can be in flight: at the start of a step. */
-static int guard_check(guard_t *g, int layer, int n_tok, int k, const int32_t *ids, bool tend)
+/* 0 when every pair the call routes to has a copy on a node that is up, else -EHOSTUNREACH
+ * (logged at most once a second). */
+static int guard_check(guard_t *g, int layer, int n_tok, int k, const int32_t *ids)
 {
-    if (tend) coord_cluster_tend(g->c);
+    coord_cluster_t *c = g->c;
+    coord_cluster_tend(c); /* a no-op while requests are out (pipelined micro-batches) */
     bool any_down = false;
-    for (int o = 0; o < g->c->n_nodes && !any_down; o++)
-        any_down = coord_cluster_node_down(g->c, o);
+    for (int o = 0; o < c->n_nodes && !any_down; o++) any_down = coord_cluster_node_down(c, o);
     for (int i = 0; any_down && i < n_tok * k; i++) {
-        int o = ids[i] >= 0 ? coord_cluster_owner(g->c, layer, ids[i]) : -1;
-        if (o < 0 || !coord_cluster_node_down(g->c, o)) continue;
+        if (ids[i] < 0 || ids[i] >= c->n_expert || !coord_cluster_owners(c, layer, ids[i]))
+            continue;
+        pthread_mutex_lock(&c->st_mu);
+        bool gone = all_down(c, (size_t)layer * c->n_expert + ids[i]);
+        pthread_mutex_unlock(&c->st_mu);
+        if (!gone) continue;
         if (wire_now() - g->warned > 1.0) { /* one line a second, not one per request */
             g->warned = wire_now();
             char why[512];
-            coord_cluster_missing(g->c, why, sizeof(why));
-            LOG_ERR("layer %d expert %d is on expert node %d, which is down; failing the call "
-                    "(%s)", layer, ids[i], o, why);
+            coord_cluster_missing(c, why, sizeof(why));
+            LOG_ERR("every copy of layer %d expert %d is on a node that is down; failing the "
+                    "call (%s)", layer, ids[i], why);
         }
         return -EHOSTUNREACH;
     }
@@ -1035,7 +1050,7 @@ static int guard_compute(coord_experts_t *ex, int layer, int n_tok, int k, const
                          const int32_t *ids, const float *w, float *out)
 {
     guard_t *g = (guard_t *)ex;
-    int err = guard_check(g, layer, n_tok, k, ids, true);
+    int err = guard_check(g, layer, n_tok, k, ids);
     return err ? err : g->inner->vt->compute(g->inner, layer, n_tok, k, x, ids, w, out);
 }
 
@@ -1045,7 +1060,7 @@ static int guard_submit(coord_experts_t *ex, int layer, int mb, int n_tok, int k
                         const int32_t *ids, const float *w, float *out)
 {
     guard_t *g = (guard_t *)ex;
-    int err = guard_check(g, layer, n_tok, k, ids, mb == 0 && layer == g->first_layer);
+    int err = guard_check(g, layer, n_tok, k, ids);
     return err ? err : coord_experts_submit(g->inner, layer, mb, n_tok, k, x, ids, w, out);
 }
 
@@ -1089,7 +1104,5 @@ coord_experts_t *coord_cluster_guard_new(coord_cluster_t *c, coord_experts_t *in
     g->base.vt = &guard_vt;
     g->c = c;
     g->inner = inner;
-    while (g->first_layer < c->n_layers - 1 && coord_cluster_owner(c, g->first_layer, 0) < 0)
-        g->first_layer++;
     return &g->base;
 }

@@ -41,6 +41,8 @@ struct coord_cluster {
     bool started;             /* start-up is over: stray messages are no longer fatal */
     int rejoining;            /* node being brought back by coord_cluster_tend, -1 none */
     char fp[64];              /* model_fingerprint of m */
+    int busy;                 /* requests the remote experts have in flight: while > 0 their
+                                 answers wait on the sockets, so coord_cluster_tend keeps off */
 };
 
 /* Counter updates from the FORWARD/RESULT path (cluster's thread), under st_mu. */

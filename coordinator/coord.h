@@ -190,8 +190,8 @@ typedef struct coord_cluster coord_cluster_t;
 coord_cluster_t *coord_cluster_new(const coord_cluster_config_t *cfg, const model_t *m);
 void coord_cluster_free(coord_cluster_t *c); /* NULL-safe; closes sockets, ends the context */
 int coord_cluster_n_nodes(const coord_cluster_t *c);
-/* Primary node of expert e of layer l — the one calls go to — or -1 when layer l has no routed
- * experts / out of range. */
+/* Primary node of expert e of layer l — the one calls go to while it is up and not slow (else
+ * the next copy, remote.c) — or -1 when layer l has no routed experts / out of range. */
 int coord_cluster_owner(const coord_cluster_t *c, int layer, int expert);
 /* Copies of every expert (the configured replicas). */
 int coord_cluster_replicas(const coord_cluster_t *c);
@@ -202,8 +202,9 @@ int coord_cluster_replicas(const coord_cluster_t *c);
  * coord_cluster_free. */
 const int *coord_cluster_owners(const coord_cluster_t *c, int layer, int expert);
 
-/* Liveness and rejoining after start-up; cluster's thread, never while a call is in flight
- * (the remote experts' idle hook and the start of each call are the places). Reads every
+/* Liveness and rejoining after start-up; cluster's thread. Does nothing while the remote
+ * experts have requests in flight (their answers wait on the sockets): the remote experts
+ * call it at the start of a call with nothing out, and their idle hook. Reads every
  * node's socket without blocking: HEARTBEATs refresh a node's liveness, late answers are
  * counted stale. A node silent for heartbeat_ms is marked down. A down node gets a HELLO about
  * once a second; when it answers (restarted, replaced on the same address, or back from a
@@ -214,14 +215,15 @@ const int *coord_cluster_owners(const coord_cluster_t *c, int layer, int expert)
 void coord_cluster_tend(coord_cluster_t *c);
 /* True when node i is marked down. Any thread. */
 bool coord_cluster_node_down(const coord_cluster_t *c, int node);
-/* Routed experts that cannot be computed now because the node calls go to (the primary owner)
- * is down. Writes a one-line description naming the down nodes and the experts ("layer L:
- * e,e,..", cut short with "..." to fit cap) into buf (cap > 0) and returns how many pairs are
+/* Routed experts that cannot be computed now because every node holding a copy is down.
+ * Writes a one-line description naming the down nodes and the experts ("layer L: e,e,..",
+ * cut short with "..." to fit cap) into buf (cap > 0) and returns how many pairs are
  * missing; 0 (buf "") when none. Any thread. */
 int coord_cluster_missing(const coord_cluster_t *c, char *buf, size_t cap);
 /* Wraps the remote experts inner (taking it over) so that every call first runs
  * coord_cluster_tend and then fails at once with -EHOSTUNREACH, before anything is sent, when
- * a selected expert's node is down (instead of waiting for a send or result deadline); idle
+ * every copy of a selected expert is down (instead of waiting for a send or result deadline);
+ * with a live copy the remote experts route to it (failover, remote.c); idle
  * runs coord_cluster_tend, then inner's idle. c is borrowed and must outlive the result. */
 coord_experts_t *coord_cluster_guard_new(coord_cluster_t *c, coord_experts_t *inner);
 
@@ -246,6 +248,13 @@ typedef struct {
     uint64_t results;         /* RESULTs taken: the RTT observations */
     uint64_t rtt_bucket[COORD_RTT_BUCKETS]; /* RTTs <= coord_rtt_bounds[i] (not cumulative);
                                                larger ones count only in requests */
+    /* Replicas (remote.c). failovers: pairs sent to another copy because this node was down
+     * (unanswered by it when it failed mid-call, or, as their primary, routed around it while
+     * down); reroutes: pairs it is primary for sent to another copy because it was slow.
+     * Whether it is judged slow now, and the recent RTT (median of the last 8, seconds) behind that. */
+    uint64_t failovers, reroutes;
+    bool slow;
+    double rtt_recent_s;
     /* Health: true from a failed call to this node until its next RESULT; failure says what
      * went wrong ("" while healthy). */
     bool down;

@@ -169,6 +169,16 @@ static void render_nodes(sbuf_t *s, const coord_metrics_gauges_t *g)
          offsetof(coord_node_stats_t, errors)},
         {"moemesh:node_requests_total", "FORWARD requests sent to the expert node.",
          offsetof(coord_node_stats_t, requests)},
+        /* Replicas (remote.c): pairs moved off a failed node, and around a slow one. */
+        {"moemesh:node_failovers_total",
+         "Pairs sent to a replica because the expert node was down (mid-call or since).",
+         offsetof(coord_node_stats_t, failovers)},
+        {"moemesh:node_reroutes_total",
+         "Pairs sent to a replica instead of the expert node while it was slow.",
+         offsetof(coord_node_stats_t, reroutes)},
+        {"moemesh:node_stale_total",
+         "Answers from the expert node to requests already given up, dropped.",
+         offsetof(coord_node_stats_t, stale)},
     };
     for (size_t k = 0; k < sizeof(ctr) / sizeof(ctr[0]); k++) {
         family(s, ctr[k].name, "counter", ctr[k].help);
@@ -183,6 +193,11 @@ static void render_nodes(sbuf_t *s, const coord_metrics_gauges_t *g)
     for (int i = 0; i < g->n_nodes; i++)
         put(s, "moemesh:node_up{node=\"%d\",addr=\"%s\"} %d\n", i,
             label_value(g->nodes[i].endpoint, addr, sizeof(addr)), g->nodes[i].down ? 0 : 1);
+    family(s, "moemesh:node_slow", "gauge",
+           "1 while the expert node's recent RTT is far above its peers' (pairs re-routed).");
+    for (int i = 0; i < g->n_nodes; i++)
+        put(s, "moemesh:node_slow{node=\"%d\",addr=\"%s\"} %d\n", i,
+            label_value(g->nodes[i].endpoint, addr, sizeof(addr)), g->nodes[i].slow ? 1 : 0);
 }
 
 /* Samples the counters into the windows and renders what they show: tokens per (layer,
