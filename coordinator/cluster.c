@@ -968,8 +968,8 @@ static bool all_down(const coord_cluster_t *c, size_t p)
 {
     const int *o = c->owners + p * (size_t)c->replicas;
     if (o[0] < 0) return false;
-    for (int r = 0; r < c->replicas; r++)
-        if (!c->nodes[o[r]].st.down) return false;
+    for (int r = 0; r < c->replicas; r++) /* -1: a slot the load-aware plan left empty */
+        if (o[r] >= 0 && !c->nodes[o[r]].st.down) return false;
     return true;
 }
 

@@ -14,10 +14,13 @@
  * deadline), at most FLIGHT_MAX long; rows beyond it wait in their part (nsent) and leave as
  * answers come.
  *
- * Owner choice (pick_owner, the one place that decides): the first node of the pair's owner
- * list (coord_cluster_owners, primary first) that is up and not avoided as slow; when every
- * live copy is slow, the first live one. The order is fixed, so a routing reaches the same
- * nodes run to run, and the planner deals primaries out evenly, so the work stays balanced.
+ * Owner choice (pick_owner, the one place that decides): among the copies of the pair
+ * (coord_cluster_owners, primary first; -1 slots skipped) that are up and not avoided as slow,
+ * the one whose queue in this micro-batch finishes first (coord_load_choose: pairs already
+ * given to the node + 1, over its capacity; ties to the earlier copy), so a hot replicated
+ * expert's tokens are split between its copies as their speeds allow; when every live copy is
+ * slow, the first live one. Which copy serves a pair never changes the sum (per-pair rows,
+ * below), so the split costs no reproducibility.
  *
  * Two row layouts. With one copy of every expert (replicas 1) a row is a token with all its
  * selections on that node, the node sums them in top-k order, and collect adds the nodes'
@@ -129,6 +132,9 @@ typedef struct {
     double *win;       /* (n_nodes, RTT_WIN) ring of each node's last RTTs (s) */
     int *n_rtt;        /* (n_nodes) RTTs in the ring (<= RTT_WIN) */
     int *w_at;         /* (n_nodes) ring slot the next RTT goes to */
+    int *queued;       /* (n_nodes) pairs given to each node in the submit being built */
+    int *cand;         /* (replicas) pick_owner's scratch */
+    double *cap;       /* (n_nodes) capacities (coord_cluster_capacity, 0: unknown = equal) */
     uint64_t *rerouted; /* (n_nodes) pairs re-routed away from each, not yet in its stats */
     uint64_t *failed_over; /* (n_nodes) pairs routed around each while down, likewise */
     float *xbuf;       /* (slice, n_embd) gathered activation rows */
@@ -251,14 +257,15 @@ static int pick_owner(const remote_t *R, int layer, int expert)
 {
     const int *own = coord_cluster_owners(R->c, layer, expert);
     if (!own) return -1;
-    int live = -1;
+    int live = -1, n = 0, *cand = R->cand;
     for (int r = 0; r < R->c->replicas; r++) {
         int o = own[r];
-        if (R->down[o]) continue;
-        if (!R->avoid[o]) return o;
+        if (o < 0 || R->down[o]) continue;
         if (live < 0) live = o;
+        if (!R->avoid[o]) cand[n++] = o;
     }
-    return live;
+    if (n <= 1) return n ? cand[0] : live;
+    return cand[coord_load_choose(cand, n, R->queued, R->cap)];
 }
 
 static int cmp_double(const void *a, const void *b)
@@ -807,6 +814,8 @@ static int remote_submit(coord_experts_t *ex, int layer, int mbi, int n_tok, int
         part_t *p = &B->part[o];
         p->ntok = p->nsent = p->pending = 0;
         p->tot = 0;
+        R->queued[o] = 0;
+        R->cap[o] = coord_cluster_capacity(c, o);
     }
     if (n_tok > B->xcap) {
         B->xcap = n_tok;
@@ -824,11 +833,13 @@ static int remote_submit(coord_experts_t *ex, int layer, int mbi, int n_tok, int
                 LOG_ERR("layer %d expert %d: every copy is down; failing the call", layer, id);
                 return -EHOSTUNREACH;
             }
-            /* Served elsewhere than the primary: on its account, as a failover while it is
-             * down, a re-route while it is slow. */
+            /* Served elsewhere than the primary because of it: on its account, as a failover
+             * while it is down, a re-route while it is slow (a queue-depth split is neither). */
             int p0 = coord_cluster_owners(c, layer, id)[0];
-            if (o != p0) (R->down[p0] ? R->failed_over : R->rerouted)[p0]++;
+            if (o != p0 && (R->down[p0] || R->avoid[p0]))
+                (R->down[p0] ? R->failed_over : R->rerouted)[p0]++;
             part_add(R, mbi, o, t, j, id, w[t * k + j]);
+            R->queued[o]++;
         }
     }
     for (int o = 0; o < c->n_nodes; o++)
@@ -919,6 +930,7 @@ static void remote_free(coord_experts_t *ex)
     }
     free(R->fl), free(R->n_fl), free(R->busy_since), free(R->down), free(R->slow);
     free(R->avoid), free(R->probe_at), free(R->rtt), free(R->n_rtt), free(R->rerouted);
+    free(R->queued), free(R->cand), free(R->cap);
     free(R->win), free(R->w_at);
     free(R->failed_over);
     free(R->xbuf), free(R->scratch), free(R->items), free(R->who), free(R->mon);
@@ -984,6 +996,9 @@ coord_experts_t *coord_experts_remote_new(coord_cluster_t *c, int max_tok)
     R->n_rtt = xcalloc(N, sizeof(int));
     R->win = xcalloc(N * RTT_WIN, sizeof(double));
     R->w_at = xcalloc(N, sizeof(int));
+    R->queued = xcalloc(N, sizeof(int));
+    R->cand = xcalloc((size_t)c->replicas, sizeof(int));
+    R->cap = xcalloc(N, sizeof(double));
     R->rerouted = xcalloc(N, sizeof(uint64_t));
     R->failed_over = xcalloc(N, sizeof(uint64_t));
     R->xbuf = xcalloc((size_t)R->slice * R->n_embd, sizeof(float));
