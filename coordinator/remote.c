@@ -690,9 +690,14 @@ static int send_forward(remote_t *R, int o, int mbi, int r0, int n)
                 wire_dtype_name(c->cfg.wire_type), wire_strerror(err));
         return err;
     }
-    /* A send waits only while ZeroMQ's queue to the node is full or it has no connection. */
+    /* A send waits only while ZeroMQ's queue to the node is full or it has no connection; no
+     * connection for heartbeat_ms is the liveness rule's "down", so it waits no longer than
+     * that even when the call's deadline is further (a 30 s node timeout must not become a 30 s
+     * stall of every request behind a node that is gone). */
     double deadline = t0 + c->cfg.timeout_ms / 1e3;
-    if (!(err = coord__node_set_sndtimeo(nd, coord__ms_left(deadline))))
+    int wait_ms = coord__ms_left(deadline);
+    if (c->cfg.heartbeat_ms > 0 && wait_ms > c->cfg.heartbeat_ms) wait_ms = c->cfg.heartbeat_ms;
+    if (!(err = coord__node_set_sndtimeo(nd, wait_ms)))
         err = wire_msg_send(nd->sock, &m);
     else
         wire_msg_deinit(&m);

@@ -142,7 +142,10 @@ echo "simdeploy: $N expert pods ready, probes answer, chat completion served"
 if [ "$RESTART" = restart ]; then
     # The pod is deleted (SIGKILL, as a failed node would be) and comes back on another
     # address under the same name, with an empty cache volume as a rescheduled pod has.
-    eval "kill -9 \$EXPERT_1"
+    eval "kill -9 \$EXPERT_1; wait \$EXPERT_1" 2>/dev/null
+    # A namespace outlives its last process only briefly, but its veth end (and so the pair)
+    # lives as long as it does: delete the pair from our side so the new one can take its name.
+    ip -n "$NSC" link del "${P}c1" 2>/dev/null
     ip netns del "mmdeploy$$-e1"
     rm -rf "$WORK/cache-1"
     link_pod 1 3
