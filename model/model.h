@@ -537,7 +537,7 @@ typedef struct {
 } model_chat_msg_t;
 /* Built-in template name for a Jinja template (or a name, returned as is), NULL when none
  * matches. Names: chatml, llama2, llama2-sys, mistral-v1, mistral-v3, mistral-v7, llama3,
- * tulu (OLMoE), phi3, deepseek2, deepseek3, zephyr. Static string. */
+ * tulu (OLMoE), phi3, deepseek2, deepseek3, zephyr, gpt-oss (harmony). Static string. */
 const char *model_chat_detect(const char *tmpl);
 /* Formats n messages with the template named, or detected from, tmpl (NULL means chatml);
  * add_assistant appends the opening of the assistant's turn. *out is a malloc'd NUL-terminated
