@@ -13,10 +13,14 @@
  */
 #include <criterion/criterion.h>
 #include <math.h>
+#include <limits.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "coordinator/coord.h"
@@ -511,5 +515,123 @@ Test(gptoss, harmony_template)
     cr_assert_eq(idv[0], 320 - 9 + 5, "<|start|> is one token");
     cr_assert(model_tok_is_eog(tok, 320 - 9 + 2) && model_tok_is_eog(tok, 320 - 9 + 6));
     model_tok_free(tok);
+    model_free(m);
+}
+
+/* ---------------------------------------------------------------- two expert nodes */
+
+#define OSS_NODES 2
+static pid_t oss_pid[OSS_NODES];
+static int oss_out[OSS_NODES] = {-1, -1};
+static char oss_ep[OSS_NODES][128];
+
+static void oss_reap(void)
+{
+    for (int i = 0; i < OSS_NODES; i++) {
+        if (oss_pid[i] > 0) {
+            kill(oss_pid[i], SIGKILL);
+            waitpid(oss_pid[i], NULL, 0);
+        }
+        oss_pid[i] = 0;
+        if (oss_out[i] >= 0) close(oss_out[i]);
+        oss_out[i] = -1;
+    }
+    oss_cleanup();
+}
+
+/* Starts moemesh-expert (beside this test binary), with model (its experts then need no
+ * transfer) or without (streamed); waits up to 10 s for its "listening on" line. */
+static void oss_spawn(int i, const char *model)
+{
+    char self[PATH_MAX - 32], prog[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+    cr_assert(n > 0);
+    self[n] = 0;
+    *strrchr(self, '/') = 0;
+    *strrchr(self, '/') = 0;
+    snprintf(prog, sizeof(prog), "%s/bin/moemesh-expert", self);
+    cr_assert_eq(access(prog, X_OK), 0, "%s is missing: run make first", prog);
+    int fds[2];
+    cr_assert_eq(pipe(fds), 0);
+    pid_t parent = getpid(), pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent) _exit(127);
+        dup2(fds[1], 1);
+        close(fds[0]), close(fds[1]);
+        FILE *null = fopen("/dev/null", "w");
+        if (null && !getenv("MOEMESH_TEST_NODE_LOG")) dup2(fileno(null), 2);
+        char *argv[] = {prog, "-l", "tcp://127.0.0.1:*", model ? "-m" : NULL, (char *)model,
+                        NULL};
+        execv(prog, argv);
+        _exit(127);
+    }
+    close(fds[1]);
+    oss_pid[i] = pid;
+    oss_out[i] = fds[0];
+    char line[256];
+    size_t len = 0;
+    double deadline = wire_now() + 10;
+    while (len < sizeof(line) - 1) {
+        struct pollfd pf = {fds[0], POLLIN, 0};
+        int left = (int)((deadline - wire_now()) * 1e3);
+        cr_assert(left > 0 && poll(&pf, 1, left) == 1, "node %d did not start in 10 s", i);
+        cr_assert_eq(read(fds[0], line + len, 1), 1, "node %d exited", i);
+        if (line[len] == '\n') break;
+        len++;
+    }
+    line[len] = 0;
+    cr_assert_eq(sscanf(line, "listening on %127s", oss_ep[i]), 1, "node said '%s'", line);
+}
+
+TestSuite(gptoss_cluster, .fini = oss_reap);
+
+/* The experts over two nodes, one streamed its slices (weights and bias rows), one holding the
+ * same file (-m, views into it): the local logits within 1e-5 sd (f32 on the wire; only the
+ * order of the per-node partial sums differs) and the same greedy tokens. */
+Test(gptoss_cluster, two_nodes_match_local, .timeout = 120)
+{
+    signal(SIGPIPE, SIG_IGN);
+    model_gen_params_t p = oss_params();
+    model_t *m = oss_load(&p);
+    const int V = m->hp.n_vocab, N = OSS_T;
+    oss_spawn(0, NULL);
+    oss_spawn(1, oss_path);
+    const char *eps[OSS_NODES] = {oss_ep[0], oss_ep[1]};
+    coord_cluster_config_t cc = coord_cluster_config_default();
+    cc.n_nodes = OSS_NODES;
+    cc.endpoints = eps;
+    cc.wire_type = WIRE_DTYPE_F32;
+    cc.progress = false;
+    coord_cluster_t *c = coord_cluster_new(&cc, m);
+    cr_assert_not_null(c, "cluster did not start");
+    int32_t ids[OSS_T], gref[OSS_T], gout[OSS_T];
+    oss_ids(ids, N, V);
+    kern_pool_t *pool = kern_pool_new(2);
+    coord_experts_t *lx = coord_experts_local_new(m, pool, N);
+    coord_experts_t *rx = coord_experts_remote_new(c, N);
+    float *ref = malloc(sizeof(float) * N * V), *out = malloc(sizeof(float) * N * V);
+    double *dref = malloc(sizeof(double) * N * V);
+    oss_run(m, lx, pool, false, ids, N, OSS_PROMPT, ref, gref);
+    oss_run(m, rx, pool, false, ids, N, OSS_PROMPT, out, gout);
+    for (int i = 0; i < N * V; i++) dref[i] = ref[i];
+    double w = oss_err(dref, out, N, V);
+    cr_log_info("gpt-oss over %d nodes: worst %.3g sd from local", OSS_NODES, w);
+    cr_expect_leq(w, 1e-5);
+    for (int i = 0; i < N - OSS_PROMPT; i++)
+        cr_expect_eq(gout[i], gref[i], "greedy token %d is %d, local %d", i, gout[i], gref[i]);
+    for (int i = 0; i < OSS_NODES; i++) {
+        coord_node_stats_t st;
+        coord_cluster_node_stats(c, i, &st);
+        cr_expect_gt(st.experts, 0, "node %d holds no experts", i);
+        cr_expect_gt(st.requests, 0, "node %d got no expert call", i);
+        if (i == 0) cr_expect_gt(st.shard_bytes, 0, "node 0 was streamed nothing");
+    }
+    free(ref), free(out), free(dref);
+    coord_experts_free(rx);
+    coord_experts_free(lx);
+    coord_cluster_free(c);
+    kern_pool_free(pool);
     model_free(m);
 }
