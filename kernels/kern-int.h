@@ -36,6 +36,7 @@ _Static_assert(sizeof(kern_block_mxfp4) == 17, "mxfp4 layout");
 void kern__deq_mxfp4(const void *src, float *dst, int64_t n);
 void kern__q_mxfp4(const float *src, void *dst, int64_t n);
 float kern__dot_mxfp4(int64_t n, const void *w, const void *xq);
+float kern__dot_mxfp4_avx2(int64_t n, const void *w, const void *xq); /* mxfp4_avx2.c */
 
 _Static_assert(sizeof(kern_block_q4_0) == 18, "q4_0 layout");
 _Static_assert(sizeof(kern_block_q4_1) == 20, "q4_1 layout");
