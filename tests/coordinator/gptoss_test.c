@@ -259,9 +259,12 @@ static void ref_forward(const model_t *m, const int32_t *ids, int T, double *log
 #define OSS_T 24
 #define OSS_PROMPT 8
 
-/* Teacher-forced logits (n, V) and greedy tokens (n - n_prompt) from the prompt. */
-static void oss_run(const model_t *m, coord_experts_t *ex, kern_pool_t *pool, bool kv_f16,
-                    const int32_t *ids, int n, int n_prompt, float *logits, int32_t *greedy)
+/* Teacher-forced logits (n, V) of one batch, the same one token per call into steps (n, V;
+ * NULL: skipped; decode takes its own one-token paths), and greedy tokens (n - n_prompt) from
+ * the prompt. */
+static void oss_run_steps(const model_t *m, coord_experts_t *ex, kern_pool_t *pool, bool kv_f16,
+                          const int32_t *ids, int n, int n_prompt, float *logits, float *steps,
+                          int32_t *greedy)
 {
     const int V = m->hp.n_vocab;
     coord_engine_params_t p = coord_engine_params_default();
@@ -275,6 +278,11 @@ static void oss_run(const model_t *m, coord_experts_t *ex, kern_pool_t *pool, bo
     for (int i = 0; i < n; i++) pos[i] = i, want[i] = true;
     coord_batch_t b = {.n = n, .tok = ids, .pos = pos, .slot = slot, .want = want};
     cr_assert_eq(coord_engine_decode(e, &b, logits), 0);
+    coord_engine_clear_slot(e, 0);
+    for (int i = 0; steps && i < n; i++) {
+        b = (coord_batch_t){.n = 1, .tok = ids + i, .pos = pos + i, .slot = slot};
+        cr_assert_eq(coord_engine_decode(e, &b, steps + (size_t)i * V), 0);
+    }
     coord_engine_clear_slot(e, 0);
     float *l = malloc(sizeof(float) * V);
     b = (coord_batch_t){.n = n_prompt, .tok = ids, .pos = pos, .slot = slot};
@@ -290,6 +298,12 @@ static void oss_run(const model_t *m, coord_experts_t *ex, kern_pool_t *pool, bo
     }
     free(l);
     coord_engine_free(e);
+}
+
+static void oss_run(const model_t *m, coord_experts_t *ex, kern_pool_t *pool, bool kv_f16,
+                    const int32_t *ids, int n, int n_prompt, float *logits, int32_t *greedy)
+{
+    oss_run_steps(m, ex, pool, kv_f16, ids, n, n_prompt, logits, NULL, greedy);
 }
 
 /* Largest |out - ref| over n positions of V logits, in units of each position's sd. */
@@ -348,15 +362,16 @@ static void check_reference(bool kv_f16, double tol)
     int32_t ids[OSS_T], greedy[OSS_T];
     oss_ids(ids, OSS_T, V);
     double *ref = malloc(sizeof(double) * OSS_T * V);
-    float *out = malloc(sizeof(float) * OSS_T * V);
+    float *out = malloc(sizeof(float) * OSS_T * V), *steps = malloc(sizeof(float) * OSS_T * V);
     ref_forward(m, ids, OSS_T, ref, (ablate_t){0});
     kern_pool_t *pool = kern_pool_new(2);
     coord_experts_t *ex = coord_experts_local_new(m, pool, OSS_T);
-    oss_run(m, ex, pool, kv_f16, ids, OSS_T, OSS_PROMPT, out, greedy);
-    double w = oss_err(ref, out, OSS_T, V);
-    cr_log_info("gpt-oss%s: engine vs naive reference: worst %.3g sd", kv_f16 ? " (f16 cache)" : "",
-                w);
+    oss_run_steps(m, ex, pool, kv_f16, ids, OSS_T, OSS_PROMPT, out, steps, greedy);
+    double w = oss_err(ref, out, OSS_T, V), ws = oss_err(ref, steps, OSS_T, V);
+    cr_log_info("gpt-oss%s: engine vs naive reference: worst %.3g sd (batch), %.3g sd (one token "
+                "per call)", kv_f16 ? " (f16 cache)" : "", w, ws);
     cr_expect_leq(w, tol, "engine differs from the naive reference by %.3g sd", w);
+    cr_expect_leq(ws, tol, "one-token decode differs from the naive reference by %.3g sd", ws);
     if (!kv_f16) {
         /* Each feature moves the logits far beyond the tolerance: leaving it out of the
          * reference would fail the comparison above. */
@@ -373,7 +388,7 @@ static void check_reference(bool kv_f16, double tol)
     }
     coord_experts_free(ex);
     kern_pool_free(pool);
-    free(ref), free(out);
+    free(ref), free(out), free(steps);
     model_free(m);
 }
 
