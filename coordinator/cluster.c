@@ -27,7 +27,8 @@
 const double coord_rtt_bounds[COORD_RTT_BUCKETS] = {
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5};
 
-static const char *kind_names[WIRE_SHARD_KIND_COUNT] = {"gate", "up", "down"};
+static const char *kind_names[WIRE_SHARD_KIND_COUNT] = {"gate", "up", "down", "gate bias",
+                                                         "up bias", "down bias"};
 
 coord_cluster_config_t coord_cluster_config_default(void)
 {
@@ -432,7 +433,10 @@ static int assign(coord_cluster_t *c, int i, const char *fp)
                                  .expert = es,
                                  .n_embd = c->m->hp.n_embd,
                                  .n_ff = c->m->hp.n_ff_exp,
-                                 .bytes = n->st.expert_bytes};
+                                 .bytes = n->st.expert_bytes,
+                                 .expert_act = c->m->hp.arch == MODEL_ARCH_GPTOSS
+                                                   ? WIRE_EXPERT_ACT_SWIGLU_OAI
+                                                   : WIRE_EXPERT_ACT_SWIGLU};
     int err = coord__node_set_sndtimeo(n, c->cfg.timeout_ms);
     if (!err) err = wire_msg_send(n->sock, &m);
     else wire_msg_deinit(&m);
@@ -480,7 +484,9 @@ static int send_slice(coord_cluster_t *c, int i, int l, int e, wire_shard_kind_t
                       const model_tensor_t *t, progress_t *pg)
 {
     coord__node_t *n = &c->nodes[i];
-    const size_t stride = model_expert_stride(t);
+    /* Weights: one (rows, cols) slice per expert; gpt-oss's biases: one F32 row each. */
+    const size_t stride = kind <= WIRE_SHARD_DOWN ? model_expert_stride(t)
+                                                  : kern_row_bytes(t->type, t->ne[0]);
     const uint8_t *data = (const uint8_t *)t->data + stride * (size_t)e;
     const uint32_t crc = wire_crc32c(0, data, stride);
     size_t chunk = c->lim.max_chunk_bytes < CHUNK_MAX ? c->lim.max_chunk_bytes : CHUNK_MAX;
@@ -534,6 +540,21 @@ static int send_slice(coord_cluster_t *c, int i, int l, int e, wire_shard_kind_t
         }
     }
     return 0;
+}
+
+/* Every slice of pair (l, e) for node i: the three weights, then gpt-oss's three bias rows. */
+static int send_pair(coord_cluster_t *c, int i, int l, int e, progress_t *pg)
+{
+    const model_layer_t *ly = &c->m->layers[l];
+    int err = send_slice(c, i, l, e, WIRE_SHARD_GATE, ly->gate_exps, pg);
+    if (!err) err = send_slice(c, i, l, e, WIRE_SHARD_UP, ly->up_exps, pg);
+    if (!err) err = send_slice(c, i, l, e, WIRE_SHARD_DOWN, ly->down_exps, pg);
+    if (!err && ly->gate_exps_b) {
+        err = send_slice(c, i, l, e, WIRE_SHARD_GATE_BIAS, ly->gate_exps_b, pg);
+        if (!err) err = send_slice(c, i, l, e, WIRE_SHARD_UP_BIAS, ly->up_exps_b, pg);
+        if (!err) err = send_slice(c, i, l, e, WIRE_SHARD_DOWN_BIAS, ly->down_exps_b, pg);
+    }
+    return err;
 }
 
 /* Step 5: READY from every node, with as many experts as it was assigned. Some may have come
@@ -591,6 +612,9 @@ static uint64_t to_stream(const coord_cluster_t *c, const uint8_t *have, int i)
             const model_layer_t *ly = &c->m->layers[p / c->n_expert];
             bytes += model_expert_stride(ly->gate_exps) + model_expert_stride(ly->up_exps) +
                      model_expert_stride(ly->down_exps);
+            if (ly->gate_exps_b) /* gpt-oss's bias rows */
+                bytes += sizeof(float) * (2 * (uint64_t)ly->gate_exps_b->ne[0] +
+                                          (uint64_t)ly->down_exps_b->ne[0]);
         }
     return bytes;
 }
@@ -614,10 +638,7 @@ static int start(coord_cluster_t *c)
         for (size_t p = 0; p < pairs && !err; p++) {
             if (!holds(c, p, i) || have[(size_t)i * pairs + p]) continue;
             int l = (int)(p / c->n_expert), e = (int)(p % c->n_expert);
-            const model_layer_t *ly = &m->layers[l];
-            err = send_slice(c, i, l, e, WIRE_SHARD_GATE, ly->gate_exps, &pg);
-            if (!err) err = send_slice(c, i, l, e, WIRE_SHARD_UP, ly->up_exps, &pg);
-            if (!err) err = send_slice(c, i, l, e, WIRE_SHARD_DOWN, ly->down_exps, &pg);
+            err = send_pair(c, i, l, e, &pg);
         }
     }
     if (pg.total && pg.on) progress_show(&pg, true);
@@ -892,10 +913,7 @@ static int rejoin(coord_cluster_t *c, int i, const wire_hello_t *h)
     for (size_t p = 0; p < pairs && !err; p++) {
         if (!holds(c, p, i) || have[(size_t)i * pairs + p]) continue;
         int l = (int)(p / c->n_expert), e = (int)(p % c->n_expert);
-        const model_layer_t *ly = &c->m->layers[l];
-        err = send_slice(c, i, l, e, WIRE_SHARD_GATE, ly->gate_exps, &pg);
-        if (!err) err = send_slice(c, i, l, e, WIRE_SHARD_UP, ly->up_exps, &pg);
-        if (!err) err = send_slice(c, i, l, e, WIRE_SHARD_DOWN, ly->down_exps, &pg);
+        err = send_pair(c, i, l, e, &pg);
     }
     if (!err) err = wait_ready(c);
     c->rejoining = -1;

@@ -237,6 +237,38 @@ typedef struct {
     int il, t0, n;
 } attn_job_t;
 
+/* gpt-oss's attention of one query head q (hd) over cached positions [lo, hi) of one kv head:
+ * softmax(scale * K q) V with the head's sink logit in the denominator (ggml's soft_max with
+ * sinks: the sink joins the max and the sum but has no value row). With an f16 cache the query
+ * is rounded to f16 first, as llama.cpp does. s: (hi - lo + hd) floats of scratch. */
+static void attn_sink_head(float *out, const float *q, const uint8_t *k, size_t k_stride,
+                           const uint8_t *v, size_t v_stride, bool f16, int lo, int hi, int hd,
+                           int hv, float scale, float sink, float *s)
+{
+    float *qr = s + (hi - lo);
+    for (int i = 0; i < hd; i++) qr[i] = f16 ? kern_fp16_to_fp32(kern_fp32_to_fp16(q[i])) : q[i];
+    float mx = sink;
+    for (int p = lo; p < hi; p++) {
+        const uint8_t *kr = k + (size_t)p * k_stride;
+        float d = 0.0f;
+        for (int i = 0; i < hd; i++)
+            d += qr[i] * (f16 ? kern_fp16_to_fp32(((const uint16_t *)kr)[i])
+                              : ((const float *)kr)[i]);
+        s[p - lo] = d * scale;
+        if (s[p - lo] > mx) mx = s[p - lo];
+    }
+    float sum = expf(sink - mx);
+    for (int p = lo; p < hi; p++) sum += s[p - lo] = expf(s[p - lo] - mx);
+    for (int i = 0; i < hv; i++) out[i] = 0.0f;
+    for (int p = lo; p < hi; p++) {
+        const uint8_t *vr = v + (size_t)p * v_stride;
+        const float w = s[p - lo] / sum;
+        for (int i = 0; i < hv; i++)
+            out[i] += w * (f16 ? kern_fp16_to_fp32(((const uint16_t *)vr)[i])
+                               : ((const float *)vr)[i]);
+    }
+}
+
 static void attn_cb(void *arg, int ith, int nth)
 {
     attn_job_t *J = arg;
@@ -247,6 +279,9 @@ static void attn_cb(void *arg, int ith, int nth)
     const float scale = 1.0f / sqrtf((float)hd);
     const kern_type_t kt = e->p.kv_f16 ? KERN_F16 : KERN_F32;
     float *w = e->att_w + (size_t)ith * kern_attn_work_size(group, e->p.n_ctx, hd);
+    const bool swa = model_layer_is_swa(hp, J->il);
+    const model_tensor_t *sk = e->m->layers[J->il].attn_sinks;
+    const float *sinks = sk ? sk->data : NULL;
     /* One job per (token, kv head): the group's query heads read each cached row once. */
     const int total = J->n * KV;
     for (int job = ith; job < total; job += nth) {
@@ -257,8 +292,55 @@ static void attn_cb(void *arg, int ith, int nth)
         const uint8_t *v =
             kv_at(e, e->v_cache, e->kv_dim_v, J->il, slot, 0) + e->kv_elt * kvh * hv;
         float *o = e->att + (size_t)t * e->o_dim + (size_t)kvh * group * hv;
-        kern_attn(o, (size_t)hv, q, group, k, e->kv_elt * e->kv_dim, v, e->kv_elt * e->kv_dim_v,
-                  kt, pos + 1, hd, hv, scale, w);
+        /* A sliding-window layer sees only the n_swa latest positions; the cache keeps them
+         * all and the window is a start offset into it. */
+        const int lo = swa && pos + 1 > hp->n_swa ? pos + 1 - hp->n_swa : 0;
+        if (sinks) {
+            for (int g = 0; g < group; g++)
+                attn_sink_head(o + (size_t)g * hv, q + (size_t)g * hd, k, e->kv_elt * e->kv_dim,
+                               v, e->kv_elt * e->kv_dim_v, e->p.kv_f16, lo, pos + 1, hd, hv,
+                               scale, sinks[kvh * group + g], w);
+            continue;
+        }
+        kern_attn(o, (size_t)hv, q, group, k + (size_t)lo * e->kv_elt * e->kv_dim,
+                  e->kv_elt * e->kv_dim, v + (size_t)lo * e->kv_elt * e->kv_dim_v,
+                  e->kv_elt * e->kv_dim_v, kt, pos + 1 - lo, hd, hv, scale, w);
+    }
+}
+
+/* ggml's YaRN rotation of the first n_rot dims of n_heads heads (head_dim apart) of one token,
+ * NEOX or adjacent pairs as the model says: the angles of coord__mla_rope (same ramp between
+ * the corrected dims, magnitude yarn_attn_factor), for the ordinary attention of gpt-oss and
+ * any other architecture whose file asks for YaRN. */
+static void rope_yarn(const model_hparams_t *hp, float *x, int n_heads, int pos)
+{
+    const int n = hp->n_rot, hd = hp->head_dim;
+    const float pi = 3.14159265358979f;
+    float lo = floorf((float)n * logf((float)hp->n_ctx_orig / (hp->yarn_beta_fast * 2 * pi)) /
+                      (2 * logf(hp->rope_base)));
+    float hi = ceilf((float)n * logf((float)hp->n_ctx_orig / (hp->yarn_beta_slow * 2 * pi)) /
+                     (2 * logf(hp->rope_base)));
+    lo = lo > 0.0f ? lo : 0.0f;
+    hi = hi < (float)(n - 1) ? hi : (float)(n - 1);
+    const float theta_scale = powf(hp->rope_base, -2.0f / (float)n);
+    const float mscale = hp->yarn_attn_factor;
+    float theta_extrap = (float)pos;
+    for (int i0 = 0; i0 < n; i0 += 2) {
+        float theta = hp->rope_scale * theta_extrap;
+        if (hp->yarn_ext_factor != 0.0f) {
+            float y = ((float)(i0 / 2) - lo) / fmaxf(0.001f, hi - lo);
+            float ramp = (1.0f - fminf(1.0f, fmaxf(0.0f, y))) * hp->yarn_ext_factor;
+            theta = theta * (1.0f - ramp) + theta_extrap * ramp;
+        }
+        const float c = cosf(theta) * mscale, s = sinf(theta) * mscale;
+        const int a = hp->rope_neox ? i0 / 2 : i0, b = hp->rope_neox ? i0 / 2 + n / 2 : i0 + 1;
+        for (int h = 0; h < n_heads; h++) {
+            float *p = x + (size_t)h * hd;
+            const float x0 = p[a], x1 = p[b];
+            p[a] = x0 * c - x1 * s;
+            p[b] = x0 * s + x1 * c;
+        }
+        theta_extrap *= theta_scale;
     }
 }
 
@@ -300,10 +382,15 @@ static void attention(coord_engine_t *e, const coord_batch_t *b, int il, int t0,
             kern_rmsnorm(q, q, ly->q_norm->data, e->q_dim, hp->rms_eps);
             kern_rmsnorm(k, k, ly->k_norm->data, e->kv_dim, hp->rms_eps);
         }
-        kern_rope(q, hp->n_head, hd, hp->n_rot, pos, hp->rope_base, hp->rope_scale,
-                  hp->rope_neox);
-        kern_rope(k, hp->n_head_kv, hd, hp->n_rot, pos, hp->rope_base, hp->rope_scale,
-                  hp->rope_neox);
+        if (hp->rope_yarn) {
+            rope_yarn(hp, q, hp->n_head, pos);
+            rope_yarn(hp, k, hp->n_head_kv, pos);
+        } else {
+            kern_rope(q, hp->n_head, hd, hp->n_rot, pos, hp->rope_base, hp->rope_scale,
+                      hp->rope_neox);
+            kern_rope(k, hp->n_head_kv, hd, hp->n_rot, pos, hp->rope_base, hp->rope_scale,
+                      hp->rope_neox);
+        }
         kv_store(e, kv_at(e, e->k_cache, e->kv_dim, il, slot, pos), k, e->kv_dim);
         kv_store(e, kv_at(e, e->v_cache, e->kv_dim_v, il, slot, pos), V + (size_t)t * e->kv_dim_v,
                  e->kv_dim_v);
@@ -311,6 +398,7 @@ static void attention(coord_engine_t *e, const coord_batch_t *b, int il, int t0,
     attn_job_t job = {e, b, il, t0, n};
     kern_pool_run(e->pool, attn_cb, &job);
     mm(e, ff, ly->wo, e->att + (size_t)t0 * e->o_dim, n);
+    add_bias(ff, ly->bo, n, D);
 residual:
     for (size_t i = 0; i < (size_t)n * D; i++) x[i] += ff[i];
 }
@@ -332,6 +420,7 @@ static void route(coord_engine_t *e, int il, int t0, int n)
     const model_hparams_t *hp = &e->m->hp;
     const int E = hp->n_expert, K = hp->n_expert_used;
     mm(e, e->router, e->m->layers[il].gate_inp, e->xn + (size_t)t0 * hp->n_embd, n);
+    add_bias(e->router, e->m->layers[il].gate_inp_b, n, E);
     const float *bias = e->m->layers[il].exp_probs_b ? e->m->layers[il].exp_probs_b->data : NULL;
     _Atomic uint64_t *cnt = e->expert_tokens + (size_t)il * E;
     for (int t = 0; t < n; t++) {
@@ -339,7 +428,14 @@ static void route(coord_engine_t *e, int il, int t0, int n)
         int32_t *ids = e->ids + (size_t)(t0 + t) * K;
         float *gw = e->gw + (size_t)(t0 + t) * K;
         int top[256];
-        coord__router_select(hp, bias, p, top, gw);
+        if (hp->gating == MODEL_GATING_SOFTMAX_WEIGHT) {
+            /* gpt-oss: the k largest logits, then a softmax over those k alone. */
+            kern_topk(p, E, K, top);
+            for (int j = 0; j < K; j++) gw[j] = p[top[j]];
+            kern_softmax(gw, K);
+        } else {
+            coord__router_select(hp, bias, p, top, gw);
+        }
         for (int j = 0; j < K; j++) {
             ids[j] = top[j];
             atomic_fetch_add_explicit(&cnt[top[j]], 1, memory_order_relaxed);

@@ -19,6 +19,8 @@ typedef struct {
     kern_pool_t *pool;
     int max_tok;
     kern_expert_t *experts; /* (n_layer, n_expert) views into the model's expert tensors */
+    kern_expert_bias_t *bias; /* (n_layer, n_expert) gpt-oss's expert biases, else NULL */
+    kern_act_t act;
     void *work;             /* kern_moe_ffn scratch */
     size_t work_size;
 } local_t;
@@ -34,8 +36,10 @@ static int local_compute(coord_experts_t *ex, int layer, int n_tok, int k, const
     for (int i = 0; i < n_tok * k; i++)
         if (ids[i] >= hp->n_expert) return -EINVAL;
     double t0 = ex->trace ? wire_now() : 0;
-    kern_moe_ffn(L->pool, L->experts + (size_t)layer * hp->n_expert, hp->n_expert, hp->n_embd,
-                 hp->n_ff_exp, n_tok, k, x, ids, w, out, L->work, L->work_size);
+    const size_t off = (size_t)layer * hp->n_expert;
+    kern_moe_ffn_ex(L->pool, L->experts + off, L->bias ? L->bias + off : NULL, L->act,
+                    hp->n_expert, hp->n_embd, hp->n_ff_exp, n_tok, k, x, ids, w, out, L->work,
+                    L->work_size);
     coord_trace_event(ex->trace, COORD_TRACE_COORD, 0, "local experts", t0, wire_now(), layer,
                       -1, n_tok);
     return 0;
@@ -45,6 +49,7 @@ static void local_free(coord_experts_t *ex)
 {
     local_t *L = (local_t *)ex;
     free(L->experts);
+    free(L->bias);
     free(L->work);
     free(L);
 }
@@ -72,11 +77,20 @@ coord_experts_t *coord_experts_local_new(const model_t *m, kern_pool_t *pool, in
             x->gate = (const uint8_t *)ly->gate_exps->data + model_expert_stride(ly->gate_exps) * e;
             x->up = (const uint8_t *)ly->up_exps->data + model_expert_stride(ly->up_exps) * e;
             x->down = (const uint8_t *)ly->down_exps->data + model_expert_stride(ly->down_exps) * e;
+            if (!ly->gate_exps_b) continue;
+            /* gpt-oss: row e of each (width, n_expert) bias tensor belongs to expert e. */
+            if (!L->bias)
+                L->bias = xcalloc((size_t)hp->n_layer * hp->n_expert, sizeof(*L->bias));
+            kern_expert_bias_t *b = &L->bias[(size_t)il * hp->n_expert + e];
+            b->gate = (const float *)ly->gate_exps_b->data + (size_t)hp->n_ff_exp * e;
+            b->up = (const float *)ly->up_exps_b->data + (size_t)hp->n_ff_exp * e;
+            b->down = (const float *)ly->down_exps_b->data + (size_t)hp->n_embd * e;
         }
         size_t ws = kern_moe_work_size(&L->experts[(size_t)il * hp->n_expert], hp->n_embd,
                                        hp->n_ff_exp, max_tok, hp->n_expert_used);
         if (ws > L->work_size) L->work_size = ws;
     }
+    L->act = hp->arch == MODEL_ARCH_GPTOSS ? KERN_ACT_SWIGLU_OAI : KERN_ACT_SWIGLU;
     L->work = xmalloc_aligned(64, L->work_size);
     return &L->base;
 }

@@ -70,6 +70,7 @@ static int bind_experts(xnode__compute_t *c, const wire_forward_t *f, uint32_t K
     size_t ne = sh->n_experts;
     c->remap = grow(c->remap, &c->remap_cap, sizeof(int32_t) * (ne + 1));
     c->ex = grow(c->ex, &c->ex_cap, sizeof(kern_expert_t) * (ne + 1));
+    c->bias = grow(c->bias, &c->bias_cap, sizeof(kern_expert_bias_t) * (ne + 1));
     for (size_t e = 0; e < ne; e++) c->remap[e] = -1;
     int m = 0;
     size_t i = 0;
@@ -90,6 +91,9 @@ static int bind_experts(xnode__compute_t *c, const wire_forward_t *f, uint32_t K
                 if (!p) return -1;
                 c->ex[m] = (kern_expert_t){p->type[0], p->type[1], p->type[2],
                                            p->data[0], p->data[1], p->data[2]};
+                c->bias[m] = (kern_expert_bias_t){p->data[WIRE_SHARD_GATE_BIAS],
+                                                  p->data[WIRE_SHARD_UP_BIAS],
+                                                  p->data[WIRE_SHARD_DOWN_BIAS]};
                 c->remap[e] = m++;
             }
             c->ids[o] = c->remap[e];
@@ -137,8 +141,8 @@ static void run_job(xnode__compute_t *c, xnode__job_t *job)
     }
     c->work = grow(c->work, &c->work_cap, ws);
     if (m > 0 && T > 0)
-        kern_moe_ffn(c->pool, c->ex, m, (int)D, (int)job->n_ff, (int)T, (int)K, x, c->ids, c->w,
-                     c->out, c->work, ws);
+        kern_moe_ffn_ex(c->pool, c->ex, c->bias, c->shard->act, m, (int)D, (int)job->n_ff,
+                        (int)T, (int)K, x, c->ids, c->w, c->out, c->work, ws);
     else
         memset(c->out, 0, sizeof(float) * T * D);
     pthread_rwlock_unlock((pthread_rwlock_t *)&c->shard->lock);
@@ -278,5 +282,6 @@ void xnode__compute_stop(xnode__compute_t *c)
     free(c->ids);
     free(c->remap);
     free(c->ex);
+    free(c->bias);
     memset(c, 0, sizeof(*c));
 }

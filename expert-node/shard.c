@@ -22,7 +22,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static const char *const KIND_NAME[WIRE_SHARD_KIND_COUNT] = {"gate", "up", "down"};
+/* Cache file names use these ([a-z] only); bias slices are never cached (see cache_write). */
+static const char *const KIND_NAME[WIRE_SHARD_KIND_COUNT] = {"gate",     "up",     "down",
+                                                             "gatebias", "upbias", "downbias"};
 
 #define CACHE_MAGIC "MMSLICE1"
 #define CACHE_HDR 64 /* header bytes before the slice, so the data stays 64-byte aligned */
@@ -32,12 +34,16 @@ static uint64_t a64(uint64_t n) { return (n + 63) & ~(uint64_t)63; }
 
 static bool pair_ready(const xnode__pair_t *p)
 {
-    return p->data[0] && p->data[1] && p->data[2];
+    return p->data[0] && p->data[1] && p->data[2] &&
+           (!p->want_bias || (p->data[WIRE_SHARD_GATE_BIAS] && p->data[WIRE_SHARD_UP_BIAS] &&
+                              p->data[WIRE_SHARD_DOWN_BIAS]));
 }
 
 static uint64_t pair_bytes(const xnode__pair_t *p)
 {
-    return p->bytes[0] + p->bytes[1] + p->bytes[2];
+    uint64_t n = 0;
+    for (int k = 0; k < WIRE_SHARD_KIND_COUNT; k++) n += p->bytes[k];
+    return n;
 }
 
 /* Frees what p owns (published buffers and slices in flight). Caller holds the write lock. */
@@ -129,7 +135,9 @@ static int read_all(int fd, void *p, size_t n)
  * half a file). Best effort: the cache only saves a transfer, so failures are logged only. */
 static void cache_write(const xnode__shard_t *sh, const xnode__pair_t *p, int k, uint32_t crc)
 {
-    if (!sh->cache_dir || !fp_safe(sh->fp)) return;
+    /* gpt-oss pairs are not cached at all: a restart would list them as held from their three
+     * weight files, and the cache has no record that they need biases too. */
+    if (!sh->cache_dir || !fp_safe(sh->fp) || p->want_bias) return;
     char dir[4096], path[4200], tmp[4210];
     snprintf(dir, sizeof(dir), "%s/%s", sh->cache_dir, sh->fp);
     if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
@@ -450,9 +458,14 @@ bool xnode__shard_complete(const xnode__shard_t *sh)
 static void model_view(const xnode__shard_t *sh, xnode__pair_t *p)
 {
     const model_layer_t *ly = &sh->m->layers[p->layer];
-    const model_tensor_t *t[WIRE_SHARD_KIND_COUNT] = {ly->gate_exps, ly->up_exps, ly->down_exps};
+    const model_tensor_t *t[WIRE_SHARD_KIND_COUNT] = {ly->gate_exps,   ly->up_exps,
+                                                      ly->down_exps,   ly->gate_exps_b,
+                                                      ly->up_exps_b,   ly->down_exps_b};
     for (int k = 0; k < WIRE_SHARD_KIND_COUNT; k++) {
-        size_t stride = model_expert_stride(t[k]);
+        if (!t[k]) continue;
+        /* Weights: one (rows, cols) slice per expert; biases (gpt-oss): one F32 row each. */
+        size_t stride = k <= WIRE_SHARD_DOWN ? model_expert_stride(t[k])
+                                             : kern_row_bytes(t[k]->type, t[k]->ne[0]);
         p->data[k] = (const uint8_t *)t[k]->data + stride * p->expert;
         p->type[k] = t[k]->type;
         p->bytes[k] = stride;
@@ -470,7 +483,17 @@ int xnode__shard_assign(xnode__shard_t *sh, const wire_assign_t *a, char *msg, s
         snprintf(msg, cap, "ASSIGN without n_layers or n_experts");
         return WIRE_E_FIELD;
     }
+    if (a->expert_act >= WIRE_EXPERT_ACT_COUNT) {
+        snprintf(msg, cap, "ASSIGN expert_act %u is not known here", a->expert_act);
+        return WIRE_E_FIELD;
+    }
+    const bool want_bias = a->expert_act == WIRE_EXPERT_ACT_SWIGLU_OAI;
     bool use_model = sh->m && !strcmp(sh->m_fp, fp);
+    if (use_model && want_bias != (sh->m->hp.arch == MODEL_ARCH_GPTOSS)) {
+        snprintf(msg, cap, "ASSIGN expert_act %u does not fit model %s (%s)", a->expert_act, fp,
+                 sh->m->hp.arch_name);
+        return WIRE_E_FIELD;
+    }
     if (use_model) {
         const model_hparams_t *hp = &sh->m->hp;
         if (a->n_layers != (uint32_t)hp->n_layer || a->n_experts != (uint32_t)hp->n_expert ||
@@ -507,7 +530,8 @@ int xnode__shard_assign(xnode__shard_t *sh, const wire_assign_t *a, char *msg, s
     uint64_t need = 0;
     if (use_model)
         for (uint32_t i = 0; i < a->n_pairs; i++) {
-            xnode__pair_t tmp = {.layer = a->layer[i], .expert = a->expert[i]};
+            xnode__pair_t tmp = {.layer = a->layer[i], .expert = a->expert[i],
+                                 .want_bias = want_bias};
             model_view(sh, &tmp);
             need += pair_bytes(&tmp);
         }
@@ -529,6 +553,7 @@ int xnode__shard_assign(xnode__shard_t *sh, const wire_assign_t *a, char *msg, s
         xnode__pair_t *p = &pairs[i];
         p->layer = a->layer[i];
         p->expert = a->expert[i];
+        p->want_bias = want_bias;
         if (!same_fp || !held_has(hl, he, hn, p->layer, p->expert)) continue;
         const xnode__pair_t *old = keep_old ? xnode__shard_find(sh, p->layer, p->expert) : NULL;
         if (old) {
@@ -541,8 +566,12 @@ int xnode__shard_assign(xnode__shard_t *sh, const wire_assign_t *a, char *msg, s
             moved[old - sh->pairs] = true;
         } else if (use_model) {
             model_view(sh, p);
+        } else if (want_bias) {
+            err = WIRE_E_FIELD; /* never written (cache_write), so the cache is not ours */
+            snprintf(msg, cap, "cache lists gpt-oss expert (layer %u, expert %u) without its "
+                     "biases; restart the node with an empty cache", p->layer, p->expert);
         } else {
-            for (int k = 0; k < WIRE_SHARD_KIND_COUNT && !err; k++) err = cache_load(sh, p, k);
+            for (int k = 0; k <= WIRE_SHARD_DOWN && !err; k++) err = cache_load(sh, p, k);
             if (err)
                 snprintf(msg, cap, "cache of layer %u expert %u is damaged; restart the node",
                          p->layer, p->expert);
@@ -605,6 +634,7 @@ int xnode__shard_assign(xnode__shard_t *sh, const wire_assign_t *a, char *msg, s
         sh->n_ff = (uint32_t)sh->m->hp.n_ff_exp;
     }
     sh->n_ready = n_ready;
+    sh->act = want_bias ? KERN_ACT_SWIGLU_OAI : KERN_ACT_SWIGLU;
     sh->held = held;
     sh->assigned = true;
     pthread_rwlock_unlock(&sh->lock);
@@ -652,7 +682,16 @@ int xnode__shard_chunk(xnode__shard_t *sh, const wire_shard_chunk_t *c, const vo
         snprintf(msg, cap, "%s: empty slice", name);
         return WIRE_E_SIZE;
     }
-    if (sh->n_embd && sh->n_ff) {
+    if (k > WIRE_SHARD_DOWN) {
+        /* gpt-oss's bias rows: only for pairs that want them, F32, of the known widths. */
+        uint64_t want = (k == WIRE_SHARD_DOWN_BIAS ? sh->n_embd : sh->n_ff) * 4ull;
+        if (!p->want_bias || c->ggml_type != KERN_F32 || (want && c->total != want)) {
+            snprintf(msg, cap, "%s: a %s slice of %" PRIu64 " bytes (type %s) does not fit this "
+                     "assignment (expert_act %d, want F32 of %" PRIu64 " bytes)", name,
+                     KIND_NAME[k], c->total, ti->name, (int)sh->act, want);
+            return WIRE_E_SIZE;
+        }
+    } else if (sh->n_embd && sh->n_ff) {
         kern_type_t t = (kern_type_t)c->ggml_type;
         uint64_t want = k == WIRE_SHARD_DOWN ? rows_bytes(t, sh->n_embd, sh->n_ff)
                                              : rows_bytes(t, sh->n_ff, sh->n_embd);

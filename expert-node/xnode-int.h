@@ -37,6 +37,7 @@ typedef struct {
     uint64_t rx_got[WIRE_SHARD_KIND_COUNT], rx_total[WIRE_SHARD_KIND_COUNT];
     uint32_t rx_crc[WIRE_SHARD_KIND_COUNT], rx_want[WIRE_SHARD_KIND_COUNT];
     uint32_t rx_type[WIRE_SHARD_KIND_COUNT];
+    bool want_bias;          /* gpt-oss: complete only with its three bias slices too */
 } xnode__pair_t;
 
 typedef struct {
@@ -55,6 +56,7 @@ typedef struct {
     char fp[XNODE_FP_CAP];   /* its model fingerprint */
     uint32_t n_layers, n_experts;
     uint32_t n_embd, n_ff;   /* 0 until known (ASSIGN, the model, or a first FORWARD) */
+    kern_act_t act;          /* the experts' gated unit (ASSIGN's expert_act) */
     uint32_t n_pairs;
     xnode__pair_t *pairs;    /* (n_pairs) */
     int32_t *index;          /* (n_layers * n_experts) index into pairs, or -1 */
@@ -120,7 +122,8 @@ typedef struct {
     float *x, *out, *w;      /* (n_tok, n_embd), (n_tok, n_embd), (n_tok, k) */
     int32_t *ids, *remap;    /* (n_tok, k); (n_experts) expert id -> index into ex, or -1 */
     kern_expert_t *ex;       /* (distinct experts of one request) */
-    size_t work_cap, x_cap, out_cap, w_cap, ids_cap, remap_cap, ex_cap; /* bytes */
+    kern_expert_bias_t *bias; /* (distinct experts of one request) gpt-oss's bias rows */
+    size_t work_cap, x_cap, out_cap, w_cap, ids_cap, remap_cap, ex_cap, bias_cap; /* bytes */
 } xnode__compute_t;
 
 /* Starts the thread. 0 or -errno. */

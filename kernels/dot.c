@@ -379,7 +379,7 @@ const kern__dot_fn kern__dot_scalar[KERN_TYPE_COUNT] = {
     [KERN_Q4_0] = dot_q4_0, [KERN_Q4_1] = dot_q4_1, [KERN_Q5_0] = dot_q5_0,
     [KERN_Q5_1] = dot_q5_1, [KERN_Q8_0] = dot_q8_0, [KERN_Q2_K] = dot_q2_k,
     [KERN_Q3_K] = dot_q3_k, [KERN_Q4_K] = dot_q4_k, [KERN_Q5_K] = dot_q5_k,
-    [KERN_Q6_K] = dot_q6_k,
+    [KERN_Q6_K] = dot_q6_k, [KERN_MXFP4] = kern__dot_mxfp4,
 };
 
 /* ======================= dispatch ======================= */

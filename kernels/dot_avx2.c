@@ -690,7 +690,7 @@ const kern__dot_fn kern__dot_avx2[KERN_TYPE_COUNT] = {
     [KERN_F32] = dot_f32,   [KERN_F16] = dot_f16,   [KERN_BF16] = dot_bf16,
     [KERN_Q8_0] = dot_q8_0, [KERN_Q4_0] = dot_q4_0, [KERN_Q5_0] = dot_q5_0,
     [KERN_Q4_1] = dot_q4_1, [KERN_Q5_1] = dot_q5_1, [KERN_Q4_K] = dot_q4_k,
-    [KERN_Q5_K] = dot_q5_k, [KERN_Q6_K] = dot_q6_k,
+    [KERN_Q5_K] = dot_q5_k, [KERN_Q6_K] = dot_q6_k, [KERN_MXFP4] = kern__dot_mxfp4_avx2,
 };
 
 const kern__quant_fn kern__quant_act_avx2[KERN_TYPE_COUNT] = {

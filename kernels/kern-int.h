@@ -28,6 +28,15 @@ typedef struct {
     uint8_t ql[128]; uint8_t qh[64]; int8_t scales[16]; uint16_t d;
 } kern_block_q6_k;                                                          /* 210 */
 typedef struct { float d; int8_t qs[256]; int16_t bsums[16]; } kern_block_q8_k; /* 292 */
+/* e: E8M0 shared exponent; qs[j] holds element j (low nibble) and j + 16 (high), e2m1 codes. */
+typedef struct { uint8_t e; uint8_t qs[16]; } kern_block_mxfp4;            /* 17 */
+_Static_assert(sizeof(kern_block_mxfp4) == 17, "mxfp4 layout");
+
+/* MXFP4 (kernels/mxfp4.c): n elements, whole blocks; the dot is against Q8_0 activations. */
+void kern__deq_mxfp4(const void *src, float *dst, int64_t n);
+void kern__q_mxfp4(const float *src, void *dst, int64_t n);
+float kern__dot_mxfp4(int64_t n, const void *w, const void *xq);
+float kern__dot_mxfp4_avx2(int64_t n, const void *w, const void *xq); /* mxfp4_avx2.c */
 
 _Static_assert(sizeof(kern_block_q4_0) == 18, "q4_0 layout");
 _Static_assert(sizeof(kern_block_q4_1) == 20, "q4_1 layout");

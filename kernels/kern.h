@@ -31,6 +31,7 @@ typedef enum {
     KERN_Q6_K = 14,
     KERN_Q8_K = 15,
     KERN_BF16 = 30,
+    KERN_MXFP4 = 39, /* gpt-oss experts: E8M0 scale + 32 e2m1 values (kernels/mxfp4.c) */
     KERN_TYPE_COUNT = 40 /* bound for ids in files; most ids below it are not supported */
 } kern_type_t;
 
@@ -146,5 +147,25 @@ size_t kern_moe_work_size(const kern_expert_t *types, int n_embd, int n_ff, int 
 void kern_moe_ffn(kern_pool_t *pool, const kern_expert_t *experts, int n_expert, int n_embd,
                   int n_ff, int n_tok, int k, const float *x, const int32_t *ids, const float *w,
                   float *out, void *work, size_t work_size);
+
+/* gpt-oss's experts: the same step with per-expert biases and an activation other than SiLU.
+ * bias (n_expert, may be NULL) holds f32 rows added after each product (any row NULL: none);
+ * act picks the gated unit. kern_moe_ffn is this with bias NULL and KERN_ACT_SWIGLU. */
+typedef struct {
+    const float *gate, *up; /* (n_ff) */
+    const float *down;      /* (n_embd) */
+} kern_expert_bias_t;
+typedef enum {
+    KERN_ACT_SWIGLU = 0,    /* silu(gate) * up */
+    KERN_ACT_SWIGLU_OAI,    /* kern_swiglu_oai with alpha 1.702, limit 7 (gpt-oss) */
+} kern_act_t;
+void kern_moe_ffn_ex(kern_pool_t *pool, const kern_expert_t *experts,
+                     const kern_expert_bias_t *bias, kern_act_t act, int n_expert, int n_embd,
+                     int n_ff, int n_tok, int k, const float *x, const int32_t *ids,
+                     const float *w, float *out, void *work, size_t work_size);
+/* out (n) = g * sigmoid(alpha * g) * (u + 1) with g = min(gate, limit) and u = up clamped to
+ * [-limit, limit] (ggml's swiglu_oai). out may alias gate. (kernels/mxfp4.c) */
+void kern_swiglu_oai(float *out, const float *gate, const float *up, int64_t n, float alpha,
+                     float limit);
 
 #endif

@@ -191,6 +191,23 @@ void kern_moe_ffn(kern_pool_t *pool, const kern_expert_t *experts, int n_expert,
                   int n_ff, int n_tok, int k, const float *x, const int32_t *ids, const float *w,
                   float *out, void *work, size_t work_size)
 {
+    kern_moe_ffn_ex(pool, experts, NULL, KERN_ACT_SWIGLU, n_expert, n_embd, n_ff, n_tok, k, x,
+                    ids, w, out, work, work_size);
+}
+
+/* rows (c, n) += b (n), when there is a bias. */
+static void add_rows(float *rows, const float *b, int c, size_t n)
+{
+    if (!b) return;
+    for (int i = 0; i < c; i++)
+        for (size_t j = 0; j < n; j++) rows[(size_t)i * n + j] += b[j];
+}
+
+void kern_moe_ffn_ex(kern_pool_t *pool, const kern_expert_t *experts,
+                     const kern_expert_bias_t *bias, kern_act_t act, int n_expert, int n_embd,
+                     int n_ff, int n_tok, int k, const float *x, const int32_t *ids,
+                     const float *w, float *out, void *work, size_t work_size)
+{
     CHECK(n_expert >= 1 && n_expert <= MOE_MAX_EXPERTS && n_tok >= 0 && k >= 1);
     const size_t T = (size_t)n_tok, D = (size_t)n_embd, F = (size_t)n_ff, K = (size_t)k;
     uint8_t *p = work;
@@ -225,8 +242,9 @@ void kern_moe_ffn(kern_pool_t *pool, const kern_expert_t *experts, int n_expert,
     starts[0] = 0;
 
     /* ids were checked against n_expert by the counting sort above. */
-    const bool one =
-        n_tok == 1 && k <= 256 && moe_one(pool, experts, n_embd, n_ff, k, x, ids, ys, mmw);
+    /* The one-token path knows plain SwiGLU without biases only. */
+    const bool one = n_tok == 1 && k <= 256 && !bias && act == KERN_ACT_SWIGLU &&
+                     moe_one(pool, experts, n_embd, n_ff, k, x, ids, ys, mmw);
     for (int e = 0; e < n_expert && !one; e++) {
         int c = starts[e + 1] - starts[e];
         if (c == 0) continue;
@@ -239,9 +257,18 @@ void kern_moe_ffn(kern_pool_t *pool, const kern_expert_t *experts, int n_expert,
                     D, F, mmw);
         kern_matmul(pool, up, ex->up, kern_row_bytes(ex->up_type, D), ex->up_type, xg, c, D, F,
                     mmw);
-        kern_swiglu(gate, gate, up, (int64_t)c * F);
+        const kern_expert_bias_t *bb = bias ? &bias[e] : NULL;
+        if (bb) {
+            add_rows(gate, bb->gate, c, F);
+            add_rows(up, bb->up, c, F);
+        }
+        if (act == KERN_ACT_SWIGLU_OAI)
+            kern_swiglu_oai(gate, gate, up, (int64_t)c * F, 1.702f, 7.0f);
+        else
+            kern_swiglu(gate, gate, up, (int64_t)c * F);
         kern_matmul(pool, y, ex->down, kern_row_bytes(ex->down_type, F), ex->down_type, gate, c,
                     F, D, mmw);
+        if (bb) add_rows(y, bb->down, c, D);
         for (int i = 0; i < c; i++)
             memcpy(ys + (size_t)r[i] * D, y + (size_t)i * D, sizeof(float) * D);
     }

@@ -272,6 +272,7 @@ void kern_dequantize(kern_type_t t, const void *src, float *dst, int64_t n)
     case KERN_Q5_K: deq_q5_k(src, dst, nb); break;
     case KERN_Q6_K: deq_q6_k(src, dst, nb); break;
     case KERN_Q8_K: deq_q8_k(src, dst, nb); break;
+    case KERN_MXFP4: kern__deq_mxfp4(src, dst, n); break;
     default: CHECK(!"type marked compute without a dequantizer");
     }
 }
@@ -874,6 +875,7 @@ void kern_quantize(kern_type_t t, const float *src, void *dst, int64_t n)
     case KERN_Q5_K: q_q5_k(src, dst, nb); break;
     case KERN_Q6_K: q_q6_k(src, dst, nb); break;
     case KERN_Q8_K: q_q8_k(src, dst, nb); break;
+    case KERN_MXFP4: kern__q_mxfp4(src, dst, n); break;
     default: CHECK(!"type marked compute without a quantizer");
     }
 }

@@ -36,6 +36,7 @@ static const kern_type_info_t type_table[KERN_TYPE_COUNT] = {
     T(KERN_Q5_K, "Q5_K", KERN_QK_K, sizeof(kern_block_q5_k), KERN_Q8_K, true),
     T(KERN_Q6_K, "Q6_K", KERN_QK_K, sizeof(kern_block_q6_k), KERN_Q8_K, true),
     T(KERN_Q8_K, "Q8_K", KERN_QK_K, sizeof(kern_block_q8_k), KERN_Q8_K, true),
+    T(KERN_MXFP4, "MXFP4", KERN_QK32, sizeof(kern_block_mxfp4), KERN_Q8_0, true),
 };
 
 const kern_type_info_t *kern_type_info(int t)

@@ -15,10 +15,10 @@
 #include "wire/wire.h"
 
 static const char *arch_names[MODEL_ARCH_COUNT] = {"llama", "qwen2moe", "qwen3moe", "olmoe",
-                                                   "deepseek2", "glm4moe"};
+                                                   "deepseek2", "glm4moe", "gpt-oss"};
 
 const char *model_arch_name(model_arch_t a) { return a < MODEL_ARCH_COUNT ? arch_names[a] : "?"; }
-const char *model_arch_supported(void) { return "llama (dense or Mixtral), qwen2moe, qwen3moe, olmoe, deepseek2, glm4moe"; }
+const char *model_arch_supported(void) { return "llama (dense or Mixtral), qwen2moe, qwen3moe, olmoe, deepseek2, glm4moe, gpt-oss"; }
 
 static void progress(uint64_t done, uint64_t total)
 {
@@ -320,6 +320,39 @@ static int read_glm4moe(loader_t *L, model_hparams_t *hp)
     return 0;
 }
 
+/* gpt-oss: llama.cpp's openai-moe graph fixes what the file does not say: softmax over the
+ * top-k router logits (no renormalisation), every other layer on a sliding window of
+ * attention.sliding_window positions (even layers), NEOX RoPE. A file that claims other gating
+ * is refused rather than run differently from llama.cpp. */
+static int read_gptoss(loader_t *L, model_hparams_t *hp)
+{
+    int64_t v;
+    hp->gating = MODEL_GATING_SOFTMAX_WEIGHT;
+    hp->expert_norm = false;
+    if (get_int(L, "expert_gating_func", &v, false) && v != MODEL_GATING_SOFTMAX_WEIGHT) {
+        LOG_ERR("%s: %s.expert_gating_func = %lld is not gpt-oss's (3, softmax over the top-k)",
+                L->path, L->arch, (long long)v);
+        return MODEL_E_ARCH;
+    }
+    if (!get_int(L, "attention.sliding_window", &v, true)) return MODEL_E_ARCH;
+    if (v < 1) {
+        LOG_ERR("%s: %s.attention.sliding_window = %lld must be >= 1", L->path, L->arch,
+                (long long)v);
+        return MODEL_E_ARCH;
+    }
+    hp->n_swa = (int)v;
+    hp->swa_pattern = 2;
+    if (hp->n_expert > 4096 || (hp->n_ff != 0 && hp->n_ff_exp != 0 && hp->n_ff != hp->n_ff_exp)) {
+        /* feed_forward_length is the expert width in gpt-oss files; a different value would
+         * mean a dense part this loader does not know. */
+        LOG_ERR("%s: %d experts, feed_forward_length %d vs expert width %d: not a gpt-oss "
+                "layout this build knows", L->path, hp->n_expert, hp->n_ff, hp->n_ff_exp);
+        return MODEL_E_ARCH;
+    }
+    hp->n_ff = 0; /* every layer is MoE */
+    return 0;
+}
+
 static int read_hparams(loader_t *L, model_hparams_t *hp)
 {
     int64_t v;
@@ -387,6 +420,7 @@ static int read_hparams(loader_t *L, model_hparams_t *hp)
     if (read_router(L, hp) != 0) return MODEL_E_ARCH;
     if (hp->arch == MODEL_ARCH_DEEPSEEK2 && read_mla(L, hp) != 0) return MODEL_E_ARCH;
     if (hp->arch == MODEL_ARCH_GLM4MOE && read_glm4moe(L, hp) != 0) return MODEL_E_ARCH;
+    if (hp->arch == MODEL_ARCH_GPTOSS && read_gptoss(L, hp) != 0) return MODEL_E_ARCH;
     return 0;
 }
 
@@ -436,10 +470,15 @@ static int bind_layer(loader_t *L, model_hparams_t *hp, int il, model_layer_t *l
     ly->wv = bind_l(L, il, "attn_v.weight", true, E, vv, 0, false);
     ly->wo = bind_l(L, il, "attn_output.weight", true, (int64_t)hp->n_head * hp->head_dim_v, E, 0,
                     false);
-    bool bias = hp->arch == MODEL_ARCH_QWEN2MOE;
+    const bool oss = hp->arch == MODEL_ARCH_GPTOSS;
+    bool bias = hp->arch == MODEL_ARCH_QWEN2MOE || oss;
     ly->bq = bind_l(L, il, "attn_q.bias", bias, q, 1, 0, true);
     ly->bk = bind_l(L, il, "attn_k.bias", bias, kv, 1, 0, true);
     ly->bv = bind_l(L, il, "attn_v.bias", bias, vv, 1, 0, true);
+    if (oss) {
+        ly->bo = bind_l(L, il, "attn_output.bias", true, E, 1, 0, true);
+        ly->attn_sinks = bind_l(L, il, "attn_sinks.weight", true, hp->n_head, 1, 0, true);
+    }
     if (hp->arch == MODEL_ARCH_GLM4MOE) {
         /* GLM-4.5 may carry per-head q/k norms (use_qk_norm); every layer or none. */
         char qn[96];
@@ -456,7 +495,8 @@ static int bind_layer(loader_t *L, model_hparams_t *hp, int il, model_layer_t *l
 ffn:
     /* GLM-4.5 names its pre-FFN norm after the attention ("post_attention_norm"). */
     ly->ffn_norm = bind_l(L, il,
-                          hp->arch == MODEL_ARCH_GLM4MOE ? "post_attention_norm.weight"
+                          hp->arch == MODEL_ARCH_GLM4MOE || hp->arch == MODEL_ARCH_GPTOSS
+                              ? "post_attention_norm.weight"
                                                          : "ffn_norm.weight",
                           true, E, 1, 0, true);
     if (L->err) return L->err;
@@ -484,6 +524,14 @@ ffn:
     ly->up_exps = bind_l(L, il, "ffn_up_exps.weight", true, E, hp->n_ff_exp, hp->n_expert, false);
     ly->down_exps = bind_l(L, il, "ffn_down_exps.weight", true, hp->n_ff_exp, E, hp->n_expert,
                            false);
+    if (hp->arch == MODEL_ARCH_GPTOSS) {
+        const int64_t F = hp->n_ff_exp, N = hp->n_expert;
+        ly->gate_inp_b = bind_l(L, il, "ffn_gate_inp.bias", true, N, 1, 0, true);
+        ly->gate_exps_b = bind_l(L, il, "ffn_gate_exps.bias", true, F, N, 0, true);
+        ly->up_exps_b = bind_l(L, il, "ffn_up_exps.bias", true, F, N, 0, true);
+        ly->down_exps_b = bind_l(L, il, "ffn_down_exps.bias", true, E, N, 0, true);
+        return L->err;
+    }
     snprintf(name, sizeof(name), "blk.%d.exp_probs_b.bias", il);
     ly->exp_probs_b = bind(L, name, hp->arch == MODEL_ARCH_GLM4MOE, hp->n_expert, 1, 0, true);
     bool shexp = hp->arch == MODEL_ARCH_QWEN2MOE || hp->n_expert_shared > 0;

@@ -30,6 +30,7 @@ typedef enum {
     T_DEEPSEEK2,
     T_DEEPSEEK3,
     T_ZEPHYR,
+    T_HARMONY,
     T_COUNT
 } tmpl_t;
 
@@ -37,6 +38,7 @@ static const char *const names[T_COUNT] = {
     "chatml",     "llama2",     "llama2-sys",        "llama2-sys-bos", "llama2-sys-strip",
     "mistral-v1", "mistral-v3", "mistral-v3-tekken", "mistral-v7",     "llama3",
     "tulu",       "phi3",       "deepseek2",         "deepseek3",      "zephyr",
+    "gpt-oss",
 };
 
 #define FW_BAR "\xEF\xBD\x9C"  /* U+FF5C, DeepSeek's full-width bar */
@@ -48,6 +50,8 @@ static int detect(const char *s)
     for (int i = 0; i < T_COUNT; i++)
         if (strcmp(s, names[i]) == 0) return i;
 #define HAS(x) (strstr(s, (x)) != NULL)
+    /* gpt-oss's harmony format is the only one with channels. */
+    if (HAS("<|channel|>") && HAS("<|start|>")) return T_HARMONY;
     if (HAS("<|im_start|>")) return HAS("<|im_sep|>") || HAS("<end_of_utterance>") ? -1 : T_CHATML;
     if (strncmp(s, "mistral", 7) == 0 || HAS("[INST]")) {
         if (HAS("[SYSTEM_PROMPT]")) return T_MISTRAL_V7;
@@ -288,6 +292,19 @@ static void format(tmpl_t t, const model_chat_msg_t *m, int n, bool add_ass, sb_
             }
         }
         if (add_ass) put(b, "<" FW_BAR "Assistant" FW_BAR ">");
+        break;
+    case T_HARMONY:
+        /* gpt-oss (OpenAI harmony), as llama.cpp renders it without tools or channels: every
+         * turn "<|start|>ROLE<|message|>TEXT" closed by <|end|>, a finished assistant turn by
+         * <|return|>. */
+        for (int i = 0; i < n; i++) {
+            put(b, "<|start|>");
+            put(b, m[i].role);
+            put(b, "<|message|>");
+            put(b, m[i].content);
+            put(b, is(m[i].role, "assistant") ? "<|return|>" : "<|end|>");
+        }
+        if (add_ass) put(b, "<|start|>assistant");
         break;
     case T_COUNT:
         break;

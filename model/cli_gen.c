@@ -12,7 +12,8 @@
 static int usage(void)
 {
     fprintf(stderr,
-            "usage: moemesh-model gen --arch qwen3moe|qwen2moe|llama|olmoe --layers L --dim D\n"
+            "usage: moemesh-model gen --arch qwen3moe|qwen2moe|llama|olmoe|deepseek2|glm4moe|gpt-oss\n"
+            "         --layers L --dim D\n"
             "         --heads H --kv-heads K [--head-dim HD] --experts E --top-k K\n"
             "         --expert-ff F [--shared-ff S] --vocab V\n"
             "         --type f32|f16|bf16|q8_0|q4_0|q4_1|q5_0|q5_1|q4_k|q5_k|q6_k|q4_k_m\n"
@@ -25,6 +26,8 @@ static int usage(void)
             "         [--expert-scale S] [--expert-norm 0|1] [--rope-dim R]\n"
             "         [--yarn-factor F [--yarn-log-mul M]]\n"
             "  deepseek2 only: --kv-lora-rank R [--q-lora-rank Q] [--v-head-dim V]\n"
+            "  gpt-oss: [--sliding-window W (default 128)] [--yarn-factor F]; experts MXFP4,\n"
+            "         --type for the other matrices\n"
             "  --router-skew S (0..20): uneven routing, expert (l mod E) of layer l hottest.\n");
     return 2;
 }
@@ -68,6 +71,7 @@ int model_cli_gen(int argc, char **argv)
         {"--kv-lora-rank", offsetof(model_gen_params_t, kv_lora_rank)},
         {"--q-lora-rank", offsetof(model_gen_params_t, q_lora_rank)},
         {"--v-head-dim", offsetof(model_gen_params_t, v_head_dim)},
+        {"--sliding-window", offsetof(model_gen_params_t, sliding_window)},
     };
     for (int i = 1; i < argc; i++) {
         if (i + 1 >= argc) return usage();

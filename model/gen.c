@@ -252,6 +252,12 @@ static const char *const deepseek_special[] = {"<\xef\xbd\x9c" "begin\xe2\x96\x8
 static const char *const glm_special[] = {"<|endoftext|>", "[gMASK]", "<sop>", "<|user|>",
                                           "<|assistant|>"};
 
+/* gpt-oss's o200k_harmony control tokens (a subset); <|return|> ends generation, as in the
+ * real files, and <|end|> ends a turn. */
+static const char *const oss_special[] = {"<|startoftext|>", "<|endoftext|>", "<|return|>",
+                                          "<|constrain|>",   "<|channel|>",   "<|start|>",
+                                          "<|end|>",         "<|message|>",   "<|call|>"};
+
 /* ChatML for qwen, the Llama 3 header format for llama; olmoe files carry none. */
 static const char chatml[] =
     "{% for m in messages %}{{'<|im_start|>' + m['role'] + '\\n' + m['content'] + "
@@ -263,6 +269,12 @@ static const char llama3_chat[] =
     "{% if add_generation_prompt %}{{'<|start_header_id|>assistant<|end_header_id|>\\n\\n'}}"
     "{% endif %}";
 
+/* A short stand-in for gpt-oss's harmony template with the markers chat.c recognises. */
+static const char harmony_chat[] =
+    "{% for m in messages %}{{'<|start|>' + m['role'] + '<|message|>' + m['content'] + "
+    "('<|return|>' if m['role'] == 'assistant' else '<|end|>')}}{% endfor %}"
+    "{# <|channel|>final #}{% if add_generation_prompt %}{{'<|start|>assistant'}}{% endif %}";
+
 static const arch_t archs[] = {
     {"qwen3moe", "qwen2", qwen_special, 3, 0, 2, 0, false, 1e-6f, chatml},
     {"qwen2moe", "qwen2", qwen_special, 3, 0, 2, 0, false, 1e-6f, chatml},
@@ -272,7 +284,10 @@ static const arch_t archs[] = {
     /* GLM-4.5's own pre-tokenizer ("glm4") is not one moemesh has; its byte-level BPE is
      * close enough to qwen2's for random weights. */
     {"glm4moe", "qwen2", glm_special, 5, 1, 0, 0, false, 1e-5f, NULL},
+    {"gpt-oss", "gpt-4o", oss_special, 9, 0, 2, 1, false, 1e-5f, harmony_chat},
 };
+
+static bool is_oss(const char *arch) { return strcmp(arch, "gpt-oss") == 0; }
 
 static bool is_family(const char *arch)
 {
@@ -304,7 +319,8 @@ static void build_vocab(vocab_t *v, const arch_t *a, int n_vocab)
 
 /* ---- tensors ---- */
 
-typedef enum { INIT_MATRIX, INIT_NORM, INIT_BIAS } init_t;
+/* INIT_WIDE: gpt-oss's sinks and router / expert biases, wide enough (+-1) to move results. */
+typedef enum { INIT_MATRIX, INIT_NORM, INIT_BIAS, INIT_WIDE } init_t;
 
 typedef struct {
     char name[64];
@@ -366,6 +382,84 @@ static kern_type_t mat_type(const model_gen_params_t *p, const char *role, int l
     return KERN_Q4_K;
 }
 
+/* gpt-oss as llama.cpp's converter writes it: biased attention with per-head sinks, the post-
+ * attention norm before the FFN, a biased router and MXFP4 experts with f32 bias rows. */
+static void list_oss_tensors(gen_t *g, const model_gen_params_t *p, int head_dim)
+{
+    const kern_type_t T = p->type, F = KERN_F32, X = KERN_MXFP4;
+    const int64_t d = p->n_embd, q = (int64_t)p->n_head * head_dim;
+    const int64_t kv = (int64_t)p->n_head_kv * head_dim, E = p->n_expert, ff = p->expert_ff;
+    char n[64];
+    add(g, "token_embd.weight", T, INIT_MATRIX, 2, d, p->n_vocab, 1);
+    for (int l = 0; l < p->n_layers; l++) {
+#define NAME(s) (snprintf(n, sizeof(n), "blk.%d." s, l), n)
+        add(g, NAME("attn_norm.weight"), F, INIT_NORM, 1, d, 1, 1);
+        add(g, NAME("attn_q.weight"), T, INIT_MATRIX, 2, d, q, 1);
+        add(g, NAME("attn_q.bias"), F, INIT_BIAS, 1, q, 1, 1);
+        add(g, NAME("attn_k.weight"), T, INIT_MATRIX, 2, d, kv, 1);
+        add(g, NAME("attn_k.bias"), F, INIT_BIAS, 1, kv, 1, 1);
+        add(g, NAME("attn_v.weight"), T, INIT_MATRIX, 2, d, kv, 1);
+        add(g, NAME("attn_v.bias"), F, INIT_BIAS, 1, kv, 1, 1);
+        add(g, NAME("attn_output.weight"), T, INIT_MATRIX, 2, q, d, 1);
+        add(g, NAME("attn_output.bias"), F, INIT_BIAS, 1, d, 1, 1);
+        add(g, NAME("attn_sinks.weight"), F, INIT_WIDE, 1, p->n_head, 1, 1);
+        add(g, NAME("post_attention_norm.weight"), F, INIT_NORM, 1, d, 1, 1);
+        add(g, NAME("ffn_gate_inp.weight"), F, INIT_MATRIX, 2, d, E, 1);
+        add(g, NAME("ffn_gate_inp.bias"), F, INIT_WIDE, 1, E, 1, 1);
+        add(g, NAME("ffn_gate_exps.weight"), X, INIT_MATRIX, 3, d, ff, E);
+        add(g, NAME("ffn_gate_exps.bias"), F, INIT_WIDE, 2, ff, E, 1);
+        add(g, NAME("ffn_up_exps.weight"), X, INIT_MATRIX, 3, d, ff, E);
+        add(g, NAME("ffn_up_exps.bias"), F, INIT_WIDE, 2, ff, E, 1);
+        add(g, NAME("ffn_down_exps.weight"), X, INIT_MATRIX, 3, ff, d, E);
+        add(g, NAME("ffn_down_exps.bias"), F, INIT_BIAS, 2, d, E, 1);
+#undef NAME
+    }
+    add(g, "output_norm.weight", F, INIT_NORM, 1, d, 1, 1);
+    add(g, "output.weight", T, INIT_MATRIX, 2, d, p->n_vocab, 1);
+}
+
+/* gpt-oss's checks: none of the deepseek2/glm4moe options, experts whole MXFP4 blocks. */
+static int check_oss(const model_gen_params_t *p)
+{
+    if (p->n_dense_lead || p->n_shared || p->kv_lora_rank || p->q_lora_rank || p->gating ||
+        p->n_groups || p->rope_dim || p->v_head_dim || p->expert_scale || p->dense_ff ||
+        p->expert_norm || p->yarn_log_mul) {
+        LOG_ERR("gpt-oss takes none of the deepseek2/glm4moe options (only --yarn-factor)");
+        return -EINVAL;
+    }
+    if (p->n_embd % 32 || p->expert_ff % 32) {
+        LOG_ERR("gpt-oss experts are MXFP4: dim %d and expert_ff %d must be multiples of 32",
+                p->n_embd, p->expert_ff);
+        return -EINVAL;
+    }
+    if (p->sliding_window < 0 || p->sliding_window > (1 << 24) ||
+        !(p->yarn_factor == 0.0f || (p->yarn_factor > 1.0f && p->yarn_factor < 1e4f))) {
+        LOG_ERR("sliding_window %d (0..2^24), yarn_factor %g (0 or > 1) out of range",
+                p->sliding_window, p->yarn_factor);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* gpt-oss's keys beyond the common ones, as the converter writes them. */
+static void oss_metadata(model_gguf_writer_t *w, const model_gen_params_t *p)
+{
+    char key[128];
+#define K(s) (snprintf(key, sizeof(key), "gpt-oss." s), key)
+    model_gguf_writer_set_u32(w, K("expert_feed_forward_length"), (uint32_t)p->expert_ff);
+    model_gguf_writer_set_u32(w, K("attention.sliding_window"),
+                              (uint32_t)(p->sliding_window ? p->sliding_window : 128));
+    model_gguf_writer_set_f32(w, K("rope.freq_base"), 150000.0f);
+    if (p->yarn_factor > 1.0f) {
+        int64_t ctx = p->n_ctx ? p->n_ctx : 4096;
+        model_gguf_writer_set_str(w, K("rope.scaling.type"), "yarn");
+        model_gguf_writer_set_f32(w, K("rope.scaling.factor"), p->yarn_factor);
+        model_gguf_writer_set_u32(w, K("rope.scaling.original_context_length"),
+                                  (uint32_t)(ctx / p->yarn_factor));
+    }
+#undef K
+}
+
 /* The tensor list in the order llama.cpp's converters write it. */
 static void list_tensors(gen_t *g, const model_gen_params_t *p, int head_dim)
 {
@@ -377,6 +471,10 @@ static void list_tensors(gen_t *g, const model_gen_params_t *p, int head_dim)
     char n[64];
     if (is_family(p->arch)) {
         list_family_tensors(g, p, head_dim);
+        return;
+    }
+    if (is_oss(p->arch)) {
+        list_oss_tensors(g, p, head_dim);
         return;
     }
     add(g, "token_embd.weight", T, INIT_MATRIX, 2, d, p->n_vocab, 1);
@@ -503,6 +601,8 @@ static int check_family(const model_gen_params_t *p, int head_dim, int block)
         LOG_ERR(__VA_ARGS__);                                                                      \
         return -EINVAL;                                                                            \
     } while (0)
+    if (is_oss(p->arch)) return check_oss(p);
+    if (p->sliding_window) FAIL("sliding_window is gpt-oss's");
     if (!is_family(p->arch)) {
         if (p->n_dense_lead || p->n_shared || p->kv_lora_rank || p->q_lora_rank || p->gating ||
             p->n_groups || p->rope_dim || p->v_head_dim || p->yarn_factor || p->expert_scale ||
@@ -637,7 +737,7 @@ static void gen_row(const gen_t *g, const gtensor_t *t, int64_t r, float *out)
     uint64_t s = g->seed ^ hash_str(t->name);
     s = splitmix64(&s) + (uint64_t)r * 0xd1342543de82ef95ull;
     float scale = t->init == INIT_MATRIX ? sqrtf(3.0f / (float)t->ne[0])
-                  : t->init == INIT_NORM ? 0.05f : 0.02f;
+                  : t->init == INIT_NORM ? 0.05f : t->init == INIT_WIDE ? 1.0f : 0.02f;
     float base = t->init == INIT_NORM ? 1.0f : 0.0f;
     for (int64_t i = 0; i < t->ne[0]; i++) {
         float u = (float)(splitmix64(&s) >> 40) * (1.0f / 16777216.0f); /* [0, 1) */
@@ -706,7 +806,7 @@ static int check_params(const model_gen_params_t *p, const arch_t **arch, int *h
         if (p->arch && strcmp(p->arch, archs[i].arch) == 0) *arch = &archs[i];
     if (!*arch) {
         LOG_ERR("unknown architecture '%s' (qwen3moe, qwen2moe, llama, olmoe, deepseek2, "
-                "glm4moe)",
+                "glm4moe, gpt-oss)",
                 p->arch ? p->arch : "");
         return -EINVAL;
     }
@@ -762,7 +862,7 @@ static int check_params(const model_gen_params_t *p, const arch_t **arch, int *h
                 "kv heads = heads");
         return -EINVAL;
     }
-    if ((int)p->type == GEN_Q4_K_M && is_family(p->arch)) {
+    if ((int)p->type == GEN_Q4_K_M && (is_family(p->arch) || is_oss(p->arch))) {
         LOG_ERR("the q4_k_m mix is written for the llama/qwen/olmoe layouts only, not %s: "
                 "give a single type", p->arch);
         return -EINVAL;
@@ -828,6 +928,7 @@ int model_gen_write(const model_gen_params_t *params, const char *path)
     }
 #undef K
     family_metadata(w, p, head_dim);
+    if (is_oss(a->arch)) oss_metadata(w, p);
 
     vocab_t v;
     build_vocab(&v, a, p->n_vocab);

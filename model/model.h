@@ -311,7 +311,8 @@ double model_plan_imbalance(const model_plan_t *p, int layer, const double *load
  * vocabulary learned from a built-in English text. Tensors are generated and quantized row by
  * row while being written, so memory stays bounded whatever the model size. */
 typedef struct {
-    const char *arch;   /* "qwen3moe", "qwen2moe", "llama" (Mixtral layout) or "olmoe" */
+    const char *arch;   /* "qwen3moe", "qwen2moe", "llama" (Mixtral layout), "olmoe",
+                           "deepseek2", "glm4moe" or "gpt-oss" */
     const char *name;   /* general.name; NULL: "<arch>-synthetic" */
     int n_layers, n_embd, n_head, n_head_kv;
     int head_dim;       /* 0: n_embd / n_head */
@@ -339,6 +340,8 @@ typedef struct {
     int v_head_dim;     /* deepseek2: value head size (0: head_dim - rope_dim) */
     float yarn_factor;  /* > 1: YaRN RoPE scaling, original context n_ctx / factor */
     float yarn_log_mul; /* deepseek2's mscale_all_dim (written times 0.1, as the converter does) */
+    int sliding_window; /* gpt-oss: attention.sliding_window (0: 128); its experts are always
+                           MXFP4 (real checkpoints' type), everything else type */
     double router_skew; /* 0..20, 0: plain (same bytes as without it). S > 0 biases routing:
                            layer l's expert e gets about S * (1 - ((e - l) mod E) / (E - 1))
                            added to its router logit (through a constant feature added to every
@@ -401,6 +404,8 @@ typedef enum {
     MODEL_ARCH_OLMOE,
     MODEL_ARCH_DEEPSEEK2,   /* DeepSeek-V2/V2-Lite/V3/R1, Kimi K2: MLA, shared experts */
     MODEL_ARCH_GLM4MOE,     /* GLM-4.5 / 4.5-Air: partial RoPE, sigmoid grouped router */
+    MODEL_ARCH_GPTOSS,      /* gpt-oss-20b/120b: sinks, alternating sliding window, biases,
+                               MXFP4 experts with swiglu_oai, softmax over the top-k logits */
     MODEL_ARCH_COUNT
 } model_arch_t;
 
@@ -453,9 +458,21 @@ typedef struct {
     float yarn_beta_fast, yarn_beta_slow;
     float yarn_log_mul;     /* deepseek2's mscale_all_dim: the file's
                                rope.scaling.yarn_log_multiplier / 0.1, as llama.cpp reads it */
+
+    /* gpt-oss: sliding-window attention on alternating layers (llama.cpp's pattern 2: layer
+     * il uses the window when il % swa_pattern < swa_pattern - 1, i.e. the even layers), a
+     * position attends to the n_swa latest positions, itself included. n_swa 0: none. */
+    int n_swa;
+    int swa_pattern;
 } model_hparams_t;
 
-enum { MODEL_GATING_SOFTMAX = 1, MODEL_GATING_SIGMOID = 2 };
+/* SOFTMAX_WEIGHT (gpt-oss): top-k on the raw logits, softmax over the k selected. */
+enum { MODEL_GATING_SOFTMAX = 1, MODEL_GATING_SIGMOID = 2, MODEL_GATING_SOFTMAX_WEIGHT = 3 };
+/* Whether layer il of a model with these hyper-parameters uses the sliding window. */
+static inline bool model_layer_is_swa(const model_hparams_t *hp, int il)
+{
+    return hp->n_swa > 0 && hp->swa_pattern > 1 && il % hp->swa_pattern < hp->swa_pattern - 1;
+}
 
 /* One layer's tensors; NULL where the architecture or layer has none. */
 typedef struct {
@@ -475,6 +492,12 @@ typedef struct {
     const model_tensor_t *wkv_b; /* files converted before llama.cpp split it (2025): (kv_lora,
                                     H * (nope + v)), per head nope key rows then v value rows;
                                     wk_b and wv_b are NULL then */
+    /* gpt-oss */
+    const model_tensor_t *bo;            /* (n_embd) attention output bias */
+    const model_tensor_t *attn_sinks;    /* (n_head) per-head sink logits, F32 */
+    const model_tensor_t *gate_inp_b;    /* (n_expert) router bias */
+    const model_tensor_t *gate_exps_b, *up_exps_b;  /* (n_ff_exp, n_expert) F32 */
+    const model_tensor_t *down_exps_b;              /* (n_embd, n_expert) F32 */
 } model_layer_t;
 
 typedef struct {
@@ -537,7 +560,7 @@ typedef struct {
 } model_chat_msg_t;
 /* Built-in template name for a Jinja template (or a name, returned as is), NULL when none
  * matches. Names: chatml, llama2, llama2-sys, mistral-v1, mistral-v3, mistral-v7, llama3,
- * tulu (OLMoE), phi3, deepseek2, deepseek3, zephyr. Static string. */
+ * tulu (OLMoE), phi3, deepseek2, deepseek3, zephyr, gpt-oss (harmony). Static string. */
 const char *model_chat_detect(const char *tmpl);
 /* Formats n messages with the template named, or detected from, tmpl (NULL means chatml);
  * add_assistant appends the opening of the assistant's turn. *out is a malloc'd NUL-terminated

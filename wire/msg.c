@@ -367,6 +367,8 @@ static void to_pb(const wire_msg_t *m, pb_out_t *o)
         p->n_embd = a->n_embd;
         p->n_ff = a->n_ff;
         p->bytes = a->bytes;
+        p->has_expert_act = a->expert_act != 0;
+        p->expert_act = a->expert_act;
         e->body_case = MOEMESH__ENVELOPE__BODY_ASSIGN;
         e->assign = p;
         break;
@@ -510,8 +512,8 @@ static int from_pb(const Moemesh__Envelope *e, wire_msg_t *m)
         if (p->n_layer != p->n_expert || p->n_layer > UINT32_MAX) return WIRE_E_FIELD;
         m->u.assign = (wire_assign_t){str_or_empty(p->model), p->n_layers, p->n_experts,
                                       (uint32_t)p->n_layer, p->layer, p->expert,
-                                      p->n_embd, p->n_ff, p->bytes};
-        return 0;
+                                      p->n_embd, p->n_ff, p->bytes, p->expert_act};
+        return p->expert_act < WIRE_EXPERT_ACT_COUNT ? 0 : WIRE_E_FIELD;
     }
     case MOEMESH__ENVELOPE__BODY_SHARD_CHUNK: {
         const Moemesh__ShardChunk *p = e->shard_chunk;

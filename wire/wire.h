@@ -198,12 +198,24 @@ typedef struct {
     const uint32_t *expert;   /* (n_pairs) */
     uint32_t n_embd, n_ff;    /* expert shapes (activation row, expert width); 0: not sent */
     uint64_t bytes;           /* weight bytes of the assigned pairs; 0: not sent */
+    uint32_t expert_act;      /* wire_expert_act_t; 0 (SwiGLU) is not sent */
 } wire_assign_t;
+
+typedef enum {
+    WIRE_EXPERT_ACT_SWIGLU = 0,
+    WIRE_EXPERT_ACT_SWIGLU_OAI = 1, /* gpt-oss: clamped swiglu_oai, per-expert bias slices */
+    WIRE_EXPERT_ACT_COUNT
+} wire_expert_act_t;
 
 typedef enum {
     WIRE_SHARD_GATE = 0,
     WIRE_SHARD_UP,
     WIRE_SHARD_DOWN,
+    /* gpt-oss only (WIRE_EXPERT_ACT_SWIGLU_OAI): one F32 row per expert, (n_ff), (n_ff),
+     * (n_embd), added after the gate, up and down products */
+    WIRE_SHARD_GATE_BIAS,
+    WIRE_SHARD_UP_BIAS,
+    WIRE_SHARD_DOWN_BIAS,
     WIRE_SHARD_KIND_COUNT
 } wire_shard_kind_t;
 

@@ -287,7 +287,7 @@ static void send_assign(client_t *c, const fixture_t *f, const char *fp)
                                  f->expert,
                                  (uint32_t)hp->n_embd,
                                  (uint32_t)hp->n_ff_exp,
-                                 f->bytes};
+                                 f->bytes, 0};
     send_ok(c, &m);
 }
 
@@ -704,7 +704,7 @@ Test(xnode, assignment_beyond_mem_limit_is_refused)
         if (!with_model) {
             wire_msg_init(&m, WIRE_KIND_ASSIGN);
             m.u.assign = (wire_assign_t){f.fp,    4, 8, (uint32_t)f.n_pairs, f.layer, f.expert,
-                                         0,       0, 0};
+                                         0,       0, 0, 0};
             send_ok(&c, &m);
             send_shard(&c, &f, 1u << 20);
             expect_error(&c, -ENOSPC, 0);

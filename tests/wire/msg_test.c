@@ -74,7 +74,7 @@ static void make(wire_msg_t *m, wire_kind_t k, wire_dtype_t dt)
         break;
     case WIRE_KIND_ASSIGN:
         m->u.assign = (wire_assign_t){"olmoe-1b-7b", 48, 128, 4, LAYERS, EXPERTS, 2048, 1024,
-                                      UINT64_C(5) << 33};
+                                      UINT64_C(5) << 33, 0};
         break;
     case WIRE_KIND_SHARD_CHUNK: {
         uint8_t *b = xmalloc(100);
