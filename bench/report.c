@@ -500,8 +500,9 @@ int bench_report_main(int argc, char **argv)
     }
     report_t r = {.dir = dir, .note = note};
     char self[PATH_MAX + 512];
-    snprintf(self, sizeof(self), "moemesh-bench report %s -o %s%s%s%s", in, dir,
-             note ? " --note '" : "", note ? note : "", note ? "'" : "");
+    snprintf(self, sizeof(self), "moemesh-bench report %s -o %s%s%s%s%s%s", in, dir,
+             load_in ? " --load " : "", load_in ? load_in : "", note ? " --note '" : "",
+             note ? note : "", note ? "'" : "");
     r.self_cmd = self;
     rc = load(&r, in) ? 1 : 0;
     if (!rc && load_in) {
