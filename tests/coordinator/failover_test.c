@@ -27,6 +27,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "tproc.h"
 #include "wire/wire.h"
 
 #define MODEL "../shared/golden/stories-moe-f32.gguf"
@@ -37,25 +38,27 @@ static const char *const prompts[N_STREAMS] = {"Once upon a time", "Lily and Tom
                                                "The little dog", "One day, a bird"};
 
 enum { COORD = 0, NODE0, NODE1, NODE2, REF, N_PROC };
-typedef struct {
-    pid_t pid;
-    char log[128]; /* stderr of the process */
-} proc_t;
-static proc_t procs[N_PROC];
+static tproc_t procs[N_PROC];
 
-static void kill_one(proc_t *p)
+static void start_proc(int slot, const char *const *argv, char *addr)
 {
-    if (p->pid > 0) kill(p->pid, SIGCONT), kill(p->pid, SIGKILL), waitpid(p->pid, NULL, 0);
-    p->pid = 0;
+    tproc_start(&procs[slot], "failover", slot, argv, addr, 128);
+}
+
+static bool log_has(int slot, const char *needle)
+{
+    return tproc_log_count(&procs[slot], needle) > 0;
+}
+
+static void assert_alive(int slot)
+{
+    tproc_assert_alive(&procs[slot]);
 }
 
 static void fini(void)
 {
-    for (int i = 0; i < N_PROC; i++) {
-        kill_one(&procs[i]);
-        /* FAILOVER_TEST_KEEP_LOGS=1 keeps them for a post-mortem. */
-        if (procs[i].log[0] && !getenv("FAILOVER_TEST_KEEP_LOGS")) unlink(procs[i].log);
-    }
+    /* FAILOVER_TEST_KEEP_LOGS=1 keeps the logs for a post-mortem. */
+    tproc_reap(procs, N_PROC, getenv("FAILOVER_TEST_KEEP_LOGS") != NULL);
 }
 
 static void init(void)
@@ -65,145 +68,10 @@ static void init(void)
 
 TestSuite(failover, .init = init, .fini = fini);
 
-static void prog_path(const char *name, char *out, size_t cap)
-{
-    char self[PATH_MAX - 64];
-    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-    cr_assert(n > 0);
-    self[n] = 0;
-    *strrchr(self, '/') = 0; /* .../tests */
-    *strrchr(self, '/') = 0; /* build or build/san */
-    snprintf(out, cap, "%s/bin/%s", self, name);
-    cr_assert_eq(access(out, X_OK), 0, "%s is missing: run make first", out);
-}
-
-/* Starts argv (argv[0] a program in build/bin) as procs[slot], stderr to its log file, and
- * returns what follows "listening on " in its first stdout line (15 s at most). */
-static void start_proc(int slot, const char *const *argv, char *addr)
-{
-    proc_t *p = &procs[slot];
-    char prog[PATH_MAX];
-    prog_path(argv[0], prog, sizeof(prog));
-    if (!p->log[0]) {
-        snprintf(p->log, sizeof(p->log), "/tmp/moemesh-failover-%d-%d.log", (int)getpid(), slot);
-        unlink(p->log);
-    }
-    int fds[2];
-    cr_assert_eq(pipe(fds), 0);
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    cr_assert_geq(pid, 0);
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent) _exit(127);
-        dup2(fds[1], 1);
-        close(fds[0]), close(fds[1]);
-        int fd = open(p->log, O_WRONLY | O_CREAT | O_APPEND, 0600);
-        dup2(fd, 2);
-        execv(prog, (char *const *)argv);
-        _exit(127);
-    }
-    close(fds[1]);
-    p->pid = pid;
-    char line[256];
-    size_t len = 0;
-    while (len < sizeof(line) - 1) {
-        struct pollfd pf = {fds[0], POLLIN, 0};
-        cr_assert_eq(poll(&pf, 1, 15000), 1, "%s: no 'listening on' line", argv[0]);
-        cr_assert_eq(read(fds[0], line + len, 1), 1, "%s exited (log %s)", argv[0], p->log);
-        if (line[len] == '\n') break;
-        len++;
-    }
-    close(fds[0]);
-    line[len] = 0;
-    cr_assert_eq(sscanf(line, "listening on %127s", addr), 1, "%s said '%s'", argv[0], line);
-}
-
 static void start_node(int slot, char *ep)
 {
     const char *argv[] = {"moemesh-expert", "-l", "tcp://127.0.0.1:*", NULL};
     start_proc(slot, argv, ep);
-}
-
-/* One request (Connection: close) on a new connection; the answer is read by the caller. */
-static int open_request(int port, const char *path, const char *body)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
-        close(fd);
-        return -1;
-    }
-    char req[2048];
-    if (body)
-        snprintf(req, sizeof(req), "POST %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
-                 "Content-Length: %zu\r\n\r\n%s", path, strlen(body), body);
-    else
-        snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
-                 path);
-    if (send(fd, req, strlen(req), MSG_NOSIGNAL) != (ssize_t)strlen(req)) {
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
-
-/* The whole answer, NUL-terminated (malloc'd); timeout_s bounds it. If gap is given it gets
- * the longest silence between two reads after the first; first (if given) is raised at the
- * first read. */
-static char *read_all(int fd, double timeout_s, double *gap, atomic_int *first)
-{
-    size_t len = 0, cap = 1 << 20;
-    char *out = malloc(cap);
-    double end = wire_now() + timeout_s, last = 0;
-    if (gap) *gap = 0;
-    struct pollfd pf = {.fd = fd, .events = POLLIN};
-    while (len < cap - 1 && wire_now() < end &&
-           poll(&pf, 1, (int)((end - wire_now()) * 1000) + 1) == 1) {
-        ssize_t k = recv(fd, out + len, cap - 1 - len, 0);
-        if (k <= 0) break;
-        double now = wire_now();
-        if (last > 0 && gap && now - last > *gap) *gap = now - last;
-        if (last == 0 && first) atomic_fetch_add(first, 1);
-        last = now;
-        len += (size_t)k;
-    }
-    out[len] = 0;
-    close(fd);
-    return out;
-}
-
-static char *request(int port, const char *path, const char *body, double timeout_s)
-{
-    int fd = open_request(port, path, body);
-    cr_assert_geq(fd, 0, "cannot reach 127.0.0.1:%d", port);
-    return read_all(fd, timeout_s, NULL, NULL);
-}
-
-static int status_of(const char *r)
-{
-    int st = 0;
-    sscanf(r, "HTTP/1.1 %d", &st);
-    return st;
-}
-
-static int health(int port)
-{
-    char *r = request(port, "/health", NULL, 10);
-    int st = status_of(r);
-    free(r);
-    return st;
-}
-
-static double wait_health(int port, int want, double limit_s)
-{
-    double t0 = wire_now();
-    for (;;) {
-        if (health(port) == want) return wire_now() - t0;
-        cr_assert_lt(wire_now() - t0, limit_s, "/health not %d within %.0f s", want, limit_s);
-        usleep(50000);
-    }
 }
 
 static void body_of(char *json, size_t cap, int i, bool stream)
@@ -217,14 +85,9 @@ static char *complete(int port, int i)
 {
     char body[256];
     body_of(body, sizeof(body), i, false);
-    char *r = request(port, "/v1/completions", body, 60);
-    cr_assert_eq(status_of(r), 200, "%s", r);
-    json_t *j = json_loads(strstr(r, "\r\n\r\n") + 4, 0, NULL);
-    cr_assert_not_null(j);
+    char *r = tproc_request(port, "/v1/completions", body, 60);
+    char *t = tproc_completion_text(r);
     free(r);
-    char *t = strdup(json_string_value(
-        json_object_get(json_array_get(json_object_get(j, "choices"), 0), "text")));
-    json_decref(j);
     return t;
 }
 
@@ -275,16 +138,16 @@ static void *stream_run(void *arg)
     stream_t *s = arg;
     char body[256];
     body_of(body, sizeof(body), s->i, true);
-    int fd = open_request(s->port, "/v1/completions", body);
-    s->raw = fd < 0 ? strdup("") : read_all(fd, 60, &s->gap, s->first);
+    int fd = tproc_open_request(s->port, "/v1/completions", body);
+    s->raw = fd < 0 ? strdup("") : tproc_read_all(fd, 60, &s->gap, s->first);
     return NULL;
 }
 
 /* Sum of every sample of series name whose labels contain label (NULL: any), -1 when none. */
 static double metric(int port, const char *name, const char *label)
 {
-    char *r = request(port, "/metrics", NULL, 10);
-    cr_assert_eq(status_of(r), 200);
+    char *r = tproc_request(port, "/metrics", NULL, 10);
+    cr_assert_eq(tproc_status(r), 200);
     double sum = -1;
     size_t nl = strlen(name);
     for (char *p = strstr(r, name); p; p = strstr(p + 1, name)) {
@@ -302,23 +165,6 @@ static double metric(int port, const char *name, const char *label)
     return sum;
 }
 
-static bool log_has(int slot, const char *needle)
-{
-    FILE *f = fopen(procs[slot].log, "r");
-    if (!f) return false;
-    char line[1024];
-    bool found = false;
-    while (!found && fgets(line, sizeof(line), f)) found = strstr(line, needle) != NULL;
-    fclose(f);
-    return found;
-}
-
-static void assert_alive(int slot)
-{
-    cr_assert_eq(waitpid(procs[slot].pid, NULL, WNOHANG), 0, "process %d died (log %s)", slot,
-                 procs[slot].log);
-}
-
 /* The greedy texts with local experts: a coordinator without nodes. */
 static void reference(char *want[N_STREAMS])
 {
@@ -328,9 +174,9 @@ static void reference(char *want[N_STREAMS])
     start_proc(REF, argv, addr);
     int port = 0;
     cr_assert_eq(sscanf(addr, "http://127.0.0.1:%d", &port), 1, "%s", addr);
-    wait_health(port, 200, 30);
+    tproc_wait_health(port, 200, 30);
     for (int i = 0; i < N_STREAMS; i++) want[i] = complete(port, i);
-    kill_one(&procs[REF]);
+    tproc_kill(&procs[REF]);
 }
 
 static int start_coord(const char *const eps[3])
@@ -343,7 +189,7 @@ static int start_coord(const char *const eps[3])
     start_proc(COORD, argv, addr);
     int port = 0;
     cr_assert_eq(sscanf(addr, "http://127.0.0.1:%d", &port), 1, "%s", addr);
-    wait_health(port, 200, 30);
+    tproc_wait_health(port, 200, 30);
     return port;
 }
 
@@ -365,13 +211,13 @@ static double run_streams(int port, char *want[N_STREAMS], void (*fault)(void))
     /* Every stream takes at least one silence of a failover; /health is checked meanwhile. */
     int polls = 0;
     for (int i = 0; i < 40; i++, polls++) {
-        cr_assert_eq(health(port), 200, "/health left 200 during the fault");
+        cr_assert_eq(tproc_health(port, NULL), 200, "/health left 200 during the fault");
         usleep(50000);
     }
     double gap = 0;
     for (int i = 0; i < N_STREAMS; i++) {
         pthread_join(th[i], NULL);
-        cr_assert_eq(status_of(st[i].raw), 200, "%s", st[i].raw);
+        cr_assert_eq(tproc_status(st[i].raw), 200, "%s", st[i].raw);
         char *got = stream_text(st[i].raw);
         cr_assert_not_null(got, "stream %d did not end cleanly: %s", i, st[i].raw);
         cr_expect_str_eq(got, want[i], "stream %d ('%s') differs", i, prompts[i]);
@@ -379,7 +225,7 @@ static double run_streams(int port, char *want[N_STREAMS], void (*fault)(void))
         free(got);
         free(st[i].raw);
     }
-    cr_assert_eq(health(port), 200);
+    cr_assert_eq(tproc_health(port, NULL), 200);
     (void)polls;
     return gap;
 }
@@ -432,7 +278,7 @@ Test(failover, killed_node_mid_generation_is_served_by_replicas, .timeout = 120)
     cr_expect_gt(metric(port, "moemesh:node_failovers_total", "node=\"1\""), 0,
                  "no failover counted");
     cr_expect_eq(metric(port, "moemesh:node_up", "node=\"1\""), 0);
-    cr_expect_eq(health(port), 200);
+    cr_expect_eq(tproc_health(port, NULL), 200);
     assert_alive(COORD);
 }
 
@@ -459,7 +305,7 @@ Test(failover, stopped_node_mid_generation_is_served_by_replicas, .timeout = 120
         cr_expect_str_eq(got, want[i]);
         free(got);
     }
-    cr_expect_eq(health(port), 200);
+    cr_expect_eq(tproc_health(port, NULL), 200);
     cr_expect_gt(metric(port, "moemesh:node_failovers_total", "node=\"1\""), 0);
     cr_assert_eq(kill(procs[NODE1].pid, SIGCONT), 0);
     /* Back: it is probed, answers, and is re-assigned (nothing to stream, it kept its shard). */
@@ -606,7 +452,7 @@ Test(failover, slow_node_is_routed_around, .timeout = 120)
     for (int i = 0; i < N_STREAMS; i++) free(want[i]);
     assert_alive(COORD);
 
-    kill_one(&procs[COORD]);
+    tproc_kill(&procs[COORD]);
     atomic_store(&b.cmd, 2);
     uv_async_send(&b.wake);
     pthread_join(b.th, NULL);

@@ -24,30 +24,38 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "tproc.h"
 #include "wire/wire.h"
 
 #define MODEL "../shared/golden/stories-moe-f32.gguf"
 #define PROMPT "{\"prompt\":\"Once upon a time\",\"max_tokens\":24,\"temperature\":0"
 
 enum { COORD = 0, NODE0, NODE1, N_PROC };
-typedef struct {
-    pid_t pid;
-    char log[128]; /* stderr of the process */
-} proc_t;
-static proc_t procs[N_PROC + 1]; /* + the second coordinator */
+static tproc_t procs[N_PROC + 1]; /* + the second coordinator */
 
-static void kill_one(proc_t *p)
+static void start_proc(int slot, const char *const *argv, char *addr, size_t cap)
 {
-    if (p->pid > 0) kill(p->pid, SIGCONT), kill(p->pid, SIGKILL), waitpid(p->pid, NULL, 0);
-    p->pid = 0;
+    tproc_start(&procs[slot], "fault", slot, argv, addr, cap);
+}
+
+static bool log_has(int slot, const char *needle)
+{
+    return tproc_log_count(&procs[slot], needle) > 0;
+}
+
+static int log_count(int slot, const char *needle)
+{
+    return tproc_log_count(&procs[slot], needle);
+}
+
+static void assert_alive(int slot)
+{
+    tproc_assert_alive(&procs[slot]);
 }
 
 static void fini(void)
 {
-    for (int i = 0; i <= N_PROC; i++) {
-        kill_one(&procs[i]);
-        if (procs[i].log[0]) unlink(procs[i].log);
-    }
+    tproc_reap(procs, N_PROC + 1, false);
 }
 
 static void init(void)
@@ -57,137 +65,18 @@ static void init(void)
 
 TestSuite(fault, .init = init, .fini = fini);
 
-static void prog_path(const char *name, char *out, size_t cap)
-{
-    char self[PATH_MAX - 64];
-    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-    cr_assert(n > 0);
-    self[n] = 0;
-    *strrchr(self, '/') = 0; /* .../tests */
-    *strrchr(self, '/') = 0; /* build or build/san */
-    snprintf(out, cap, "%s/bin/%s", self, name);
-    cr_assert_eq(access(out, X_OK), 0, "%s is missing: run make first", out);
-}
-
-/* Starts argv (argv[0] a program name in build/bin) as procs[slot], stderr appended to its log
- * file, and returns what follows "listening on " in its first stdout line (15 s at most). */
-static void start_proc(int slot, const char *const *argv, char *addr, size_t cap)
-{
-    proc_t *p = &procs[slot];
-    char prog[PATH_MAX];
-    prog_path(argv[0], prog, sizeof(prog));
-    if (!p->log[0]) {
-        snprintf(p->log, sizeof(p->log), "/tmp/moemesh-fault-%d-%d.log", (int)getpid(), slot);
-        unlink(p->log);
-    }
-    int fds[2];
-    cr_assert_eq(pipe(fds), 0);
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    cr_assert_geq(pid, 0);
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent) _exit(127);
-        dup2(fds[1], 1);
-        close(fds[0]), close(fds[1]);
-        int fd = open(p->log, O_WRONLY | O_CREAT | O_APPEND, 0600);
-        dup2(fd, 2);
-        execv(prog, (char *const *)argv);
-        _exit(127);
-    }
-    close(fds[1]);
-    p->pid = pid;
-    char line[256];
-    size_t len = 0;
-    while (len < sizeof(line) - 1) {
-        struct pollfd pf = {fds[0], POLLIN, 0};
-        cr_assert_eq(poll(&pf, 1, 15000), 1, "%s: no 'listening on' line", argv[0]);
-        cr_assert_eq(read(fds[0], line + len, 1), 1, "%s exited (log %s)", argv[0], p->log);
-        if (line[len] == '\n') break;
-        len++;
-    }
-    close(fds[0]); /* later stdout lines: none are written by either program */
-    line[len] = 0;
-    cr_assert_eq(sscanf(line, "listening on %127s", addr), 1, "%s said '%s'", argv[0], line);
-    (void)cap;
-}
-
 static void start_node(int slot, const char *listen, char *ep)
 {
     const char *argv[] = {"moemesh-expert", "-l", listen, NULL};
     start_proc(slot, argv, ep, 128);
 }
 
-/* The whole answer to one request (Connection: close), NUL-terminated; timeout_s bounds it. */
-static char *request(int port, const char *path, const char *body, double timeout_s)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    char req[2048];
-    if (body)
-        snprintf(req, sizeof(req), "POST %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
-                 "Content-Length: %zu\r\n\r\n%s", path, strlen(body), body);
-    else
-        snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
-                 path);
-    cr_assert_eq(send(fd, req, strlen(req), MSG_NOSIGNAL), (ssize_t)strlen(req));
-    size_t len = 0, cap = 1 << 20;
-    char *out = malloc(cap);
-    double end = wire_now() + timeout_s;
-    struct pollfd pf = {.fd = fd, .events = POLLIN};
-    while (len < cap - 1 && wire_now() < end &&
-           poll(&pf, 1, (int)((end - wire_now()) * 1000) + 1) == 1) {
-        ssize_t k = recv(fd, out + len, cap - 1 - len, 0);
-        if (k <= 0) break;
-        len += (size_t)k;
-    }
-    out[len] = 0;
-    close(fd);
-    return out;
-}
-
-static int status_of(const char *r)
-{
-    int st = 0;
-    sscanf(r, "HTTP/1.1 %d", &st);
-    return st;
-}
-
-static int health(int port, char **body)
-{
-    char *r = request(port, "/health", NULL, 10);
-    int st = status_of(r);
-    char *b = strstr(r, "\r\n\r\n");
-    if (body) *body = strdup(b ? b + 4 : "");
-    free(r);
-    return st;
-}
-
-/* Polls /health every 50 ms until it says want; returns the seconds that took (fails after
- * limit_s). */
-static double wait_health(int port, int want, double limit_s)
-{
-    double t0 = wire_now();
-    for (;;) {
-        if (health(port, NULL) == want) return wire_now() - t0;
-        cr_assert_lt(wire_now() - t0, limit_s, "/health not %d within %.0f s", want, limit_s);
-        usleep(50000);
-    }
-}
-
 /* The greedy completion's text. */
 static char *complete(int port)
 {
-    char *r = request(port, "/v1/completions", PROMPT "}", 60);
-    cr_assert_eq(status_of(r), 200, "%s", r);
-    json_t *j = json_loads(strstr(r, "\r\n\r\n") + 4, 0, NULL);
-    cr_assert_not_null(j);
+    char *r = tproc_request(port, "/v1/completions", PROMPT "}", 60);
+    char *t = tproc_completion_text(r);
     free(r);
-    char *t = strdup(json_string_value(
-        json_object_get(json_array_get(json_object_get(j, "choices"), 0), "text")));
-    json_decref(j);
     return t;
 }
 
@@ -200,37 +89,9 @@ static int start_coord(int slot, const char *e0, const char *e1)
     start_proc(slot, argv, addr, sizeof(addr));
     int port = 0;
     cr_assert_eq(sscanf(addr, "http://127.0.0.1:%d", &port), 1, "%s", addr);
-    wait_health(port, 200, 30);
+    tproc_wait_health(port, 200, 30);
     (void)port_s;
     return port;
-}
-
-static bool log_has(int slot, const char *needle)
-{
-    FILE *f = fopen(procs[slot].log, "r");
-    if (!f) return false;
-    char line[1024];
-    bool found = false;
-    while (!found && fgets(line, sizeof(line), f)) found = strstr(line, needle) != NULL;
-    fclose(f);
-    return found;
-}
-
-static int log_count(int slot, const char *needle)
-{
-    FILE *f = fopen(procs[slot].log, "r");
-    if (!f) return 0;
-    char line[1024];
-    int n = 0;
-    while (fgets(line, sizeof(line), f)) n += strstr(line, needle) != NULL;
-    fclose(f);
-    return n;
-}
-
-static void assert_alive(int slot)
-{
-    cr_assert_eq(waitpid(procs[slot].pid, NULL, WNOHANG), 0, "process %d died (log %s)", slot,
-                 procs[slot].log);
 }
 
 /* A node stalls (SIGSTOP) while a streamed request needs it, then dies (SIGKILL), then a new
@@ -247,9 +108,9 @@ Test(fault, node_stalls_dies_and_is_replaced, .timeout = 180)
      * naming the missing experts within the node timeout (2 s) plus slack. */
     cr_assert_eq(kill(procs[NODE1].pid, SIGSTOP), 0);
     double t0 = wire_now();
-    char *r = request(port, "/v1/completions", PROMPT ",\"stream\":true}", 30);
+    char *r = tproc_request(port, "/v1/completions", PROMPT ",\"stream\":true}", 30);
     double dt = wire_now() - t0;
-    cr_assert_eq(status_of(r), 200, "%s", r);
+    cr_assert_eq(tproc_status(r), 200, "%s", r);
     cr_assert(strstr(r, "\"error\"") && strstr(r, "experts_unavailable") &&
                   strstr(r, "expert node 1") && strstr(r, "layer ") && strstr(r, "[DONE]"),
               "%s", r);
@@ -259,27 +120,27 @@ Test(fault, node_stalls_dies_and_is_replaced, .timeout = 180)
 
     /* Known down: a new request is refused at once, 503 naming the experts. */
     t0 = wire_now();
-    r = request(port, "/v1/completions", PROMPT "}", 30);
+    r = tproc_request(port, "/v1/completions", PROMPT "}", 30);
     dt = wire_now() - t0;
-    cr_assert_eq(status_of(r), 503, "%s", r);
+    cr_assert_eq(tproc_status(r), 503, "%s", r);
     cr_assert(strstr(r, "Retry-After") && strstr(r, "experts_unavailable") && strstr(r, e1),
               "%s", r);
     cr_assert_lt(dt, 2.0);
     free(r);
     char *body;
-    cr_assert_eq(health(port, &body), 503, "%s", body);
+    cr_assert_eq(tproc_health(port, &body), 503, "%s", body);
     cr_assert(strstr(body, "expert node 1"), "%s", body);
     free(body);
 
     /* Dead, and replaced by a fresh process on the same address: the running coordinator
      * finds it, streams it the shard again, and serves the same tokens. */
-    kill_one(&procs[NODE1]);
+    tproc_kill(&procs[NODE1]);
     usleep(500000);
-    cr_assert_eq(health(port, NULL), 503);
+    cr_assert_eq(tproc_health(port, NULL), 503);
     char again[128];
     start_node(NODE1, e1, again);
     cr_assert_str_eq(again, e1);
-    dt = wait_health(port, 200, 20);
+    dt = tproc_wait_health(port, 200, 20);
     printf("fault: replacement node serving %.2f s after it started\n", dt);
     cr_assert(log_has(COORD, "expert node 1 (") && log_has(COORD, "is back"));
     char *got = complete(port);
@@ -300,16 +161,16 @@ Test(fault, idle_stall_is_noticed_by_heartbeat, .timeout = 120)
     int port = start_coord(COORD, e0, e1);
     char *want = complete(port);
     usleep(1500000); /* idle for a while: heartbeats flowing keep it up */
-    cr_assert_eq(health(port, NULL), 200);
+    cr_assert_eq(tproc_health(port, NULL), 200);
 
     cr_assert_eq(kill(procs[NODE1].pid, SIGSTOP), 0);
-    double dt = wait_health(port, 503, 10);
+    double dt = tproc_wait_health(port, 503, 10);
     printf("fault: idle stalled node noticed in %.2f s\n", dt);
     cr_assert_lt(dt, 7.0);
     cr_assert(log_has(COORD, "nothing heard for"));
 
     cr_assert_eq(kill(procs[NODE1].pid, SIGCONT), 0);
-    dt = wait_health(port, 200, 15);
+    dt = tproc_wait_health(port, 200, 15);
     printf("fault: resumed node serving again after %.2f s\n", dt);
     cr_assert(log_has(COORD, "is back: ") && log_has(COORD, "0.00 MiB streamed"));
     char *got = complete(port);
@@ -331,7 +192,7 @@ Test(fault, coordinator_killed_and_replaced, .timeout = 120)
     cr_assert_eq(log_count(COORD, " MiB streamed"), 2);
     cr_assert_eq(log_count(COORD, "0.00 MiB streamed"), 0, "the first start streams shards");
 
-    kill_one(&procs[COORD]);
+    tproc_kill(&procs[COORD]);
     double t0 = wire_now();
     while (!log_has(NODE0, "coordinator gone") || !log_has(NODE1, "coordinator gone")) {
         cr_assert_lt(wire_now() - t0, 10.0, "the nodes did not notice the coordinator died");
@@ -359,7 +220,7 @@ Test(fault, short_soak_has_no_failures_and_no_fd_growth, .timeout = 180)
     start_node(NODE1, "tcp://127.0.0.1:*", e1);
     int port = start_coord(COORD, e0, e1);
     char bench[PATH_MAX], cmd[PATH_MAX + 256], out[128];
-    prog_path("moemesh-bench", bench, sizeof(bench));
+    tproc_prog_path("moemesh-bench", bench, sizeof(bench));
     snprintf(out, sizeof(out), "/tmp/moemesh-fault-%d-soak.txt", (int)getpid());
     snprintf(cmd, sizeof(cmd),
              "%s serve --url http://127.0.0.1:%d -c 8 --duration 20 --warmup 5 --sample 1 "
@@ -399,11 +260,11 @@ Test(fault, late_result_of_a_stalled_node_is_dropped, .timeout = 120)
     int port = start_coord(COORD, e0, e1);
     char *want = complete(port);
     cr_assert_eq(kill(procs[NODE1].pid, SIGSTOP), 0);
-    char *r = request(port, "/v1/completions", PROMPT "}", 30);
-    cr_assert_eq(status_of(r), 503, "%s", r);
+    char *r = tproc_request(port, "/v1/completions", PROMPT "}", 30);
+    cr_assert_eq(tproc_status(r), 503, "%s", r);
     free(r);
     cr_assert_eq(kill(procs[NODE1].pid, SIGCONT), 0);
-    wait_health(port, 200, 15);
+    tproc_wait_health(port, 200, 15);
     double t0 = wire_now();
     while (!log_has(COORD, "dropping late RESULT") && !log_has(COORD, "RESULT of old request")) {
         cr_assert_lt(wire_now() - t0, 10.0, "the late RESULT was not seen being dropped");
