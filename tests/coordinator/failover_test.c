@@ -42,7 +42,7 @@ static tproc_t procs[N_PROC];
 
 static void start_proc(int slot, const char *const *argv, char *addr)
 {
-    tproc_start(&procs[slot], "failover", slot, argv, addr, 128);
+    tproc_start(&procs[slot], "failover", slot, argv, addr, 128, 15);
 }
 
 static bool log_has(int slot, const char *needle)

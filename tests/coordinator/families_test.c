@@ -23,6 +23,7 @@
 
 #include "coordinator/coord.h"
 #include "coordinator/mla.h"
+#include "tproc.h"
 #include "wire/wire.h"
 
 #define GOLDEN "../shared/golden"
@@ -698,21 +699,12 @@ Test(families, mla_cache_is_the_latent)
 /* ---------------------------------------------------------------- distributed */
 
 #define MAX_NODES 2
-static pid_t node_pid[MAX_NODES];
-static int node_out[MAX_NODES] = {-1, -1};
+static tproc_t nodes[MAX_NODES];
 static char node_ep[MAX_NODES][128];
 
 static void reap_nodes(void)
 {
-    for (int i = 0; i < MAX_NODES; i++) {
-        if (node_pid[i] > 0) {
-            kill(node_pid[i], SIGKILL);
-            waitpid(node_pid[i], NULL, 0);
-        }
-        node_pid[i] = 0;
-        if (node_out[i] >= 0) close(node_out[i]);
-        node_out[i] = -1;
-    }
+    tproc_reap(nodes, MAX_NODES, false);
     rm_tmp();
 }
 
@@ -720,45 +712,8 @@ static void reap_nodes(void)
  * waits up to 10 s for its "listening on" line. */
 static void spawn(int i)
 {
-    char self[PATH_MAX - 32], prog[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-    cr_assert(n > 0);
-    self[n] = 0;
-    *strrchr(self, '/') = 0;
-    *strrchr(self, '/') = 0;
-    snprintf(prog, sizeof(prog), "%s/bin/moemesh-expert", self);
-    cr_assert_eq(access(prog, X_OK), 0, "%s is missing: run make first", prog);
-    int fds[2];
-    cr_assert_eq(pipe(fds), 0);
-    pid_t parent = getpid(), pid = fork();
-    cr_assert_geq(pid, 0);
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent) _exit(127);
-        dup2(fds[1], 1);
-        close(fds[0]), close(fds[1]);
-        FILE *null = fopen("/dev/null", "w");
-        if (null && !getenv("MOEMESH_TEST_NODE_LOG")) dup2(fileno(null), 2);
-        char *argv[] = {prog, "-l", "tcp://127.0.0.1:*", NULL};
-        execv(prog, argv);
-        _exit(127);
-    }
-    close(fds[1]);
-    node_pid[i] = pid;
-    node_out[i] = fds[0];
-    char line[256];
-    size_t len = 0;
-    double deadline = wire_now() + 10;
-    while (len < sizeof(line) - 1) {
-        struct pollfd pf = {fds[0], POLLIN, 0};
-        int left = (int)((deadline - wire_now()) * 1e3);
-        cr_assert(left > 0 && poll(&pf, 1, left) == 1, "node %d did not start in 10 s", i);
-        cr_assert_eq(read(fds[0], line + len, 1), 1, "node %d exited", i);
-        if (line[len] == '\n') break;
-        len++;
-    }
-    line[len] = 0;
-    cr_assert_eq(sscanf(line, "listening on %127s", node_ep[i]), 1, "node said '%s'", line);
+    const char *argv[] = {"moemesh-expert", "-l", "tcp://127.0.0.1:*", NULL};
+    tproc_start(&nodes[i], "families", i, argv, node_ep[i], sizeof(node_ep[i]), 10);
 }
 
 /* m over two streamed nodes (f32 on the wire) against local: within 1e-5 sd and the same

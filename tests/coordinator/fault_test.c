@@ -35,7 +35,7 @@ static tproc_t procs[N_PROC + 1]; /* + the second coordinator */
 
 static void start_proc(int slot, const char *const *argv, char *addr, size_t cap)
 {
-    tproc_start(&procs[slot], "fault", slot, argv, addr, cap);
+    tproc_start(&procs[slot], "fault", slot, argv, addr, cap, 15);
 }
 
 static bool log_has(int slot, const char *needle)

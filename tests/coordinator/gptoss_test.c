@@ -25,6 +25,7 @@
 
 #include "coordinator/coord.h"
 #include "kernels/kern-int.h"
+#include "tproc.h"
 #include "wire/wire.h"
 
 static char oss_path[128], oss_bad[128];
@@ -536,21 +537,12 @@ Test(gptoss, harmony_template)
 /* ---------------------------------------------------------------- two expert nodes */
 
 #define OSS_NODES 2
-static pid_t oss_pid[OSS_NODES];
-static int oss_out[OSS_NODES] = {-1, -1};
+static tproc_t oss_nodes[OSS_NODES];
 static char oss_ep[OSS_NODES][128];
 
 static void oss_reap(void)
 {
-    for (int i = 0; i < OSS_NODES; i++) {
-        if (oss_pid[i] > 0) {
-            kill(oss_pid[i], SIGKILL);
-            waitpid(oss_pid[i], NULL, 0);
-        }
-        oss_pid[i] = 0;
-        if (oss_out[i] >= 0) close(oss_out[i]);
-        oss_out[i] = -1;
-    }
+    tproc_reap(oss_nodes, OSS_NODES, false);
     oss_cleanup();
 }
 
@@ -558,46 +550,9 @@ static void oss_reap(void)
  * transfer) or without (streamed); waits up to 10 s for its "listening on" line. */
 static void oss_spawn(int i, const char *model)
 {
-    char self[PATH_MAX - 32], prog[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-    cr_assert(n > 0);
-    self[n] = 0;
-    *strrchr(self, '/') = 0;
-    *strrchr(self, '/') = 0;
-    snprintf(prog, sizeof(prog), "%s/bin/moemesh-expert", self);
-    cr_assert_eq(access(prog, X_OK), 0, "%s is missing: run make first", prog);
-    int fds[2];
-    cr_assert_eq(pipe(fds), 0);
-    pid_t parent = getpid(), pid = fork();
-    cr_assert_geq(pid, 0);
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent) _exit(127);
-        dup2(fds[1], 1);
-        close(fds[0]), close(fds[1]);
-        FILE *null = fopen("/dev/null", "w");
-        if (null && !getenv("MOEMESH_TEST_NODE_LOG")) dup2(fileno(null), 2);
-        char *argv[] = {prog, "-l", "tcp://127.0.0.1:*", model ? "-m" : NULL, (char *)model,
-                        NULL};
-        execv(prog, argv);
-        _exit(127);
-    }
-    close(fds[1]);
-    oss_pid[i] = pid;
-    oss_out[i] = fds[0];
-    char line[256];
-    size_t len = 0;
-    double deadline = wire_now() + 10;
-    while (len < sizeof(line) - 1) {
-        struct pollfd pf = {fds[0], POLLIN, 0};
-        int left = (int)((deadline - wire_now()) * 1e3);
-        cr_assert(left > 0 && poll(&pf, 1, left) == 1, "node %d did not start in 10 s", i);
-        cr_assert_eq(read(fds[0], line + len, 1), 1, "node %d exited", i);
-        if (line[len] == '\n') break;
-        len++;
-    }
-    line[len] = 0;
-    cr_assert_eq(sscanf(line, "listening on %127s", oss_ep[i]), 1, "node said '%s'", line);
+    const char *argv[] = {"moemesh-expert", "-l", "tcp://127.0.0.1:*", model ? "-m" : NULL,
+                          model, NULL};
+    tproc_start(&oss_nodes[i], "gptoss", i, argv, oss_ep[i], sizeof(oss_ep[i]), 10);
 }
 
 TestSuite(gptoss_cluster, .fini = oss_reap);

@@ -32,7 +32,7 @@ void tproc_prog_path(const char *name, char *out, size_t cap)
 }
 
 void tproc_start(tproc_t *p, const char *tag, int slot, const char *const *argv, char *addr,
-                 size_t cap)
+                 size_t cap, double wait_s)
 {
     char prog[PATH_MAX];
     tproc_prog_path(argv[0], prog, sizeof(prog));
@@ -59,9 +59,12 @@ void tproc_start(tproc_t *p, const char *tag, int slot, const char *const *argv,
     p->pid = pid;
     char line[256];
     size_t len = 0;
+    double deadline = wire_now() + wait_s;
     while (len < sizeof(line) - 1) {
         struct pollfd pf = {fds[0], POLLIN, 0};
-        cr_assert_eq(poll(&pf, 1, 15000), 1, "%s: no 'listening on' line", argv[0]);
+        int left = (int)((deadline - wire_now()) * 1e3);
+        cr_assert(left > 0 && poll(&pf, 1, left) == 1, "%s: no 'listening on' line in %.0f s",
+                  argv[0], wait_s);
         cr_assert_eq(read(fds[0], line + len, 1), 1, "%s exited (log %s)", argv[0], p->log);
         if (line[len] == '\n') break;
         len++;

@@ -21,9 +21,9 @@ typedef struct {
 void tproc_prog_path(const char *name, char *out, size_t cap);
 /* Starts argv (argv[0] a program name in build/bin or build/san/bin) as p, stderr appended to
  * /tmp/moemesh-<tag>-<pid>-<slot>.log (kept across restarts of p), and copies what follows
- * "listening on " in its first stdout line into addr (15 s at most). */
+ * "listening on " in its first stdout line into addr (wait_s at most). */
 void tproc_start(tproc_t *p, const char *tag, int slot, const char *const *argv, char *addr,
-                 size_t cap);
+                 size_t cap, double wait_s);
 /* SIGCONT (a stopped process must be able to die), SIGKILL and reap; no-op when not running. */
 void tproc_kill(tproc_t *p);
 /* Kills all n and removes their logs unless keep_logs. */
