@@ -1,8 +1,8 @@
 /* Tests for kernels/gemm_avx2.c: every entry of the tiled product equals the scalar reference
  * dot of that weight row and activation row (kern_set_isa(KERN_ISA_SCALAR)) up to float
- * summation order, for tile edges (rows and tokens not multiples of the 2 x 4 tile), token
- * counts across the 64-token slice, rows across the 32-row slice, and it writes nothing outside
- * the nr x nx block of out.
+ * summation order, for tile edges (rows and tokens not multiples of the 4 x 4 tile), token
+ * counts across the 16-token slice, rows longer than the 256-block chunk of regrouped scales
+ * (summed in chunks), and it writes nothing outside the nr x nx block of out.
  *
  * Bound as in dot_avx2_test.c: both sides add the same exact integer block sums scaled in f32,
  * so |gemm - scalar| <= 2 * (nb + 16) * 2^-24 * B, B = sum over elements of 4 * amax(|w| in
@@ -92,6 +92,8 @@ Test(kern_gemm_avx2, tiles_equal_scalar_dots)
         const int64_t shapes[][3] = {
             {32, 1, 1},   {96, 2, 4},  {224, 3, 5},  {64, 5, 7},    {1056, 7, 9},
             {160, 1, 70}, {128, 2, 131}, {96, 35, 6}, {3104, 33, 66},
+            {64, 4, 16},  {64, 9, 17}, {32, 6, 15}, {8224, 5, 6}, /* 257 blocks: two chunks */
+            {16384, 3, 19}, {8192, 2, 3},
             {1056, 7, 1}, {3104, 3, 1}, {2048, 40, 1}, /* m = 1: the streaming row kernel */
         };
         for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++)
