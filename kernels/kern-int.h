@@ -72,6 +72,19 @@ extern kern_isa_t kern__isa;
 /* One weight row (type wt) against nx <= KERN__DOTN_MAX activation rows xq_stride bytes apart:
  * out[j * out_stride] = dot(w, row j), nx >= 1. Used by kern_matmul for small batches so the
  * weight unpacking is shared; NULL where a type has none (kernels/dot_avx2.c). */
+/* Rows per grab when the pool's threads share single-token products (decode) from a counter.
+ * Those stream every weight byte from memory, and a run ends when its slowest thread finishes
+ * its last grab, so a grab is sized by bytes: 256 KiB is ~14 us of one thread's read rate here
+ * (about 18 GB/s), while the ~7000 grabs a 1.8 GB decode step then takes cost well under 1% in
+ * atomics. Sizing by "eight grabs per thread" instead made a grab of the output matrix 20 MB
+ * (1 ms of tail per token) and of an expert matrix 1.7 MB. At least 16 rows. */
+#define KERN__GRAB_BYTES ((size_t)256 << 10)
+static inline int64_t kern__grab_rows(size_t row_bytes)
+{
+    const int64_t rows = (int64_t)(KERN__GRAB_BYTES / (row_bytes ? row_bytes : 1));
+    return rows < 16 ? 16 : rows;
+}
+
 #define KERN__DOTN_MAX 4
 typedef void (*kern__dotn_fn)(int64_t n, const void *w, const void *xq, size_t xq_stride, int nx,
                               float *out, size_t out_stride);

@@ -235,9 +235,9 @@ void kern_matmul(kern_pool_t *pool, float *out, const void *w, size_t w_stride, 
         t.chunk = TILE_ROWS;
         kern_pool_run(pool, blas_cb, &t);
     } else {
-        /* About eight chunks per thread balance well; at least 16 rows keep the counter's
-         * cache line from bouncing per row. */
-        t.chunk = d / (8 * nth);
+        /* A batch: about eight chunks per thread balance well; at least 16 rows keep the
+         * counter's cache line from bouncing per row. One token: kern__grab_rows. */
+        t.chunk = m == 1 ? kern__grab_rows(w_stride) : d / (8 * nth);
         if (t.chunk < 16) t.chunk = 16;
         kern_pool_run(pool, dot_cb, &t);
     }

@@ -105,11 +105,10 @@ static void round_act(kern_type_t dt, const float *x, int64_t n, void *q, float 
 
 static void run_mv(kern_pool_t *pool, mv_task_t *t, int64_t rows, int64_t n)
 {
-    const int nth = kern_pool_size(pool);
     t->rows = rows, t->n = n;
-    /* About eight grabs per thread over the whole run, at least 16 rows each. */
-    t->chunk = rows * t->n_mv / (8 * nth);
-    if (t->chunk < 16) t->chunk = 16;
+    /* Sized by bytes (kern__grab_rows), on the first product's row: the run's products share
+     * their shape, and their types differ at most by a few bits per weight. */
+    t->chunk = kern__grab_rows(kern_row_bytes(t->mv[0].wt, n));
     if (t->chunk > rows) t->chunk = rows;
     t->per = (rows + t->chunk - 1) / t->chunk;
     atomic_init(&t->next, 0);
