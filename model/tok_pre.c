@@ -131,9 +131,7 @@ enum {
 };
 
 static const family_t families[] = {
-    {"default",
-     {"[\\p{P}\\$\\+<=>\\^~\\|]+", RE_GPT2, "\\p{N}+", "[0-9][0-9][0-9]"},
-     0},
+    {"default", {"[\\p{P}\\$\\+<=>\\^~\\|]+", RE_GPT2, "\\p{N}+", "[0-9][0-9][0-9]"}, 0},
     {"gpt-2,gpt2,gpt-neox,mpt,olmo,jais,phi-2,roberta-bpe,jina-es,jina-de,jina-v1-en,"
      "jina-v2-es,jina-v2-de,jina-v2-code,gigachat",
      {RE_GPT2},
@@ -144,19 +142,13 @@ static const family_t families[] = {
      * its BOS; GLM's [gMASK]<sop> prefix is the chat template's text, not the tokenizer's. */
     {"chatglm-bpe,glm4", {RE_LLAMA3}, F_NO_DEFAULT_BOS},
     {"qwen2,stablelm2,megrez,deepseek-r1-qwen", {RE_QWEN2}, 0},
-    {"deepseek-llm",
-     {"[\\r\\n]", RE_DS_LETTERS, RE_DS_PUNCT, "\\s+$", RE_DS_CJK, "\\p{N}+"},
-     0},
-    {"deepseek-coder",
-     {"[\\r\\n]", "\\s?\\p{L}+", "\\s?\\p{P}+", RE_DS_CJK, "\\p{N}"},
-     0},
+    {"deepseek-llm", {"[\\r\\n]", RE_DS_LETTERS, RE_DS_PUNCT, "\\s+$", RE_DS_CJK, "\\p{N}+"}, 0},
+    {"deepseek-coder", {"[\\r\\n]", "\\s?\\p{L}+", "\\s?\\p{P}+", RE_DS_CJK, "\\p{N}"}, 0},
     {"deepseek-v3",
      {"\\p{N}{1,3}", "[\\x{4E00}-\\x{9FA5}\\x{3040}-\\x{309F}\\x{30A0}-\\x{30FF}]+", RE_DS3_MAIN},
      0},
     {"falcon", {"[\\p{P}\\$\\+<=>\\^~\\|`]+", RE_GPT2, "[0-9][0-9][0-9]"}, 0},
-    {"starcoder,refact,command-r,smollm,codeshell,exaone,minerva-7b",
-     {"\\p{N}", RE_GPT2},
-     0},
+    {"starcoder,refact,command-r,smollm,codeshell,exaone,minerva-7b", {"\\p{N}", RE_GPT2}, 0},
     {"poro-chat,bloom,gpt3-finnish", {RE_BLOOM}, 0},
     {"viking", {RE_BLOOM, "\\p{N}"}, 0},
     {"tekken", {RE_TEKKEN}, F_IGNORE_MERGES | F_ADD_BOS},
