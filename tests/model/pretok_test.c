@@ -534,6 +534,23 @@ static void round_trip_all(const model_tok_t *t, const char *what)
     /* Invalid UTF-8 is classified as U+FFFD but kept byte for byte. */
     static const char bad[] = "it's\xFF\xC3(\x80" NI "\xE4\xBD";
     expect_round_trip(t, what, bad, sizeof(bad) - 1, false);
+    /* Seeded random bytes, biased to the pieces the rules care about, round-trip too. */
+    static const char *const bits[] = {
+        "it",   "'s",           "'",        " ",     "\n",  "\r", "1", NI,
+        ITER,   UNASSIGNED_HAN, LLAMA,      ZWJ,     ACUTE, MVS,  "!", "\xC3",
+        "\xFF", "\x80",         "\xE4\xBD", "[EOT]", "\t"};
+    uint64_t x = 0x2545F4914F6CDD1Dull;
+    for (int iter = 0; iter < 300; iter++) {
+        char s[256];
+        size_t len = 0;
+        for (int k = 0; k < 1 + iter % 40; k++) {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            const char *b = bits[x % (sizeof(bits) / sizeof(bits[0]))];
+            memcpy(s + len, b, strlen(b));
+            len += strlen(b);
+        }
+        expect_round_trip(t, what, s, len, (x >> 32) & 1);
+    }
     /* Control-token text is plain text without parse_special, the token with it. */
     expect_round_trip(t, what, "[gMASK]<sop>it's[EOT]", 21, false);
     expect_round_trip(t, what, "[gMASK]<sop>it's[EOT]", 21, true);
