@@ -113,6 +113,10 @@ void model__pre_free(model__pre_t *p);
 /* llama.cpp's per-family flags: whole words that are tokens skip merging; BOS by default. */
 bool model__pre_ignore_merges(const model__pre_t *p);
 bool model__pre_add_bos(const model__pre_t *p);
+/* Whether the family has no default BOS id (only the metadata's), as llama.cpp's chatglm/glm4. */
+bool model__pre_no_default_bos(const model__pre_t *p);
+/* Whether llama.cpp accepts the family's vocabulary without tokenizer.ggml.merges (kimi-k2). */
+bool model__pre_merges_optional(const model__pre_t *p);
 /* Comma-separated supported names (static string). */
 const char *model__pre_names(void);
 /* Appends the pieces of text (len bytes, any bytes) to out, as spans covering the text in

@@ -168,16 +168,16 @@ static int cmp_special(const void *a, const void *b)
 /* End-of-turn, end-of-generation and FIM texts llama.cpp recognises when the metadata lacks ids;
  * such tokens are forced to CONTROL as llama.cpp does. */
 static const char *const eot_texts[] = {"<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>",
-                                        "<|endoftext|>", "<EOT>", "_<EOT>",
+                                        "<|endoftext|>", "<EOT>", "_<EOT>", "[EOT]",
                                         "<\xEF\xBD\x9C" "end\xE2\x96\x81of\xE2\x96\x81sentence"
                                         "\xEF\xBD\x9C>", "<|end_of_text|>", NULL};
 static const char *const eog_texts[] = {"<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>",
                                         "<|call|>", "<end_of_turn>", "<|endoftext|>",
-                                        "<|eom_id|>", "<EOT>", "_<EOT>", "<|end_of_text|>",
-                                        "<end_of_utterance>", NULL};
-static const char *const fim_eog_texts[] = {"<|fim_pad|>", "<fim-pad>", "<PAD>", "<|fim_repo|>",
-                                            "<|repo_name|>", "<fim-repo>", "<REPO>",
-                                            "<|file_sep|>", NULL};
+                                        "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
+                                        "<|end_of_text|>", "<end_of_utterance>", NULL};
+static const char *const fim_eog_texts[] = {"<|fim_pad|>", "<fim-pad>", "<PAD>", "[PAD]",
+                                            "<|fim_repo|>", "<|repo_name|>", "<fim-repo>",
+                                            "<REPO>", "<|file_sep|>", NULL};
 
 static void add_eog(model_tok_t *t, int32_t id)
 {
@@ -271,7 +271,7 @@ int model__tok_build(const model__tok_spec_t *sp, model_tok_t **out)
         if ((rc = model__pre_new(sp->pre, &t->pre)) != 0) goto fail;
         rc = MODEL_E_VOCAB;
     }
-    t->bos = special_id(t, sp->bos, spm ? 1 : 11, "BOS");
+    t->bos = special_id(t, sp->bos, spm ? 1 : model__pre_no_default_bos(t->pre) ? -1 : 11, "BOS");
     t->eos = special_id(t, sp->eos, spm ? 2 : 11, "EOS");
     t->unk = special_id(t, sp->unk, spm ? 0 : -1, "UNK");
     t->pad = special_id(t, sp->pad, -1, "PAD");
@@ -286,7 +286,12 @@ int model__tok_build(const model__tok_spec_t *sp, model_tok_t **out)
     if (sp->add_eos >= 0) t->add_eos = sp->add_eos;
 
     if (!spm) {
-        if (!sp->merges || sp->n_merges < 0) {
+        if (!sp->merges && sp->n_merges == 0 && model__pre_merges_optional(t->pre)) {
+            /* llama.cpp loads such a vocabulary too; every word then splits into its
+             * characters' tokens. */
+            LOG_WARN("no tokenizer.ggml.merges; pre-tokenizer '%s' allows that, words will not "
+                     "merge", sp->pre);
+        } else if (!sp->merges || sp->n_merges < 0) {
             LOG_ERR("byte-level BPE vocabulary without tokenizer.ggml.merges");
             goto fail;
         }

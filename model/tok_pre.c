@@ -83,47 +83,78 @@
     RE_UPPER "+" RE_LOWER "*" RE_CONTRACTIONS "?|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*"      \
     "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
 
+/* Kimi K2 ("kimi-k2"). Moonshot's tiktoken pat_str splits Han runs first, then case-aware words
+ * without Han, digit triples, punctuation, whitespace. llama.cpp does not run that pattern: its
+ * pre type names the trigger "\p{Han}+", which unicode.cpp replaces by a hand-written scanner
+ * (unicode_regex_split_custom_kimi_k2), and the scanner is what llama.cpp tokenizes with. We
+ * reproduce the scanner, not the pat_str; the two differ in two ways:
+ *   - Han is a fixed list of code point blocks (CJK Unified Ideographs and Extensions A..F,
+ *     Compatibility Ideographs and their Supplement), not the Unicode Han script: U+3005 and
+ *     U+3007 and the radicals are ordinary letters here, and unassigned points inside those
+ *     blocks still count as Han;
+ *   - a word is any run of non-Han letters, case ignored ("getUserName" is one word; the
+ *     pat_str would cut get|User|Name), and marks (\p{M}) are not part of words.
+ * The scanner's steps at each position, in order, are these leftmost-first alternatives:
+ *   Han run | optional lead (not CR, LF, letter, digit) + non-Han letters + optional ASCII
+ *   case-insensitive 's 't 're 've 'm 'll 'd | 1-3 digits | optional space + run of
+ *   non-whitespace non-letter non-digit + CR/LF run | whitespace up to its last CR/LF |
+ *   whitespace not followed by non-whitespace | whitespace.
+ * One regex says the same: no alternative can match where an earlier one could, and each
+ * takes what the scanner's greedy loop takes. */
+#define RE_K2_HAN                                                                                  \
+    "\\x{3400}-\\x{4DBF}\\x{4E00}-\\x{9FFF}\\x{F900}-\\x{FAFF}\\x{20000}-\\x{2A6DF}"               \
+    "\\x{2A700}-\\x{2EBEF}\\x{2F800}-\\x{2FA1F}"
+#define RE_KIMI_K2                                                                                 \
+    "[" RE_K2_HAN "]+|[^\\r\\n\\p{L}\\p{N}]?[^\\P{L}" RE_K2_HAN "]+" RE_CONTRACTIONS "?"           \
+    "|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
+
+/* llama.cpp's whitespace (\s) is Unicode White_Space: its is_whitespace table, and std::regex
+ * on text where it maps other whitespace to \v. PCRE2 10.42's \s also takes U+180E MONGOLIAN
+ * VOWEL SEPARATOR, so every \s and \S of the table is spelled out with this set (spell_ws). */
+#define WS_SET                                                                                     \
+    "\\t-\\r \\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}"       \
+    "\\x{3000}"
+
 typedef struct {
     const char *names; /* tokenizer.ggml.pre values, ',' separated */
     const char *re[7]; /* NULL-terminated */
-    bool ignore_merges, add_bos;
+    unsigned flags;    /* F_* */
 } family_t;
 
+/* llama.cpp's per-family settings. */
+enum {
+    F_IGNORE_MERGES = 1 << 0,   /* a word that is itself a token skips merging */
+    F_ADD_BOS = 1 << 1,         /* BOS added by default */
+    F_NO_DEFAULT_BOS = 1 << 2,  /* no BOS id unless the metadata names one (special_bos_id =
+                                 * LLAMA_TOKEN_NULL) instead of byte-level BPE's default 11 */
+    F_MERGES_OPTIONAL = 1 << 3, /* the vocabulary loads without tokenizer.ggml.merges */
+};
+
 static const family_t families[] = {
-    {"default",
-     {"[\\p{P}\\$\\+<=>\\^~\\|]+", RE_GPT2, "\\p{N}+", "[0-9][0-9][0-9]"},
-     false,
-     false},
+    {"default", {"[\\p{P}\\$\\+<=>\\^~\\|]+", RE_GPT2, "\\p{N}+", "[0-9][0-9][0-9]"}, 0},
     {"gpt-2,gpt2,gpt-neox,mpt,olmo,jais,phi-2,roberta-bpe,jina-es,jina-de,jina-v1-en,"
      "jina-v2-es,jina-v2-de,jina-v2-code,gigachat",
      {RE_GPT2},
-     false,
-     false},
-    {"llama3,llama-v3,llama-bpe,falcon3", {RE_LLAMA3}, true, true},
-    {"dbrx,smaug-bpe,chatglm-bpe", {RE_LLAMA3}, false, false},
-    {"qwen2,stablelm2,megrez,deepseek-r1-qwen", {RE_QWEN2}, false, false},
-    {"deepseek-llm",
-     {"[\\r\\n]", RE_DS_LETTERS, RE_DS_PUNCT, "\\s+$", RE_DS_CJK, "\\p{N}+"},
-     false,
-     false},
-    {"deepseek-coder",
-     {"[\\r\\n]", "\\s?\\p{L}+", "\\s?\\p{P}+", RE_DS_CJK, "\\p{N}"},
-     false,
-     false},
+     0},
+    {"llama3,llama-v3,llama-bpe,falcon3", {RE_LLAMA3}, F_IGNORE_MERGES | F_ADD_BOS},
+    {"dbrx,smaug-bpe", {RE_LLAMA3}, 0},
+    /* ChatGLM-4 and GLM-4.5 / 4.6 / Air: Llama 3's split, but neither its whole-word lookup nor
+     * its BOS; GLM's [gMASK]<sop> prefix is the chat template's text, not the tokenizer's. */
+    {"chatglm-bpe,glm4", {RE_LLAMA3}, F_NO_DEFAULT_BOS},
+    {"qwen2,stablelm2,megrez,deepseek-r1-qwen", {RE_QWEN2}, 0},
+    {"deepseek-llm", {"[\\r\\n]", RE_DS_LETTERS, RE_DS_PUNCT, "\\s+$", RE_DS_CJK, "\\p{N}+"}, 0},
+    {"deepseek-coder", {"[\\r\\n]", "\\s?\\p{L}+", "\\s?\\p{P}+", RE_DS_CJK, "\\p{N}"}, 0},
     {"deepseek-v3",
      {"\\p{N}{1,3}", "[\\x{4E00}-\\x{9FA5}\\x{3040}-\\x{309F}\\x{30A0}-\\x{30FF}]+", RE_DS3_MAIN},
-     false,
-     false},
-    {"falcon", {"[\\p{P}\\$\\+<=>\\^~\\|`]+", RE_GPT2, "[0-9][0-9][0-9]"}, false, false},
-    {"starcoder,refact,command-r,smollm,codeshell,exaone,minerva-7b",
-     {"\\p{N}", RE_GPT2},
-     false,
-     false},
-    {"poro-chat,bloom,gpt3-finnish", {RE_BLOOM}, false, false},
-    {"viking", {RE_BLOOM, "\\p{N}"}, false, false},
-    {"tekken", {RE_TEKKEN}, true, true},
-    {"gpt-4o", {RE_O200K}, false, false},
-    {"llama4", {RE_O200K}, true, true},
+     0},
+    {"falcon", {"[\\p{P}\\$\\+<=>\\^~\\|`]+", RE_GPT2, "[0-9][0-9][0-9]"}, 0},
+    {"starcoder,refact,command-r,smollm,codeshell,exaone,minerva-7b", {"\\p{N}", RE_GPT2}, 0},
+    {"poro-chat,bloom,gpt3-finnish", {RE_BLOOM}, 0},
+    {"viking", {RE_BLOOM, "\\p{N}"}, 0},
+    {"tekken", {RE_TEKKEN}, F_IGNORE_MERGES | F_ADD_BOS},
+    {"gpt-4o", {RE_O200K}, 0},
+    {"llama4", {RE_O200K}, F_IGNORE_MERGES | F_ADD_BOS},
+    {"kimi-k2", {RE_KIMI_K2}, F_MERGES_OPTIONAL},
 };
 enum { N_FAMILIES = sizeof(families) / sizeof(families[0]) };
 
@@ -139,7 +170,7 @@ const char *model__pre_names(void)
            "gigachat, llama3, llama-v3, llama-bpe, falcon3, dbrx, smaug-bpe, chatglm-bpe, qwen2, "
            "stablelm2, megrez, deepseek-r1-qwen, deepseek-llm, deepseek-coder, deepseek-v3, "
            "falcon, starcoder, refact, command-r, smollm, codeshell, exaone, minerva-7b, "
-           "poro-chat, bloom, gpt3-finnish, viking, tekken, gpt-4o, llama4";
+           "poro-chat, bloom, gpt3-finnish, viking, tekken, gpt-4o, llama4, glm4, kimi-k2";
 }
 
 /* Whether name is one of the comma-separated names in list. */
@@ -154,6 +185,42 @@ static bool in_list(const char *list, const char *name)
         p = e + 1;
     }
     return false;
+}
+
+/* Copy of regex re with each \s and \S written as a WS_SET class (malloc'd). Knows only what the
+ * table uses: escapes are two characters or \x{...}/\p{...} whose tail is plain text, and
+ * classes do not nest. \S inside a class would need set subtraction; the table has none. */
+static char *spell_ws(const char *re)
+{
+    static const char ws[] = WS_SET;
+    size_t n = strlen(re), k = sizeof(ws) - 1;
+    /* Each 2-byte \s or \S grows to at most k + 3 bytes. */
+    char *out = xmalloc(n / 2 * (k + 3) + n + 1), *o = out;
+    bool in_class = false;
+    for (const char *p = re; *p; p++) {
+        if (p[0] == '\\' && (p[1] == 's' || p[1] == 'S')) {
+            CHECK(!(in_class && p[1] == 'S'));
+            if (!in_class) *o++ = '[';
+            if (!in_class && p[1] == 'S') *o++ = '^';
+            memcpy(o, ws, k);
+            o += k;
+            if (!in_class) *o++ = ']';
+            p++;
+        } else if (p[0] == '\\' && p[1]) {
+            *o++ = *p++;
+            *o++ = *p;
+        } else if (p[0] == '[' && !in_class) {
+            in_class = true;
+            *o++ = *p;
+            if (p[1] == '^') *o++ = *++p;
+            if (p[1] == ']') *o++ = *++p; /* a leading ] is a literal */
+        } else {
+            if (p[0] == ']') in_class = false;
+            *o++ = *p;
+        }
+    }
+    *o = 0;
+    return out;
 }
 
 int model__pre_new(const char *name, model__pre_t **out)
@@ -173,8 +240,10 @@ int model__pre_new(const char *name, model__pre_t **out)
     for (int i = 0; i < 7 && fam->re[i]; i++) {
         int err;
         PCRE2_SIZE at;
-        p->code[i] = pcre2_compile((PCRE2_SPTR)fam->re[i], PCRE2_ZERO_TERMINATED,
+        char *re = spell_ws(fam->re[i]);
+        p->code[i] = pcre2_compile((PCRE2_SPTR)re, PCRE2_ZERO_TERMINATED,
                                    PCRE2_UTF | PCRE2_UCP | PCRE2_DOLLAR_ENDONLY, &err, &at, NULL);
+        free(re);
         /* The table is ours: a regex that does not compile is a bug, not bad input. */
         CHECK(p->code[i] != NULL);
         /* JIT is an optimisation; without it (no JIT support) the interpreter runs. */
@@ -192,8 +261,13 @@ void model__pre_free(model__pre_t *p)
     free(p);
 }
 
-bool model__pre_ignore_merges(const model__pre_t *p) { return p->fam->ignore_merges; }
-bool model__pre_add_bos(const model__pre_t *p) { return p->fam->add_bos; }
+bool model__pre_ignore_merges(const model__pre_t *p) { return p->fam->flags & F_IGNORE_MERGES; }
+bool model__pre_add_bos(const model__pre_t *p) { return p->fam->flags & F_ADD_BOS; }
+bool model__pre_no_default_bos(const model__pre_t *p) { return p->fam->flags & F_NO_DEFAULT_BOS; }
+bool model__pre_merges_optional(const model__pre_t *p)
+{
+    return p->fam->flags & F_MERGES_OPTIONAL;
+}
 
 /* Splits subject s (n bytes, valid UTF-8) with one regex, appending spans offset by base. */
 static int split_one(const pcre2_code *re, pcre2_match_data *md, const char *s, size_t n,
