@@ -281,9 +281,7 @@ static const arch_t archs[] = {
     {"llama", "llama-bpe", llama_special, 5, 0, 4, -1, true, 1e-5f, llama3_chat},
     {"olmoe", "olmo", olmo_special, 2, 0, 0, 1, false, 1e-5f, NULL},
     {"deepseek2", "deepseek-llm", deepseek_special, 2, 0, 1, -1, true, 1e-6f, NULL},
-    /* GLM-4.5's own pre-tokenizer ("glm4") is not one moemesh has; its byte-level BPE is
-     * close enough to qwen2's for random weights. */
-    {"glm4moe", "qwen2", glm_special, 5, 1, 0, 0, false, 1e-5f, NULL},
+    {"glm4moe", "glm4", glm_special, 5, 1, 0, 0, false, 1e-5f, NULL},
     {"gpt-oss", "gpt-4o", oss_special, 9, 0, 2, 1, false, 1e-5f, harmony_chat},
 };
 
