@@ -27,6 +27,8 @@
 #include <unistd.h>
 
 #include "coordinator/coord.h"
+#include "tlogits.h"
+#include "tproc.h"
 #include "wire/wire.h"
 
 #define GOLDEN "../shared/golden"
@@ -34,123 +36,55 @@
 
 /* ---------------------------------------------------------------- node processes */
 
-typedef struct {
-    pid_t pid;
-    int out;            /* read end of the node's stdout */
-    char endpoint[128]; /* from its "listening on" line */
-} node_t;
-
-static node_t nodes[MAX_NODES];
+static tproc_t nodes[MAX_NODES];
+static char node_ep[MAX_NODES][128]; /* from each node's "listening on" line */
 static int n_nodes;
 
 /* The moemesh-expert beside this binary; MOEMESH_TEST_EXPERT names another (debugging). */
 static void expert_path(char *out, size_t cap)
 {
-    if (getenv("MOEMESH_TEST_EXPERT")) {
+    if (getenv("MOEMESH_TEST_EXPERT"))
         snprintf(out, cap, "%s", getenv("MOEMESH_TEST_EXPERT"));
-        return;
-    }
-    char self[PATH_MAX - 32];
-    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-    cr_assert(n > 0);
-    self[n] = 0;
-    *strrchr(self, '/') = 0; /* .../tests */
-    *strrchr(self, '/') = 0; /* build or build/san */
-    snprintf(out, cap, "%s/bin/moemesh-expert", self);
-    cr_assert_eq(access(out, X_OK), 0, "%s is missing: run make first", out);
-}
-
-static void kill_node(int i)
-{
-    if (nodes[i].pid > 0) {
-        kill(nodes[i].pid, SIGKILL);
-        waitpid(nodes[i].pid, NULL, 0);
-        nodes[i].pid = 0;
-    }
-    if (nodes[i].out >= 0) close(nodes[i].out);
-    nodes[i].out = -1;
+    else
+        tproc_prog_path("moemesh-expert", out, cap);
 }
 
 static void reap_all(void)
 {
-    for (int i = 0; i < n_nodes; i++) kill_node(i);
+    tproc_reap(nodes, n_nodes, false);
     n_nodes = 0;
 }
 
 /* Starts one node (model: NULL to have its shard streamed; curve: a --curve-keys DIR or NULL)
- * and waits up to 10 s for its "listening on tcp://127.0.0.1:PORT" line. */
-static node_t *spawn_node_curve(const char *model, const char *curve)
+ * and waits up to 10 s for its "listening on tcp://127.0.0.1:PORT" line; returns that
+ * endpoint. */
+static const char *spawn_node_curve(const char *model, const char *curve)
 {
     cr_assert_lt(n_nodes, MAX_NODES);
     char prog[PATH_MAX];
     expert_path(prog, sizeof(prog));
-    int fds[2];
-    cr_assert_eq(pipe(fds), 0);
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    cr_assert_geq(pid, 0);
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent) _exit(127);
-        dup2(fds[1], 1);
-        close(fds[0]), close(fds[1]);
-        /* Node logs are noise unless asked for: MOEMESH_TEST_NODE_LOG=DIR keeps each node's
-         * in DIR/node-PID.log (for failures seen only in long runs), any other value lets
-         * them through to our stderr. */
-        const char *keep = getenv("MOEMESH_TEST_NODE_LOG");
-        char where[PATH_MAX];
-        struct stat sb;
-        int fd = -1;
-        if (keep && stat(keep, &sb) == 0 && S_ISDIR(sb.st_mode)) {
-            snprintf(where, sizeof(where), "%s/node-%d.log", keep, (int)getpid());
-            fd = open(where, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-        } else if (!keep) {
-            fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
-        }
-        if (fd >= 0) dup2(fd, 2);
-        char *argv[8];
-        int a = 0;
-        argv[a++] = prog;
-        argv[a++] = "-l";
-        argv[a++] = "tcp://127.0.0.1:*";
-        if (model) argv[a++] = "-m", argv[a++] = (char *)model;
-        if (curve) argv[a++] = "--curve-keys", argv[a++] = (char *)curve;
-        argv[a] = NULL;
-        execv(prog, argv);
-        _exit(127);
-    }
-    close(fds[1]);
-    node_t *n = &nodes[n_nodes++];
-    n->pid = pid;
-    n->out = fds[0];
-    n->endpoint[0] = 0;
-    char line[256];
-    size_t len = 0;
-    double deadline = wire_now() + 10;
-    while (len < sizeof(line) - 1) {
-        struct pollfd p = {fds[0], POLLIN, 0};
-        int left = (int)((deadline - wire_now()) * 1e3);
-        cr_assert(left > 0 && poll(&p, 1, left) == 1, "node %d: no 'listening on' line in 10 s",
-                  n_nodes - 1);
-        ssize_t r = read(fds[0], line + len, 1);
-        cr_assert_eq(r, 1, "node %d exited before listening", n_nodes - 1);
-        if (line[len] == '\n') break;
-        len++;
-    }
-    line[len] = 0;
-    cr_assert_eq(sscanf(line, "listening on %127s", n->endpoint), 1, "node said '%s'", line);
-    cr_assert(strncmp(n->endpoint, "tcp://127.0.0.1:", 16) == 0, "endpoint %s", n->endpoint);
-    return n;
+    const char *argv[8];
+    int a = 0;
+    argv[a++] = prog;
+    argv[a++] = "-l";
+    argv[a++] = "tcp://127.0.0.1:*";
+    if (model) argv[a++] = "-m", argv[a++] = model;
+    if (curve) argv[a++] = "--curve-keys", argv[a++] = curve;
+    argv[a] = NULL;
+    char *ep = node_ep[n_nodes];
+    tproc_spawn(&nodes[n_nodes++], argv, ep, sizeof(node_ep[0]), 10);
+    cr_assert(strncmp(ep, "tcp://127.0.0.1:", 16) == 0, "endpoint %s", ep);
+    return ep;
 }
 
-static node_t *spawn_node(const char *model)
+static const char *spawn_node(const char *model)
 {
     return spawn_node_curve(model, NULL);
 }
 
 static void setup(void)
 {
-    for (int i = 0; i < MAX_NODES; i++) nodes[i] = (node_t){0, -1, ""};
+    memset(nodes, 0, sizeof(nodes));
     n_nodes = 0;
     signal(SIGPIPE, SIG_IGN);
 }
@@ -187,91 +121,20 @@ static char *capture_end(void)
     return s;
 }
 
-/* ---------------------------------------------------------------- golden ids */
-
-/* prompt_ids then greedy_ids of a golden file into ids (cap); returns the count. */
-static int golden_ids(const char *name, int32_t *ids, int cap, int *n_prompt)
-{
-    char path[512];
-    snprintf(path, sizeof(path), "%s/%s.golden", GOLDEN, name);
-    FILE *f = fopen(path, "r");
-    cr_assert_not_null(f, "cannot open %s", path);
-    char *line = malloc(1 << 20);
-    int n = 0;
-    *n_prompt = 0;
-    while (fgets(line, 1 << 20, f)) {
-        bool prompt = !strncmp(line, "prompt_ids ", 11), greedy = !strncmp(line, "greedy_ids ", 11);
-        if (!prompt && !greedy) continue;
-        char *end;
-        long c = strtol(line + 11, &end, 10);
-        for (long i = 0; i < c && n < cap; i++) ids[n++] = (int32_t)strtol(end, &end, 10);
-        if (prompt) *n_prompt = n;
-    }
-    free(line);
-    fclose(f);
-    cr_assert(n > *n_prompt && *n_prompt > 0, "%s: no ids", path);
-    return n;
-}
-
 /* ---------------------------------------------------------------- engine runs */
 
 #define MAX_TOK 128
 
-/* Teacher-forced logits (n, V) of ids, and greedy tokens (n_greedy) decoded one per call from
- * the prompt. */
-static void run_engine(const model_t *m, coord_experts_t *ex, kern_pool_t *pool,
-                       const int32_t *ids, int n, int n_prompt, float *logits, int32_t *greedy)
+/* Remote experts rx against local lx over ids: the worst distance in sd and how many positions
+ * exceed tol, the greedy tokens of each. One micro-batch: remote and local then run matrix
+ * products of the same shapes, so only the order the nodes' sums are added differs
+ * (tests/coordinator/overlap_test.c compares micro-batched runs with this plain path). */
+static double compare(const model_t *m, coord_experts_t *lx, coord_experts_t *rx,
+                      kern_pool_t *pool, const int32_t *ids, int n, int n_prompt, double tol,
+                      int *over, int32_t *gref, int32_t *gout)
 {
-    const int V = m->hp.n_vocab;
-    coord_engine_params_t p = coord_engine_params_default();
-    p.n_ctx = n + 8;
-    p.n_batch = n;
-    /* One micro-batch: remote and local then run matrix products of the same shapes, so only
-     * the order the nodes' sums are added differs (tests/coordinator/overlap_test.c compares
-     * micro-batched runs with this plain path). */
-    p.n_micro = 1;
-    coord_engine_t *e = coord_engine_new(m, ex, pool, &p);
-    cr_assert_not_null(e);
-    int32_t pos[MAX_TOK], slot[MAX_TOK] = {0};
-    bool want[MAX_TOK];
-    for (int i = 0; i < n; i++) pos[i] = i, want[i] = true;
-    coord_batch_t b = {.n = n, .tok = ids, .pos = pos, .slot = slot, .want = want};
-    cr_assert_eq(coord_engine_decode(e, &b, logits), 0);
-
-    coord_engine_clear_slot(e, 0);
-    float *l = malloc(sizeof(float) * V);
-    b = (coord_batch_t){.n = n_prompt, .tok = ids, .pos = pos, .slot = slot};
-    cr_assert_eq(coord_engine_decode(e, &b, l), 0);
-    for (int i = 0; i < n - n_prompt; i++) {
-        int32_t next = 0;
-        for (int v = 1; v < V; v++)
-            if (l[v] > l[next]) next = v;
-        greedy[i] = next;
-        int32_t ps = n_prompt + i;
-        b = (coord_batch_t){.n = 1, .tok = &next, .pos = &ps, .slot = slot};
-        cr_assert_eq(coord_engine_decode(e, &b, l), 0);
-    }
-    free(l);
-    coord_engine_free(e);
-}
-
-/* Largest |out - ref| / sd(ref) over positions, and how many positions exceed tol. */
-static double compare(const float *ref, const float *out, int n, int V, double tol, int *over)
-{
-    double worst = 0;
-    *over = 0;
-    for (int p = 0; p < n; p++) {
-        const float *r = ref + (size_t)p * V, *o = out + (size_t)p * V;
-        double mean = 0, var = 0, maxd = 0;
-        for (int v = 0; v < V; v++) mean += r[v];
-        mean /= V;
-        for (int v = 0; v < V; v++) var += (r[v] - mean) * (r[v] - mean);
-        for (int v = 0; v < V; v++) maxd = fmax(maxd, fabs((double)o[v] - r[v]));
-        double e = maxd / sqrt(var / V);
-        if (e > tol) (*over)++;
-        worst = fmax(worst, e);
-    }
-    return worst;
+    return tlogits_compare(m, lx, rx, pool, (tlogits_opts_t){.n_micro = 1}, ids, n, n_prompt,
+                           tol, over, gref, gout);
 }
 
 /* Starts n nodes (from the file when from_file, else streamed) for golden model name, places
@@ -285,11 +148,11 @@ static void check_model_r(const char *name, int n, int replicas, bool from_file,
     model_t *m = NULL;
     cr_assert_eq(model_load(path, &m), 0, "%s", path);
     int32_t ids[MAX_TOK];
-    int n_prompt, N = golden_ids(name, ids, MAX_TOK, &n_prompt);
-    const int V = m->hp.n_vocab, G = N - n_prompt;
+    int n_prompt, N = tlogits_golden_ids(name, ids, MAX_TOK, &n_prompt);
+    const int G = N - n_prompt;
 
     const char *eps[MAX_NODES];
-    for (int i = 0; i < n; i++) eps[i] = spawn_node(from_file ? path : NULL)->endpoint;
+    for (int i = 0; i < n; i++) eps[i] = spawn_node(from_file ? path : NULL);
     coord_cluster_config_t cc = coord_cluster_config_default();
     cc.n_nodes = n;
     cc.endpoints = eps;
@@ -333,13 +196,9 @@ static void check_model_r(const char *name, int n, int replicas, bool from_file,
     kern_pool_t *pool = kern_pool_new(2);
     coord_experts_t *lx = coord_experts_local_new(m, pool, N);
     coord_experts_t *rx = coord_experts_remote_new(c, N);
-    float *ref = malloc(sizeof(float) * (size_t)N * V);
-    float *out = malloc(sizeof(float) * (size_t)N * V);
     int32_t gref[MAX_TOK], gout[MAX_TOK];
-    run_engine(m, lx, pool, ids, N, n_prompt, ref, gref);
-    run_engine(m, rx, pool, ids, N, n_prompt, out, gout);
     int over;
-    double worst = compare(ref, out, N, V, tol, &over);
+    double worst = compare(m, lx, rx, pool, ids, N, n_prompt, tol, &over, gref, gout);
     cr_log_info("%s, %d node(s)%s, %d replica(s), %s wire: worst %.3g sd (tol %.3g), %d over",
                 name, n, from_file ? " with -m" : "", replicas, wire_dtype_name(wt), worst, tol,
                 over);
@@ -361,7 +220,6 @@ static void check_model_r(const char *name, int n, int replicas, bool from_file,
                          i);
     }
     cr_expect_geq(reqs, (uint64_t)moe_layers * (1 + G), "every layer of every call went out");
-    free(ref), free(out);
     coord_experts_free(rx);
     coord_experts_free(lx);
     kern_pool_free(pool);
@@ -437,7 +295,7 @@ static model_t *load(const char *name)
 Test(cluster, killed_node_fails_the_next_call_in_time, .timeout = 60)
 {
     model_t *m = load("qwen3moe-tiny-f32");
-    const char *eps[2] = {spawn_node(NULL)->endpoint, spawn_node(NULL)->endpoint};
+    const char *eps[2] = {spawn_node(NULL), spawn_node(NULL)};
     coord_cluster_config_t cc = coord_cluster_config_default();
     cc.n_nodes = 2;
     cc.endpoints = eps;
@@ -458,8 +316,8 @@ Test(cluster, killed_node_fails_the_next_call_in_time, .timeout = 60)
     cr_assert_eq(coord_engine_decode(e, &b, l), 0);
 
     char victim[192];
-    snprintf(victim, sizeof(victim), "expert node 1 (%s)", nodes[1].endpoint);
-    kill_node(1);
+    snprintf(victim, sizeof(victim), "expert node 1 (%s)", node_ep[1]);
+    tproc_kill(&nodes[1]);
     capture_begin();
     double t0 = wire_now();
     b = (coord_batch_t){.n = 8, .tok = tok + 8, .pos = pos + 8, .slot = slot};
@@ -483,7 +341,7 @@ Test(cluster, killed_node_fails_the_next_call_in_time, .timeout = 60)
 Test(cluster, corrupted_chunk_fails_start_up, .timeout = 60)
 {
     model_t *m = load("mixtral-tiny-f32");
-    const char *eps[2] = {spawn_node(NULL)->endpoint, spawn_node(NULL)->endpoint};
+    const char *eps[2] = {spawn_node(NULL), spawn_node(NULL)};
     coord_cluster_config_t cc = coord_cluster_config_default();
     cc.n_nodes = 2;
     cc.endpoints = eps;
@@ -511,7 +369,7 @@ Test(cluster, corrupted_chunk_fails_start_up, .timeout = 60)
 Test(cluster, ready_queued_behind_the_last_chunk_is_kept, .timeout = 60)
 {
     model_t *m = load("qwen3moe-tiny-f32");
-    const char *eps[2] = {spawn_node(NULL)->endpoint, spawn_node(NULL)->endpoint};
+    const char *eps[2] = {spawn_node(NULL), spawn_node(NULL)};
     coord_cluster_config_t cc = coord_cluster_config_default();
     cc.n_nodes = 2;
     cc.endpoints = eps;
@@ -563,12 +421,12 @@ Test(cluster, more_replicas_than_nodes_are_refused, .timeout = 30)
 Test(cluster, unreachable_node_fails_start_up_at_the_deadline, .timeout = 30)
 {
     model_t *m = load("qwen3moe-tiny-f32");
-    node_t *n = spawn_node(NULL);
+    const char *ep = spawn_node(NULL);
     char live[128], dead[128];
-    snprintf(live, sizeof(live), "%s", n->endpoint);
+    snprintf(live, sizeof(live), "%s", ep);
     /* A port that was just in use and is now closed: certainly nobody listens there. */
-    snprintf(dead, sizeof(dead), "%s", n->endpoint);
-    kill_node(0);
+    snprintf(dead, sizeof(dead), "%s", ep);
+    tproc_kill(&nodes[0]);
     const char *eps[1] = {dead};
     coord_cluster_config_t cc = coord_cluster_config_default();
     cc.n_nodes = 1;
@@ -609,16 +467,9 @@ static char *run_cmd(const char *cmd)
  * with the per-node summary. */
 Test(cluster, run_command_through_two_nodes_tells_the_local_story, .timeout = 120)
 {
-    char prog[PATH_MAX], coord[PATH_MAX + 64], cmd[3 * PATH_MAX], errf[] = "/tmp/moemesh-run-XXXXXX";
-    expert_path(prog, sizeof(prog));
-    char self[PATH_MAX - 64];
-    ssize_t len = readlink("/proc/self/exe", self, sizeof(self) - 1);
-    cr_assert(len > 0);
-    self[len] = 0;
-    *strrchr(self, '/') = 0;
-    *strrchr(self, '/') = 0;
-    snprintf(coord, sizeof(coord), "%s/bin/moemesh-coordinator", self);
-    const char *a = spawn_node(NULL)->endpoint, *b = spawn_node(NULL)->endpoint;
+    char coord[PATH_MAX], cmd[3 * PATH_MAX], errf[] = "/tmp/moemesh-run-XXXXXX";
+    tproc_prog_path("moemesh-coordinator", coord, sizeof(coord));
+    const char *a = spawn_node(NULL), *b = spawn_node(NULL);
     int fd = mkstemp(errf);
     cr_assert_geq(fd, 0);
     close(fd);
@@ -649,14 +500,8 @@ Test(cluster, run_command_through_two_nodes_tells_the_local_story, .timeout = 12
 Test(cluster, run_command_with_replicas_tells_the_local_story, .timeout = 120)
 {
     char coord[PATH_MAX], cmd[3 * PATH_MAX];
-    char self[PATH_MAX - 64];
-    ssize_t len = readlink("/proc/self/exe", self, sizeof(self) - 1);
-    cr_assert(len > 0);
-    self[len] = 0;
-    *strrchr(self, '/') = 0;
-    *strrchr(self, '/') = 0;
-    snprintf(coord, sizeof(coord), "%s/bin/moemesh-coordinator", self);
-    const char *a = spawn_node(NULL)->endpoint, *b = spawn_node(NULL)->endpoint;
+    tproc_prog_path("moemesh-coordinator", coord, sizeof(coord));
+    const char *a = spawn_node(NULL), *b = spawn_node(NULL);
     const char *args = "-m " GOLDEN "/stories-moe-f32.gguf -p 'Once upon a time' -n 24 --seed 5 "
                        "--temp 0.8";
     snprintf(cmd, sizeof(cmd), "%s run %s 2>/dev/null", coord, args);
@@ -699,7 +544,7 @@ Test(cluster, curve_keys_admit_ours_and_refuse_others, .timeout = 60)
     cr_assert_eq(system(cmd), 0, "%s", cmd);
 
     model_t *m = load("qwen2moe-tiny-f32");
-    const char *eps[1] = {spawn_node_curve(NULL, good)->endpoint};
+    const char *eps[1] = {spawn_node_curve(NULL, good)};
     coord_cluster_config_t cc = coord_cluster_config_default();
     cc.n_nodes = 1;
     cc.endpoints = eps;
@@ -758,7 +603,7 @@ Test(cluster, load_aware_placement_equals_local_path, .timeout = 240)
             tok[l * E + e] = 10000 / ((uint64_t)((e + l) % E) + 1) / ((uint64_t)((e + l) % E) + 1);
     cr_assert_eq(coord_load_profile_write(prof, "test", L, E, tok), 0);
     const char *eps[3];
-    for (int i = 0; i < 3; i++) eps[i] = spawn_node(NULL)->endpoint;
+    for (int i = 0; i < 3; i++) eps[i] = spawn_node(NULL);
     coord_cluster_config_t cc = coord_cluster_config_default();
     cc.n_nodes = 3, cc.endpoints = eps, cc.replicas = 3, cc.progress = false;
     cc.load_profile = prof, cc.node_cap = "100,200,400";
@@ -782,18 +627,13 @@ Test(cluster, load_aware_placement_equals_local_path, .timeout = 240)
     }
     cr_assert_gt(extra, 0);
     int32_t ids[MAX_TOK];
-    int n_prompt, N = golden_ids(name, ids, MAX_TOK, &n_prompt);
-    const int V = m->hp.n_vocab;
+    int n_prompt, N = tlogits_golden_ids(name, ids, MAX_TOK, &n_prompt);
     kern_pool_t *pool = kern_pool_new(2);
     coord_experts_t *lx = coord_experts_local_new(m, pool, N);
     coord_experts_t *rx = coord_experts_remote_new(c, N);
-    float *ref = malloc(sizeof(float) * (size_t)N * V);
-    float *out = malloc(sizeof(float) * (size_t)N * V);
     int32_t gref[MAX_TOK], gout[MAX_TOK];
-    run_engine(m, lx, pool, ids, N, n_prompt, ref, gref);
-    run_engine(m, rx, pool, ids, N, n_prompt, out, gout);
     int over;
-    compare(ref, out, N, V, 1e-5, &over);
+    compare(m, lx, rx, pool, ids, N, n_prompt, 1e-5, &over, gref, gout);
     cr_expect_eq(over, 0);
     for (int i = 0; i < N - n_prompt; i++) cr_expect_eq(gout[i], gref[i]);
     coord_experts_free(rx);
@@ -805,7 +645,7 @@ Test(cluster, load_aware_placement_equals_local_path, .timeout = 240)
     cr_assert_not_null(c);
     for (int i = 0; i < 3; i++) cr_assert_gt(coord_cluster_capacity(c, i), 0, "node %d", i);
     coord_cluster_free(c);
-    free(ref), free(out), free(tok);
+    free(tok);
     coord_experts_free(lx);
     kern_pool_free(pool);
     model_free(m);

@@ -23,6 +23,8 @@
 
 #include "coordinator/coord.h"
 #include "coordinator/mla.h"
+#include "naive.h"
+#include "tlogits.h"
 #include "tproc.h"
 #include "wire/wire.h"
 
@@ -93,54 +95,7 @@ static model_t *gen_load(const model_gen_params_t *p)
 
 static double dsilu(double x) { return x / (1.0 + exp(-x)); }
 
-/* y (rows) = W x, W an F32 matrix of `cols` columns (a 2-D tensor or a slice of a 3-D one). */
-static void matvec(double *y, const float *w, int rows, int cols, const double *x)
-{
-    for (int r = 0; r < rows; r++) {
-        double s = 0;
-        for (int i = 0; i < cols; i++) s += (double)w[(size_t)r * cols + i] * x[i];
-        y[r] = s;
-    }
-}
-
 static const float *F(const model_tensor_t *t) { return t ? (const float *)t->data : NULL; }
-
-static void rmsnorm(double *y, const double *x, const float *w, int n, double eps)
-{
-    double ss = 0;
-    for (int i = 0; i < n; i++) ss += x[i] * x[i];
-    double s = 1.0 / sqrt(ss / n + eps);
-    for (int i = 0; i < n; i++) y[i] = x[i] * s * (w ? w[i] : 1.0);
-}
-
-/* RoPE of one vector's first n dims: pair i is (2i, 2i+1) or, neox, (i, i + n/2); angle
- * pos * base^(-2i/n), with YaRN's blend of interpolated and extrapolated angles when on. */
-static void rope(const model_hparams_t *hp, double *x, int n, int pos, bool neox)
-{
-    double lo = 0, hi = 0;
-    if (hp->rope_yarn) {
-        double c0 = n * log(hp->n_ctx_orig / (hp->yarn_beta_fast * 2 * M_PI)) /
-                    (2 * log(hp->rope_base));
-        double c1 = n * log(hp->n_ctx_orig / (hp->yarn_beta_slow * 2 * M_PI)) /
-                    (2 * log(hp->rope_base));
-        lo = fmax(0, floor(c0));
-        hi = fmin(n - 1, ceil(c1));
-    }
-    for (int i = 0; i < n / 2; i++) {
-        double ext = pos * pow(hp->rope_base, -2.0 * i / n);
-        double th = ext * hp->rope_scale, mag = 1;
-        if (hp->rope_yarn) {
-            double y = (i - lo) / fmax(0.001, hi - lo);
-            double ramp = (1 - fmin(1, fmax(0, y))) * hp->yarn_ext_factor;
-            th = th * (1 - ramp) + ext * ramp;
-            mag = hp->yarn_attn_factor;
-        }
-        int a = neox ? i : 2 * i, b = neox ? i + n / 2 : 2 * i + 1;
-        double u = x[a], v = x[b];
-        x[a] = (u * cos(th) - v * sin(th)) * mag;
-        x[b] = (u * sin(th) + v * cos(th)) * mag;
-    }
-}
 
 /* Indices of the k largest of x (n), largest first, lower index on ties (insertion sort). */
 static void naive_topk(const double *x, int n, int k, int *idx)
@@ -224,19 +179,19 @@ static void naive_attention(const model_t *m, int il, const double *x, int T, do
         if (mla) {
             const int R = hp->kv_lora_rank, nope = K - rot;
             if (ly->wq) {
-                matvec(qt, F(ly->wq), H * K, D, xt);
+                naive_matvec(qt, F(ly->wq), H * K, D, xt);
             } else {
                 double qa[1024];
-                matvec(qa, F(ly->wq_a), hp->q_lora_rank, D, xt);
-                rmsnorm(qa, qa, F(ly->q_a_norm), hp->q_lora_rank, hp->rms_eps);
-                matvec(qt, F(ly->wq_b), H * K, hp->q_lora_rank, qa);
+                naive_matvec(qa, F(ly->wq_a), hp->q_lora_rank, D, xt);
+                naive_rmsnorm(qa, qa, F(ly->q_a_norm), hp->q_lora_rank, hp->rms_eps);
+                naive_matvec(qt, F(ly->wq_b), H * K, hp->q_lora_rank, qa);
             }
             double c[1024], lat[1024];
-            matvec(c, F(ly->wkv_a_mqa), R + rot, D, xt);
-            rmsnorm(lat, c, F(ly->kv_a_norm), R, hp->rms_eps);
-            rope(hp, c + R, rot, t, false);
+            naive_matvec(c, F(ly->wkv_a_mqa), R + rot, D, xt);
+            naive_rmsnorm(lat, c, F(ly->kv_a_norm), R, hp->rms_eps);
+            naive_rope(hp, c + R, rot, t, false);
             for (int h = 0; h < H; h++) {
-                rope(hp, qt + h * K + nope, rot, t, false);
+                naive_rope(hp, qt + h * K + nope, rot, t, false);
                 /* k_nope[i] = sum_r k_b[h][r][i] latent[r]; v[c] = sum_r v_b[h][c][r] latent[r] */
                 if (ly->wk_b) {
                     const float *kb = F(ly->wk_b) + (size_t)h * R * nope;
@@ -246,11 +201,11 @@ static void naive_attention(const model_t *m, int il, const double *x, int T, do
                             s += (double)kb[(size_t)r * nope + i] * lat[r];
                         kt[h * K + i] = s;
                     }
-                    matvec(vt + h * V, F(ly->wv_b) + (size_t)h * V * R, V, R, lat);
+                    naive_matvec(vt + h * V, F(ly->wv_b) + (size_t)h * V * R, V, R, lat);
                 } else { /* old files: [k_nope; v] = attn_kv_b latent, per head */
                     const float *kvb = F(ly->wkv_b) + (size_t)h * (nope + V) * R;
-                    matvec(kt + h * K, kvb, nope, R, lat);
-                    matvec(vt + h * V, kvb + (size_t)nope * R, V, R, lat);
+                    naive_matvec(kt + h * K, kvb, nope, R, lat);
+                    naive_matvec(vt + h * V, kvb + (size_t)nope * R, V, R, lat);
                 }
                 memcpy(kt + h * K + nope, c + R, sizeof(double) * rot);
             }
@@ -260,19 +215,21 @@ static void naive_attention(const model_t *m, int il, const double *x, int T, do
                 scale = ms * ms / sqrt((double)K);
             }
         } else {
-            matvec(qt, F(ly->wq), H * K, D, xt);
-            matvec(kt, F(ly->wk), KV * K, D, xt);
-            matvec(vt, F(ly->wv), KV * V, D, xt);
+            naive_matvec(qt, F(ly->wq), H * K, D, xt);
+            naive_matvec(kt, F(ly->wk), KV * K, D, xt);
+            naive_matvec(vt, F(ly->wv), KV * V, D, xt);
             for (int i = 0; ly->bq && i < H * K; i++) qt[i] += F(ly->bq)[i];
             for (int i = 0; ly->bk && i < KV * K; i++) kt[i] += F(ly->bk)[i];
             for (int i = 0; ly->bv && i < KV * V; i++) vt[i] += F(ly->bv)[i];
             for (int h = 0; h < H; h++) {
-                if (ly->q_norm) rmsnorm(qt + h * K, qt + h * K, F(ly->q_norm), K, hp->rms_eps);
-                rope(hp, qt + h * K, rot, t, hp->rope_neox);
+                if (ly->q_norm)
+                    naive_rmsnorm(qt + h * K, qt + h * K, F(ly->q_norm), K, hp->rms_eps);
+                naive_rope(hp, qt + h * K, rot, t, hp->rope_neox);
             }
             for (int h = 0; h < KV; h++) {
-                if (ly->k_norm) rmsnorm(kt + h * K, kt + h * K, F(ly->k_norm), K, hp->rms_eps);
-                rope(hp, kt + h * K, rot, t, hp->rope_neox);
+                if (ly->k_norm)
+                    naive_rmsnorm(kt + h * K, kt + h * K, F(ly->k_norm), K, hp->rms_eps);
+                naive_rope(hp, kt + h * K, rot, t, hp->rope_neox);
             }
         }
     }
@@ -295,7 +252,7 @@ static void naive_attention(const model_t *m, int il, const double *x, int T, do
                 att[h * V + c] = o / sum;
             }
         }
-        matvec(out + (size_t)t * D, F(ly->wo), D, H * V, att);
+        naive_matvec(out + (size_t)t * D, F(ly->wo), D, H * V, att);
     }
     free(sc), free(q), free(k), free(v), free(att);
 }
@@ -304,10 +261,10 @@ static void naive_swiglu(double *out, const float *gate, const float *up, const 
                          int D, int ff, const double *x)
 {
     double *g = malloc(sizeof(double) * ff), *u = malloc(sizeof(double) * ff);
-    matvec(g, gate, ff, D, x);
-    matvec(u, up, ff, D, x);
+    naive_matvec(g, gate, ff, D, x);
+    naive_matvec(u, up, ff, D, x);
     for (int i = 0; i < ff; i++) g[i] = dsilu(g[i]) * u[i];
-    matvec(out, down, D, ff, g);
+    naive_matvec(out, down, D, ff, g);
     free(g), free(u);
 }
 
@@ -324,7 +281,7 @@ static void naive_ffn(const model_t *m, int il, const double *x, double *out)
     const int E = hp->n_expert, K = hp->n_expert_used, ff = hp->n_ff_exp;
     double logit[256], w[64], y[1024];
     int ids[64];
-    matvec(logit, F(ly->gate_inp), E, D, x);
+    naive_matvec(logit, F(ly->gate_inp), E, D, x);
     naive_route(hp, F(ly->exp_probs_b), logit, ids, w);
     memset(out, 0, sizeof(double) * D);
     for (int j = 0; j < K; j++) {
@@ -352,84 +309,25 @@ static void naive_forward(const model_t *m, const int32_t *ids, int T, double *l
     for (int il = 0; il < hp->n_layer; il++) {
         const model_layer_t *ly = &m->layers[il];
         for (int t = 0; t < T; t++)
-            rmsnorm(xn + t * D, x + t * D, F(ly->attn_norm), D, hp->rms_eps);
+            naive_rmsnorm(xn + t * D, x + t * D, F(ly->attn_norm), D, hp->rms_eps);
         naive_attention(m, il, xn, T, o);
         for (int i = 0; i < T * D; i++) x[i] += o[i];
         for (int t = 0; t < T; t++) {
-            rmsnorm(xn + t * D, x + t * D, F(ly->ffn_norm), D, hp->rms_eps);
+            naive_rmsnorm(xn + t * D, x + t * D, F(ly->ffn_norm), D, hp->rms_eps);
             naive_ffn(m, il, xn + t * D, o + t * D);
         }
         for (int i = 0; i < T * D; i++) x[i] += o[i];
     }
     for (int t = 0; t < T; t++) {
-        rmsnorm(xn + t * D, x + t * D, F(m->output_norm), D, hp->rms_eps);
-        matvec(logits + (size_t)t * hp->n_vocab, F(m->output), hp->n_vocab, D, xn + t * D);
+        naive_rmsnorm(xn + t * D, x + t * D, F(m->output_norm), D, hp->rms_eps);
+        naive_matvec(logits + (size_t)t * hp->n_vocab, F(m->output), hp->n_vocab, D, xn + t * D);
     }
     free(x), free(xn), free(o);
 }
 
-/* ---------------------------------------------------------------- engine helpers */
-
 #define MAX_TOK 64
 
-/* Teacher-forced logits (n, V) of ids with experts ex, and greedy tokens (n - n_prompt)
- * decoded one per call from the prompt. */
-static void run_engine(const model_t *m, coord_experts_t *ex, kern_pool_t *pool, bool kv_f16,
-                       const int32_t *ids, int n, int n_prompt, float *logits, int32_t *greedy)
-{
-    const int V = m->hp.n_vocab;
-    coord_engine_params_t p = coord_engine_params_default();
-    p.n_ctx = n + 8;
-    p.n_batch = n;
-    p.kv_f16 = kv_f16;
-    coord_engine_t *e = coord_engine_new(m, ex, pool, &p);
-    cr_assert_not_null(e);
-    int32_t pos[MAX_TOK], slot[MAX_TOK] = {0};
-    bool want[MAX_TOK];
-    for (int i = 0; i < n; i++) pos[i] = i, want[i] = true;
-    coord_batch_t b = {.n = n, .tok = ids, .pos = pos, .slot = slot, .want = want};
-    cr_assert_eq(coord_engine_decode(e, &b, logits), 0);
-    coord_engine_clear_slot(e, 0);
-    float *l = malloc(sizeof(float) * V);
-    b = (coord_batch_t){.n = n_prompt, .tok = ids, .pos = pos, .slot = slot};
-    cr_assert_eq(coord_engine_decode(e, &b, l), 0);
-    for (int i = 0; i < n - n_prompt; i++) {
-        int32_t next = 0;
-        for (int v = 1; v < V; v++)
-            if (l[v] > l[next]) next = v;
-        greedy[i] = next;
-        int32_t ps = n_prompt + i;
-        b = (coord_batch_t){.n = 1, .tok = &next, .pos = &ps, .slot = slot};
-        cr_assert_eq(coord_engine_decode(e, &b, l), 0);
-    }
-    free(l);
-    coord_engine_free(e);
-}
-
-/* Largest |out - ref| / sd(ref) over n positions of V logits. */
-static double worst_err(const double *ref, const float *out, int n, int V)
-{
-    double worst = 0;
-    for (int p = 0; p < n; p++) {
-        const double *r = ref + (size_t)p * V;
-        double mean = 0, var = 0, maxd = 0;
-        for (int v = 0; v < V; v++) mean += r[v];
-        mean /= V;
-        for (int v = 0; v < V; v++) var += (r[v] - mean) * (r[v] - mean);
-        for (int v = 0; v < V; v++) maxd = fmax(maxd, fabs(out[(size_t)p * V + v] - r[v]));
-        worst = fmax(worst, maxd / sqrt(var / V));
-    }
-    return worst;
-}
-
-static void fixed_ids(int32_t *ids, int n, int V)
-{
-    uint64_t s = 12345;
-    for (int i = 0; i < n; i++) {
-        s = s * 6364136223846793005ull + 1442695040888963407ull;
-        ids[i] = (int32_t)((s >> 33) % (uint64_t)(V - 8));
-    }
-}
+static void fixed_ids(int32_t *ids, int n, int V) { tlogits_ids(ids, n, 12345, V - 8); }
 
 static char old_path[128];
 
@@ -574,8 +472,8 @@ static void check_naive(const model_gen_params_t *gp, bool kv_f16, double tol)
     naive_forward(m, ids, T, ref);
     kern_pool_t *pool = kern_pool_new(2);
     coord_experts_t *ex = coord_experts_local_new(m, pool, T);
-    run_engine(m, ex, pool, kv_f16, ids, T, 8, out, greedy);
-    double w = worst_err(ref, out, T, V);
+    tlogits_run(m, ex, pool, (tlogits_opts_t){.kv_f16 = kv_f16}, ids, T, 8, out, greedy);
+    double w = tlogits_err(ref, out, T, V, 0, NULL);
     cr_log_info("%s%s: engine vs naive reference: worst %.3g sd", gp->arch,
                 kv_f16 ? " (f16 cache)" : "", w);
     cr_expect_leq(w, tol, "%s: engine differs from the naive reference by %.3g sd", gp->arch, w);
@@ -632,12 +530,12 @@ Test(families, deepseek2_old_attn_kv_b_files, .timeout = 120)
     kern_pool_t *pool = kern_pool_new(2);
     coord_experts_t *ea = coord_experts_local_new(m, pool, T);
     coord_experts_t *eb = coord_experts_local_new(o, pool, T);
-    run_engine(m, ea, pool, false, ids, T, 8, a, g1);
-    run_engine(o, eb, pool, false, ids, T, 8, b, g2);
+    tlogits_run(m, ea, pool, (tlogits_opts_t){0}, ids, T, 8, a, g1);
+    tlogits_run(o, eb, pool, (tlogits_opts_t){0}, ids, T, 8, b, g2);
     naive_forward(o, ids, T, ref);
-    double w_old = worst_err(ref, b, T, V);
+    double w_old = tlogits_err(ref, b, T, V, 0, NULL);
     for (int i = 0; i < T * V; i++) ref[i] = a[i];
-    double w_same = worst_err(ref, b, T, V);
+    double w_same = tlogits_err(ref, b, T, V, 0, NULL);
     cr_log_info("old attn_kv_b layout: %.3g sd from the split one, %.3g from naive", w_same,
                 w_old);
     cr_expect_leq(w_same, 1e-4);
@@ -670,8 +568,8 @@ Test(families, deepseek2_golden_model_matches_naive_reference, .timeout = 120)
     naive_forward(m, ids, T, ref);
     kern_pool_t *pool = kern_pool_new(2);
     coord_experts_t *ex = coord_experts_local_new(m, pool, T);
-    run_engine(m, ex, pool, false, ids, T, 4, out, greedy);
-    cr_expect_leq(worst_err(ref, out, T, V), 1e-4);
+    tlogits_run(m, ex, pool, (tlogits_opts_t){0}, ids, T, 4, out, greedy);
+    cr_expect_leq(tlogits_err(ref, out, T, V, 0, NULL), 1e-4);
     coord_experts_free(ex);
     kern_pool_free(pool);
     free(ref), free(out);
@@ -720,7 +618,6 @@ static void spawn(int i)
  * greedy tokens. */
 static void check_distributed(const model_t *m, const int32_t *ids, int N, int n_prompt)
 {
-    const int V = m->hp.n_vocab;
     for (int i = 0; i < MAX_NODES; i++) spawn(i);
     const char *eps[MAX_NODES] = {node_ep[0], node_ep[1]};
     coord_cluster_config_t cc = coord_cluster_config_default();
@@ -737,13 +634,9 @@ static void check_distributed(const model_t *m, const int32_t *ids, int N, int n
     kern_pool_t *pool = kern_pool_new(2);
     coord_experts_t *lx = coord_experts_local_new(m, pool, N);
     coord_experts_t *rx = coord_experts_remote_new(c, N);
-    float *ref = malloc(sizeof(float) * N * V), *out = malloc(sizeof(float) * N * V);
-    double *dref = malloc(sizeof(double) * N * V);
     int32_t gref[MAX_TOK], gout[MAX_TOK];
-    run_engine(m, lx, pool, false, ids, N, n_prompt, ref, gref);
-    run_engine(m, rx, pool, false, ids, N, n_prompt, out, gout);
-    for (int i = 0; i < N * V; i++) dref[i] = ref[i];
-    double w = worst_err(dref, out, N, V);
+    double w = tlogits_compare(m, lx, rx, pool, (tlogits_opts_t){0}, ids, N, n_prompt, 0, NULL,
+                               gref, gout);
     cr_log_info("%s over %d nodes: worst %.3g sd from local", m->hp.arch_name, MAX_NODES, w);
     cr_expect_leq(w, 1e-5);
     for (int i = 0; i < N - n_prompt; i++)
@@ -756,7 +649,6 @@ static void check_distributed(const model_t *m, const int32_t *ids, int N, int n
         cr_expect_gt(st.experts, 0, "node %d holds no experts", i);
     }
     cr_expect_gt(reqs, 0, "no expert call went to the nodes");
-    free(ref), free(out), free(dref);
     coord_experts_free(rx);
     coord_experts_free(lx);
     coord_cluster_free(c);
@@ -770,45 +662,30 @@ Test(families_cluster, deepseek2_golden_over_two_nodes, .timeout = 120)
     signal(SIGPIPE, SIG_IGN);
     model_t *m = NULL;
     cr_assert_eq(model_load(GOLDEN "/deepseek2-tiny-f32.gguf", &m), 0);
-    int32_t ids[MAX_TOK];
     /* The golden prompt (BOS + "The quick brown fox") and 24 generated tokens */
-    FILE *f = fopen(GOLDEN "/deepseek2-tiny-f32.golden", "r");
-    cr_assert_not_null(f);
-    char *line = malloc(1 << 20);
-    int n = 0, n_prompt = 0;
-    while (fgets(line, 1 << 20, f)) {
-        bool pr = !strncmp(line, "prompt_ids ", 11), gr = !strncmp(line, "greedy_ids ", 11);
-        if (!pr && !gr) continue;
-        char *end;
-        long c = strtol(line + 11, &end, 10);
-        for (long i = 0; i < c && n < MAX_TOK; i++) ids[n++] = (int32_t)strtol(end, &end, 10);
-        if (pr) n_prompt = n;
-    }
-    free(line);
-    fclose(f);
-    cr_assert(n > n_prompt && n_prompt > 0);
+    int32_t ids[MAX_TOK];
+    int n_prompt, n = tlogits_golden_ids("deepseek2-tiny-f32", ids, MAX_TOK, &n_prompt);
     check_distributed(m, ids, n, n_prompt);
+    model_free(m);
+}
+
+/* A generated model over two nodes: 24 fixed ids, 8 of them the prompt. */
+static void check_generated_distributed(model_gen_params_t p)
+{
+    signal(SIGPIPE, SIG_IGN);
+    model_t *m = gen_load(&p);
+    int32_t ids[MAX_TOK];
+    fixed_ids(ids, 24, m->hp.n_vocab);
+    check_distributed(m, ids, 24, 8);
     model_free(m);
 }
 
 Test(families_cluster, deepseek2_v3_style_over_two_nodes, .timeout = 120)
 {
-    signal(SIGPIPE, SIG_IGN);
-    model_gen_params_t p = v3_params();
-    model_t *m = gen_load(&p);
-    int32_t ids[MAX_TOK];
-    fixed_ids(ids, 24, m->hp.n_vocab);
-    check_distributed(m, ids, 24, 8);
-    model_free(m);
+    check_generated_distributed(v3_params());
 }
 
 Test(families_cluster, glm4moe_over_two_nodes, .timeout = 120)
 {
-    signal(SIGPIPE, SIG_IGN);
-    model_gen_params_t p = glm_params();
-    model_t *m = gen_load(&p);
-    int32_t ids[MAX_TOK];
-    fixed_ids(ids, 24, m->hp.n_vocab);
-    check_distributed(m, ids, 24, 8);
-    model_free(m);
+    check_generated_distributed(glm_params());
 }

@@ -25,6 +25,8 @@
 
 #include "coordinator/coord.h"
 #include "kernels/kern-int.h"
+#include "naive.h"
+#include "tlogits.h"
 #include "tproc.h"
 #include "wire/wire.h"
 
@@ -69,24 +71,6 @@ typedef struct {
 
 static const float *Fd(const model_tensor_t *t) { return t ? (const float *)t->data : NULL; }
 
-/* y (rows) = W x for an F32 matrix of cols columns. */
-static void mv(double *y, const float *w, int rows, int cols, const double *x)
-{
-    for (int r = 0; r < rows; r++) {
-        double s = 0;
-        for (int i = 0; i < cols; i++) s += (double)w[(size_t)r * cols + i] * x[i];
-        y[r] = s;
-    }
-}
-
-static void rms(double *y, const double *x, const float *w, int n, double eps)
-{
-    double ss = 0;
-    for (int i = 0; i < n; i++) ss += x[i] * x[i];
-    const double s = 1.0 / sqrt(ss / n + eps);
-    for (int i = 0; i < n; i++) y[i] = x[i] * s * w[i];
-}
-
 /* x (n) rounded through Q8_0 blocks, as llama.cpp does before a product with MXFP4 rows. */
 static void q8_round(double *x, int n)
 {
@@ -97,28 +81,6 @@ static void q8_round(double *x, int n)
     kern_dequantize(KERN_Q8_0, q, f, n);
     for (int i = 0; i < n; i++) x[i] = f[i];
     free(f), free(q);
-}
-
-/* YaRN on NEOX pairs (i, i + n/2): ggml's angle blend between interpolation and extrapolation
- * over the corrected dims, magnitude yarn_attn_factor (1 + 0.1 ln factor when the file has no
- * attention factor, what ggml's rope multiplies in). */
-static void rope_neox_yarn(const model_hparams_t *hp, double *x, int pos)
-{
-    const int n = hp->n_rot;
-    const double c0 = n * log(hp->n_ctx_orig / (hp->yarn_beta_fast * 2 * M_PI)) /
-                      (2 * log(hp->rope_base));
-    const double c1 = n * log(hp->n_ctx_orig / (hp->yarn_beta_slow * 2 * M_PI)) /
-                      (2 * log(hp->rope_base));
-    const double lo = fmax(0, floor(c0)), hi = fmin(n - 1, ceil(c1));
-    for (int i = 0; i < n / 2; i++) {
-        const double ext = pos * pow(hp->rope_base, -2.0 * i / n);
-        const double y = (i - lo) / fmax(0.001, hi - lo);
-        const double ramp = (1 - fmin(1, fmax(0, y))) * hp->yarn_ext_factor;
-        const double th = ext * hp->rope_scale * (1 - ramp) + ext * ramp;
-        const double u = x[i], v = x[i + n / 2], mag = hp->yarn_attn_factor;
-        x[i] = (u * cos(th) - v * sin(th)) * mag;
-        x[i + n / 2] = (u * sin(th) + v * cos(th)) * mag;
-    }
 }
 
 /* out (T, D): attention block of layer il over the normalised inputs x (T, D). */
@@ -134,13 +96,13 @@ static void ref_attention(const model_t *m, int il, const double *x, int T, doub
     for (int t = 0; t < T; t++) {
         double *qt = q + (size_t)t * H * hd, *kt = k + (size_t)t * KV * hd;
         double *vt = v + (size_t)t * KV * hd;
-        mv(qt, Fd(ly->wq), H * hd, D, x + (size_t)t * D);
-        mv(kt, Fd(ly->wk), KV * hd, D, x + (size_t)t * D);
-        mv(vt, Fd(ly->wv), KV * hd, D, x + (size_t)t * D);
+        naive_matvec(qt, Fd(ly->wq), H * hd, D, x + (size_t)t * D);
+        naive_matvec(kt, Fd(ly->wk), KV * hd, D, x + (size_t)t * D);
+        naive_matvec(vt, Fd(ly->wv), KV * hd, D, x + (size_t)t * D);
         for (int i = 0; i < H * hd; i++) qt[i] += Fd(ly->bq)[i];
         for (int i = 0; i < KV * hd; i++) kt[i] += Fd(ly->bk)[i], vt[i] += Fd(ly->bv)[i];
-        for (int h = 0; h < H; h++) rope_neox_yarn(hp, qt + h * hd, t);
-        for (int h = 0; h < KV; h++) rope_neox_yarn(hp, kt + h * hd, t);
+        for (int h = 0; h < H; h++) naive_rope(hp, qt + h * hd, hp->n_rot, t, true);
+        for (int h = 0; h < KV; h++) naive_rope(hp, kt + h * hd, hp->n_rot, t, true);
     }
     /* llama.cpp's pattern: even layers see the window's n_swa latest positions. */
     const bool swa = il % 2 == 0 && !ab.no_window;
@@ -165,7 +127,7 @@ static void ref_attention(const model_t *m, int il, const double *x, int T, doub
                 att[h * hd + c] = o / sum;
             }
         }
-        mv(out + (size_t)t * D, Fd(ly->wo), D, H * hd, att);
+        naive_matvec(out + (size_t)t * D, Fd(ly->wo), D, H * hd, att);
         for (int d = 0; d < D; d++) out[(size_t)t * D + d] += Fd(ly->bo)[d];
     }
     free(q), free(k), free(v), free(att), free(sc);
@@ -186,7 +148,7 @@ static void ref_moe(const model_t *m, int il, const double *x, double *out, abla
     const int D = hp->n_embd, E = hp->n_expert, K = hp->n_expert_used, F = hp->n_ff_exp;
     double logit[64], w[16], xr[1024], g[1024], u[1024], y[1024];
     int ids[16];
-    mv(logit, Fd(ly->gate_inp), E, D, x);
+    naive_matvec(logit, Fd(ly->gate_inp), E, D, x);
     for (int e = 0; e < E; e++) logit[e] += Fd(ly->gate_inp_b)[e];
     /* top-k of the logits (lower id on ties), softmax over the k chosen */
     bool used[64] = {0};
@@ -210,8 +172,8 @@ static void ref_moe(const model_t *m, int il, const double *x, double *out, abla
         expert_rows(ly->gate_exps, e, wg);
         expert_rows(ly->up_exps, e, wu);
         expert_rows(ly->down_exps, e, wd);
-        mv(g, wg, F, D, xr);
-        mv(u, wu, F, D, xr);
+        naive_matvec(g, wg, F, D, xr);
+        naive_matvec(u, wu, F, D, xr);
         for (int i = 0; i < F && !ab.no_expert_bias; i++) {
             g[i] += Fd(ly->gate_exps_b)[(size_t)e * F + i];
             u[i] += Fd(ly->up_exps_b)[(size_t)e * F + i];
@@ -221,7 +183,7 @@ static void ref_moe(const model_t *m, int il, const double *x, double *out, abla
             g[i] = gc / (1 + exp(-1.702 * gc)) * (uc + 1);
         }
         q8_round(g, F);
-        mv(y, wd, D, F, g);
+        naive_matvec(y, wd, D, F, g);
         for (int d = 0; d < D; d++)
             out[d] += w[j] * (y[d] + (ab.no_expert_bias ? 0 : Fd(ly->down_exps_b)[(size_t)e * D + d]));
     }
@@ -239,18 +201,19 @@ static void ref_forward(const model_t *m, const int32_t *ids, int T, double *log
         for (int d = 0; d < D; d++) x[t * D + d] = Fd(m->tok_embd)[(size_t)ids[t] * D + d];
     for (int il = 0; il < hp->n_layer; il++) {
         const model_layer_t *ly = &m->layers[il];
-        for (int t = 0; t < T; t++) rms(xn + t * D, x + t * D, Fd(ly->attn_norm), D, hp->rms_eps);
+        for (int t = 0; t < T; t++)
+            naive_rmsnorm(xn + t * D, x + t * D, Fd(ly->attn_norm), D, hp->rms_eps);
         ref_attention(m, il, xn, T, o, ab);
         for (int i = 0; i < T * D; i++) x[i] += o[i];
         for (int t = 0; t < T; t++) {
-            rms(xn + t * D, x + t * D, Fd(ly->ffn_norm), D, hp->rms_eps);
+            naive_rmsnorm(xn + t * D, x + t * D, Fd(ly->ffn_norm), D, hp->rms_eps);
             ref_moe(m, il, xn + t * D, o + t * D, ab);
         }
         for (int i = 0; i < T * D; i++) x[i] += o[i];
     }
     for (int t = 0; t < T; t++) {
-        rms(xn + t * D, x + t * D, Fd(m->output_norm), D, hp->rms_eps);
-        mv(logits + (size_t)t * hp->n_vocab, Fd(m->output), hp->n_vocab, D, xn + t * D);
+        naive_rmsnorm(xn + t * D, x + t * D, Fd(m->output_norm), D, hp->rms_eps);
+        naive_matvec(logits + (size_t)t * hp->n_vocab, Fd(m->output), hp->n_vocab, D, xn + t * D);
     }
     free(x), free(xn), free(o);
 }
@@ -260,77 +223,7 @@ static void ref_forward(const model_t *m, const int32_t *ids, int T, double *log
 #define OSS_T 24
 #define OSS_PROMPT 8
 
-/* Teacher-forced logits (n, V) of one batch, the same one token per call into steps (n, V;
- * NULL: skipped; decode takes its own one-token paths), and greedy tokens (n - n_prompt) from
- * the prompt. */
-static void oss_run_steps(const model_t *m, coord_experts_t *ex, kern_pool_t *pool, bool kv_f16,
-                          const int32_t *ids, int n, int n_prompt, float *logits, float *steps,
-                          int32_t *greedy)
-{
-    const int V = m->hp.n_vocab;
-    coord_engine_params_t p = coord_engine_params_default();
-    p.n_ctx = n + 8;
-    p.n_batch = n;
-    p.kv_f16 = kv_f16;
-    coord_engine_t *e = coord_engine_new(m, ex, pool, &p);
-    cr_assert_not_null(e);
-    int32_t pos[OSS_T], slot[OSS_T] = {0};
-    bool want[OSS_T];
-    for (int i = 0; i < n; i++) pos[i] = i, want[i] = true;
-    coord_batch_t b = {.n = n, .tok = ids, .pos = pos, .slot = slot, .want = want};
-    cr_assert_eq(coord_engine_decode(e, &b, logits), 0);
-    coord_engine_clear_slot(e, 0);
-    for (int i = 0; steps && i < n; i++) {
-        b = (coord_batch_t){.n = 1, .tok = ids + i, .pos = pos + i, .slot = slot};
-        cr_assert_eq(coord_engine_decode(e, &b, steps + (size_t)i * V), 0);
-    }
-    coord_engine_clear_slot(e, 0);
-    float *l = malloc(sizeof(float) * V);
-    b = (coord_batch_t){.n = n_prompt, .tok = ids, .pos = pos, .slot = slot};
-    cr_assert_eq(coord_engine_decode(e, &b, l), 0);
-    for (int i = 0; i < n - n_prompt; i++) {
-        int32_t next = 0;
-        for (int v = 1; v < V; v++)
-            if (l[v] > l[next]) next = v;
-        greedy[i] = next;
-        int32_t ps = n_prompt + i;
-        b = (coord_batch_t){.n = 1, .tok = &next, .pos = &ps, .slot = slot};
-        cr_assert_eq(coord_engine_decode(e, &b, l), 0);
-    }
-    free(l);
-    coord_engine_free(e);
-}
-
-static void oss_run(const model_t *m, coord_experts_t *ex, kern_pool_t *pool, bool kv_f16,
-                    const int32_t *ids, int n, int n_prompt, float *logits, int32_t *greedy)
-{
-    oss_run_steps(m, ex, pool, kv_f16, ids, n, n_prompt, logits, NULL, greedy);
-}
-
-/* Largest |out - ref| over n positions of V logits, in units of each position's sd. */
-static double oss_err(const double *ref, const float *out, int n, int V)
-{
-    double worst = 0;
-    for (int p = 0; p < n; p++) {
-        const double *r = ref + (size_t)p * V;
-        double mean = 0, var = 0, maxd = 0;
-        for (int v = 0; v < V; v++) mean += r[v];
-        mean /= V;
-        for (int v = 0; v < V; v++) var += (r[v] - mean) * (r[v] - mean);
-        for (int v = 0; v < V; v++) maxd = fmax(maxd, fabs(out[(size_t)p * V + v] - r[v]));
-        worst = fmax(worst, maxd / sqrt(var / V));
-    }
-    return worst;
-}
-
-static void oss_ids(int32_t *ids, int n, int V)
-{
-    uint64_t s = 777;
-    for (int i = 0; i < n; i++) {
-        s = s * 6364136223846793005ull + 1442695040888963407ull;
-        ids[i] = (int32_t)((s >> 33) % (uint64_t)(V - 16));
-    }
-}
+static void oss_ids(int32_t *ids, int n, int V) { tlogits_ids(ids, n, 777, V - 16); }
 
 Test(gptoss, loads_hyper_parameters)
 {
@@ -367,8 +260,9 @@ static void check_reference(bool kv_f16, double tol)
     ref_forward(m, ids, OSS_T, ref, (ablate_t){0});
     kern_pool_t *pool = kern_pool_new(2);
     coord_experts_t *ex = coord_experts_local_new(m, pool, OSS_T);
-    oss_run_steps(m, ex, pool, kv_f16, ids, OSS_T, OSS_PROMPT, out, steps, greedy);
-    double w = oss_err(ref, out, OSS_T, V), ws = oss_err(ref, steps, OSS_T, V);
+    tlogits_run(m, ex, pool, (tlogits_opts_t){.kv_f16 = kv_f16, .steps = steps}, ids, OSS_T,
+                OSS_PROMPT, out, greedy);
+    double w = tlogits_err(ref, out, OSS_T, V, 0, NULL), ws = tlogits_err(ref, steps, OSS_T, V, 0, NULL);
     cr_log_info("gpt-oss%s: engine vs naive reference: worst %.3g sd (batch), %.3g sd (one token "
                 "per call)", kv_f16 ? " (f16 cache)" : "", w, ws);
     cr_expect_leq(w, tol, "engine differs from the naive reference by %.3g sd", w);
@@ -381,7 +275,7 @@ static void check_reference(bool kv_f16, double tol)
         double *alt = malloc(sizeof(double) * OSS_T * V);
         for (int a = 0; a < 3; a++) {
             ref_forward(m, ids, OSS_T, alt, abl[a]);
-            double d = oss_err(alt, out, OSS_T, V);
+            double d = tlogits_err(alt, out, OSS_T, V, 0, NULL);
             cr_expect_gt(d, 100 * tol, "without %s the reference is only %.3g sd away", what[a],
                          d);
         }
@@ -581,12 +475,8 @@ Test(gptoss_cluster, two_nodes_match_local, .timeout = 120)
     kern_pool_t *pool = kern_pool_new(2);
     coord_experts_t *lx = coord_experts_local_new(m, pool, N);
     coord_experts_t *rx = coord_experts_remote_new(c, N);
-    float *ref = malloc(sizeof(float) * N * V), *out = malloc(sizeof(float) * N * V);
-    double *dref = malloc(sizeof(double) * N * V);
-    oss_run(m, lx, pool, false, ids, N, OSS_PROMPT, ref, gref);
-    oss_run(m, rx, pool, false, ids, N, OSS_PROMPT, out, gout);
-    for (int i = 0; i < N * V; i++) dref[i] = ref[i];
-    double w = oss_err(dref, out, N, V);
+    double w = tlogits_compare(m, lx, rx, pool, (tlogits_opts_t){0}, ids, N, OSS_PROMPT, 0, NULL,
+                               gref, gout);
     cr_log_info("gpt-oss over %d nodes: worst %.3g sd from local", OSS_NODES, w);
     cr_expect_leq(w, 1e-5);
     for (int i = 0; i < N - OSS_PROMPT; i++)
@@ -598,7 +488,6 @@ Test(gptoss_cluster, two_nodes_match_local, .timeout = 120)
         cr_expect_gt(st.requests, 0, "node %d got no expert call", i);
         if (i == 0) cr_expect_gt(st.shard_bytes, 0, "node 0 was streamed nothing");
     }
-    free(ref), free(out), free(dref);
     coord_experts_free(rx);
     coord_experts_free(lx);
     coord_cluster_free(c);

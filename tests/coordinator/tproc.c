@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -34,12 +35,43 @@ void tproc_prog_path(const char *name, char *out, size_t cap)
 void tproc_start(tproc_t *p, const char *tag, int slot, const char *const *argv, char *addr,
                  size_t cap, double wait_s)
 {
-    char prog[PATH_MAX];
-    tproc_prog_path(argv[0], prog, sizeof(prog));
     if (!p->log[0]) {
         snprintf(p->log, sizeof(p->log), "/tmp/moemesh-%s-%d-%d.log", tag, (int)getpid(), slot);
         unlink(p->log);
     }
+    tproc_spawn(p, argv, addr, cap, wait_s);
+}
+
+/* In the child: fd 2 as tproc_spawn says. */
+static void child_stderr(const char *log)
+{
+    int fd = -1;
+    if (log[0]) {
+        fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+    } else {
+        /* Node logs are noise unless asked for: MOEMESH_TEST_NODE_LOG=DIR keeps each one in
+         * DIR/node-PID.log (for failures seen only in long runs), any other value lets them
+         * through to the test's stderr. */
+        const char *keep = getenv("MOEMESH_TEST_NODE_LOG");
+        struct stat sb;
+        if (keep && stat(keep, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+            char where[PATH_MAX];
+            snprintf(where, sizeof(where), "%s/node-%d.log", keep, (int)getpid());
+            fd = open(where, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        } else if (!keep) {
+            fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
+        }
+    }
+    if (fd >= 0) dup2(fd, 2);
+}
+
+void tproc_spawn(tproc_t *p, const char *const *argv, char *addr, size_t cap, double wait_s)
+{
+    char prog[PATH_MAX];
+    if (strchr(argv[0], '/'))
+        snprintf(prog, sizeof(prog), "%s", argv[0]);
+    else
+        tproc_prog_path(argv[0], prog, sizeof(prog));
     int fds[2];
     cr_assert_eq(pipe(fds), 0);
     pid_t parent = getpid();
@@ -50,8 +82,7 @@ void tproc_start(tproc_t *p, const char *tag, int slot, const char *const *argv,
         if (getppid() != parent) _exit(127);
         dup2(fds[1], 1);
         close(fds[0]), close(fds[1]);
-        int fd = open(p->log, O_WRONLY | O_CREAT | O_APPEND, 0600);
-        dup2(fd, 2);
+        child_stderr(p->log);
         execv(prog, (char *const *)argv);
         _exit(127);
     }
@@ -65,7 +96,8 @@ void tproc_start(tproc_t *p, const char *tag, int slot, const char *const *argv,
         int left = (int)((deadline - wire_now()) * 1e3);
         cr_assert(left > 0 && poll(&pf, 1, left) == 1, "%s: no 'listening on' line in %.0f s",
                   argv[0], wait_s);
-        cr_assert_eq(read(fds[0], line + len, 1), 1, "%s exited (log %s)", argv[0], p->log);
+        cr_assert_eq(read(fds[0], line + len, 1), 1, "%s exited (log %s)", argv[0],
+                     p->log[0] ? p->log : "not kept");
         if (line[len] == '\n') break;
         len++;
     }

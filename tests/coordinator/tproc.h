@@ -1,5 +1,5 @@
 /* Child processes and plain HTTP for the coordinator's process tests (fault_test.c,
- * failover_test.c): the programs beside the test binary started with their stderr in a log
+ * failover_test.c, cluster_test.c, ...): the programs beside the test binary started with their stderr in a log
  * file and their "listening on ADDR" line read back, killed with the test (PR_SET_PDEATHSIG),
  * and one-request-per-connection HTTP on 127.0.0.1. Failures are Criterion assertions.
  */
@@ -24,6 +24,10 @@ void tproc_prog_path(const char *name, char *out, size_t cap);
  * "listening on " in its first stdout line into addr (wait_s at most). */
 void tproc_start(tproc_t *p, const char *tag, int slot, const char *const *argv, char *addr,
                  size_t cap, double wait_s);
+/* As tproc_start, but stderr goes to p->log when that is set (appended), else by
+ * MOEMESH_TEST_NODE_LOG: unset, /dev/null; a folder, DIR/node-PID.log there; anything else,
+ * this test's stderr. argv[0] may also be a path (it has a '/'). */
+void tproc_spawn(tproc_t *p, const char *const *argv, char *addr, size_t cap, double wait_s);
 /* SIGCONT (a stopped process must be able to die), SIGKILL and reap; no-op when not running. */
 void tproc_kill(tproc_t *p);
 /* Kills all n and removes their logs unless keep_logs. */
