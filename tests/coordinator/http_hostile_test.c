@@ -19,23 +19,12 @@
 #include <uv.h>
 
 #include "coordinator/coord.h"
+#include "tproc.h"
+#include "tsrv.h"
 #include "wire/wire.h"
 
 #define MODEL "../shared/golden/stories-moe-f32.gguf"
 #define TIMEOUT_MS 1500
-
-typedef struct {
-    uv_loop_t loop;
-    coord_server_t *s;
-    uv_thread_t th;
-    int port;
-} srv_t;
-
-static void run_loop(void *arg)
-{
-    srv_t *x = arg;
-    uv_run(&x->loop, UV_RUN_DEFAULT);
-}
 
 static int tcp_connect(int port)
 {
@@ -71,15 +60,8 @@ static char *until_closed(int fd, double limit_s, double *dt)
 
 static char *request(int port, const char *path, const char *body)
 {
-    int fd = tcp_connect(port);
-    char req[1024];
-    if (body)
-        snprintf(req, sizeof(req), "POST %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
-                 "Content-Length: %zu\r\n\r\n%s", path, strlen(body), body);
-    else
-        snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
-                 path);
-    cr_assert_eq(send(fd, req, strlen(req), MSG_NOSIGNAL), (ssize_t)strlen(req));
+    int fd = tproc_open_request(port, path, body);
+    cr_assert_geq(fd, 0, "%s", strerror(errno));
     char *r = until_closed(fd, 30, NULL);
     close(fd);
     cr_assert_not_null(r, "no complete answer to %s within 30 s", path);
@@ -90,17 +72,12 @@ static char *complete(int port)
 {
     char *r = request(port, "/v1/completions",
                       "{\"prompt\":\"Once upon a time\",\"max_tokens\":12,\"temperature\":0}");
-    cr_assert(!strncmp(r, "HTTP/1.1 200", 12), "%s", r);
-    json_t *j = json_loads(strstr(r, "\r\n\r\n") + 4, 0, NULL);
-    cr_assert_not_null(j);
-    char *t = strdup(json_string_value(
-        json_object_get(json_array_get(json_object_get(j, "choices"), 0), "text")));
-    json_decref(j);
+    char *t = tproc_completion_text(r);
     free(r);
     return t;
 }
 
-static void start(srv_t *x, int max_conns)
+static void start(tsrv_t *x, int max_conns)
 {
     signal(SIGPIPE, SIG_IGN);
     coord_server_params_t p = coord_server_params_default();
@@ -110,35 +87,14 @@ static void start(srv_t *x, int max_conns)
     p.n_threads = 1;
     p.timeout_ms = TIMEOUT_MS;
     p.max_conns = max_conns;
-    cr_assert_eq(uv_loop_init(&x->loop), 0);
-    x->s = coord_server_new(&x->loop, &p);
-    cr_assert_not_null(x->s);
-    x->port = coord_server_port(x->s);
-    cr_assert_eq(uv_thread_create(&x->th, run_loop, x), 0);
-    double t0 = wire_now();
-    for (;;) {
-        char *r = request(x->port, "/health", NULL);
-        bool ok = !strncmp(r, "HTTP/1.1 200", 12);
-        free(r);
-        if (ok) break;
-        cr_assert_lt(wire_now() - t0, 20.0);
-        usleep(20000);
-    }
-}
-
-static void stop(srv_t *x)
-{
-    coord_server_stop(x->s);
-    cr_assert_eq(uv_thread_join(&x->th), 0);
-    cr_assert_eq(coord_server_free(x->s), 0);
-    cr_assert_eq(uv_loop_close(&x->loop), 0);
+    tsrv_start(x, &p, 20, false);
 }
 
 #define N_HALF 40
 
 Test(http_hostile, junk_half_open_and_idle_connections_do_not_starve_clients, .timeout = 120)
 {
-    srv_t x;
+    tsrv_t x;
     start(&x, 256);
     char *want = complete(x.port);
 
@@ -186,12 +142,12 @@ Test(http_hostile, junk_half_open_and_idle_connections_do_not_starve_clients, .t
     cr_assert_str_eq(got, want);
     free(got);
     free(want);
-    stop(&x);
+    tsrv_stop(&x);
 }
 
 Test(http_hostile, connections_beyond_the_limit_get_503_and_service_resumes, .timeout = 120)
 {
-    srv_t x;
+    tsrv_t x;
     start(&x, 16);
     int fds[24];
     for (int i = 0; i < 24; i++) fds[i] = tcp_connect(x.port);
@@ -212,14 +168,14 @@ Test(http_hostile, connections_beyond_the_limit_get_503_and_service_resumes, .ti
     char *got = complete(x.port);
     free(got);
     for (int i = 0; i < 24; i++) close(fds[i]);
-    stop(&x);
+    tsrv_stop(&x);
 }
 
 /* Found by fuzz_http: a path that is not UTF-8 used to make the 404's JSON fail to build, and
  * the server abort. It must get a valid JSON error naming the path (bytes replaced). */
 Test(http_hostile, path_with_invalid_utf8_gets_a_json_404, .timeout = 60)
 {
-    srv_t x;
+    tsrv_t x;
     start(&x, 256);
     static const char *const bad[] = {"/tok\xff\xfe", "/v1/\xc3\x28", "/health\x80"};
     for (int i = 0; i < 3; i++) {
@@ -236,7 +192,7 @@ Test(http_hostile, path_with_invalid_utf8_gets_a_json_404, .timeout = 60)
     char *r = request(x.port, "/health", NULL);
     cr_assert(!strncmp(r, "HTTP/1.1 200", 12), "%s", r);
     free(r);
-    stop(&x);
+    tsrv_stop(&x);
 }
 
 /* Overload: 2 slots and a queue of 2, offered 8 requests at once. The 4 beyond what the server
@@ -245,32 +201,18 @@ Test(http_hostile, path_with_invalid_utf8_gets_a_json_404, .timeout = 60)
 Test(http_hostile, overload_is_refused_fast_and_admitted_requests_are_unaffected, .timeout = 120)
 {
     signal(SIGPIPE, SIG_IGN);
-    srv_t x;
+    tsrv_t x;
     coord_server_params_t p = coord_server_params_default();
     p.model = MODEL;
     p.port = 0;
     p.n_slots = 2;
     p.max_queue = 2;
     p.n_threads = 1;
-    cr_assert_eq(uv_loop_init(&x.loop), 0);
-    x.s = coord_server_new(&x.loop, &p);
-    cr_assert_not_null(x.s);
-    x.port = coord_server_port(x.s);
-    cr_assert_eq(uv_thread_create(&x.th, run_loop, &x), 0);
-    for (double t0 = wire_now();; usleep(20000)) {
-        char *r = request(x.port, "/health", NULL);
-        bool ok = !strncmp(r, "HTTP/1.1 200", 12);
-        free(r);
-        if (ok) break;
-        cr_assert_lt(wire_now() - t0, 20.0);
-    }
+    tsrv_start(&x, &p, 20, false);
     static const char body[] =
         "{\"prompt\":\"Once upon a time\",\"max_tokens\":96,\"temperature\":0}";
     char *want = request(x.port, "/v1/completions", body);
-    cr_assert(!strncmp(want, "HTTP/1.1 200", 12), "%s", want);
-    json_t *wj = json_loads(strstr(want, "\r\n\r\n") + 4, 0, NULL);
-    const char *want_text = json_string_value(
-        json_object_get(json_array_get(json_object_get(wj, "choices"), 0), "text"));
+    char *want_text = tproc_completion_text(want);
 
     enum { N = 8 };
     int fd[N];
@@ -302,19 +244,16 @@ Test(http_hostile, overload_is_refused_fast_and_admitted_requests_are_unaffected
             cr_assert_lt(first[i], 2.0, "a refusal took %.2f s", first[i]);
             printf("overload: refusal %d answered after %.3f s\n", refused, first[i]);
         } else {
-            cr_assert(!strncmp(r, "HTTP/1.1 200", 12), "%s", r);
-            json_t *j = json_loads(strstr(r, "\r\n\r\n") + 4, 0, NULL);
-            cr_assert_str_eq(json_string_value(json_object_get(
-                                 json_array_get(json_object_get(j, "choices"), 0), "text")),
-                             want_text);
-            json_decref(j);
+            char *text = tproc_completion_text(r);
+            cr_assert_str_eq(text, want_text);
+            free(text);
             ok++;
         }
         free(r);
     }
     cr_assert_eq(ok, 4, "%d admitted, %d refused", ok, refused);
     cr_assert_eq(refused, 4);
-    json_decref(wj);
+    free(want_text);
     free(want);
-    stop(&x);
+    tsrv_stop(&x);
 }

@@ -20,6 +20,7 @@
 #include <uv.h>
 
 #include "coordinator/coord.h"
+#include "tsrv.h"
 #include "wire/wire.h"
 
 #define MODEL "../shared/golden/stories-moe-f32.gguf"
@@ -263,19 +264,6 @@ bool tc_prometheus_ok(const char *text, char *why, size_t cap)
 
 /* ---- server fixture ---- */
 
-typedef struct {
-    uv_loop_t loop;
-    coord_server_t *s;
-    uv_thread_t th;
-    int port;
-} srv_t;
-
-static void run_loop(void *arg)
-{
-    srv_t *x = arg;
-    uv_run(&x->loop, UV_RUN_DEFAULT);
-}
-
 static coord_server_params_t params(void)
 {
     coord_server_params_t p = coord_server_params_default();
@@ -286,35 +274,6 @@ static coord_server_params_t params(void)
     p.timeout_ms = 5000;
     p.grace_ms = 2000;
     return p;
-}
-
-/* Starts the server and waits (at most 10 s) until /health says 200. */
-static void srv_start(srv_t *x, const coord_server_params_t *p)
-{
-    cr_assert_eq(uv_loop_init(&x->loop), 0);
-    x->s = coord_server_new(&x->loop, p);
-    cr_assert_not_null(x->s);
-    x->port = coord_server_port(x->s);
-    cr_assert_gt(x->port, 0);
-    cr_assert_eq(uv_thread_create(&x->th, run_loop, x), 0);
-    double t0 = wire_now();
-    for (;;) {
-        tc_resp_t r = tc_request(x->port, "GET", "/health", NULL, NULL);
-        int st = r.status;
-        tc_resp_free(&r);
-        if (st == 200) break;
-        cr_assert(st == 503, "health said %d while loading", st);
-        cr_assert_lt(wire_now() - t0, 10.0, "model not ready within 10 s");
-        usleep(20000);
-    }
-}
-
-static void srv_stop(srv_t *x)
-{
-    coord_server_stop(x->s);
-    cr_assert_eq(uv_thread_join(&x->th), 0);
-    cr_assert_eq(coord_server_free(x->s), 0);
-    cr_assert_eq(uv_loop_close(&x->loop), 0);
 }
 
 static json_t *body_json(const tc_resp_t *r)
@@ -350,9 +309,9 @@ static tc_resp_t post(int port, const char *path, const char *body)
 
 Test(http, health_models_tokenize_roundtrip, .timeout = 60)
 {
-    srv_t x;
+    tsrv_t x;
     coord_server_params_t p = params();
-    srv_start(&x, &p);
+    tsrv_start(&x, &p, 10, true);
     tc_resp_t r = tc_request(x.port, "GET", "/health", NULL, NULL);
     cr_assert_eq(r.status, 200);
     json_t *j = body_json(&r);
@@ -397,14 +356,14 @@ Test(http, health_models_tokenize_roundtrip, .timeout = 60)
     cr_assert_neq(json_integer_value(json_array_get(json_object_get(j, "tokens"), 0)), 1);
     json_decref(j);
     tc_resp_free(&r);
-    srv_stop(&x);
+    tsrv_stop(&x);
 }
 
 Test(http, bad_input_gets_4xx_and_server_stays_up, .timeout = 60)
 {
-    srv_t x;
+    tsrv_t x;
     coord_server_params_t p = params();
-    srv_start(&x, &p);
+    tsrv_start(&x, &p, 10, true);
     static const struct {
         const char *path, *body, *param;
         int status;
@@ -449,16 +408,16 @@ Test(http, bad_input_gets_4xx_and_server_stays_up, .timeout = 60)
     r = tc_request(x.port, "GET", "/health", NULL, NULL);
     cr_assert_eq(r.status, 200);
     tc_resp_free(&r);
-    srv_stop(&x);
+    tsrv_stop(&x);
 }
 
 Test(http, limits_body_and_headers, .timeout = 60)
 {
-    srv_t x;
+    tsrv_t x;
     coord_server_params_t p = params();
     p.max_body = 4096;
     p.max_header = 1024;
-    srv_start(&x, &p);
+    tsrv_start(&x, &p, 10, true);
     /* Declared too large: refused before the body is read. */
     tc_conn_t c = tc_connect(x.port);
     tc_send(&c, "POST /tokenize HTTP/1.1\r\nHost: t\r\nContent-Length: 100000000\r\n\r\n");
@@ -496,15 +455,15 @@ Test(http, limits_body_and_headers, .timeout = 60)
     r = tc_request(x.port, "GET", "/health", NULL, NULL);
     cr_assert_eq(r.status, 200);
     tc_resp_free(&r);
-    srv_stop(&x);
+    tsrv_stop(&x);
 }
 
 Test(http, slowloris_closed_after_timeout, .timeout = 60)
 {
-    srv_t x;
+    tsrv_t x;
     coord_server_params_t p = params();
     p.timeout_ms = 300;
-    srv_start(&x, &p);
+    tsrv_start(&x, &p, 10, true);
     tc_conn_t c = tc_connect(x.port);
     double t0 = wire_now();
     /* Bytes keep coming, but the request never completes. */
@@ -522,15 +481,15 @@ Test(http, slowloris_closed_after_timeout, .timeout = 60)
     c = tc_connect(x.port);
     cr_assert(tc_eof(&c));
     tc_close(&c);
-    srv_stop(&x);
+    tsrv_stop(&x);
 }
 
 Test(http, api_key, .timeout = 60)
 {
-    srv_t x;
+    tsrv_t x;
     coord_server_params_t p = params();
     p.api_key = "sekrit-key";
-    srv_start(&x, &p);
+    tsrv_start(&x, &p, 10, true);
     tc_resp_t r = tc_request(x.port, "GET", "/v1/models", NULL, NULL);
     expect_error(&r, 401, NULL);
     tc_resp_free(&r);
@@ -553,15 +512,15 @@ Test(http, api_key, .timeout = 60)
     r = tc_request(x.port, "GET", "/health", NULL, NULL);
     cr_assert_eq(r.status, 200);
     tc_resp_free(&r);
-    srv_stop(&x);
+    tsrv_stop(&x);
 }
 
 Test(http, keepalive_pipelined_in_order, .timeout = 60)
 {
-    srv_t x;
+    tsrv_t x;
     coord_server_params_t p = params();
     p.cors_origin = "https://example.org";
-    srv_start(&x, &p);
+    tsrv_start(&x, &p, 10, true);
     tc_conn_t c = tc_connect(x.port);
     /* Three requests in one write: answers must come back in request order. */
     tc_send(&c, "POST /tokenize HTTP/1.1\r\nHost: t\r\nContent-Length: 17\r\n\r\n"
@@ -601,15 +560,15 @@ Test(http, keepalive_pipelined_in_order, .timeout = 60)
     tc_resp_free(&r);
     cr_assert(tc_eof(&c));
     tc_close(&c);
-    srv_stop(&x);
+    tsrv_stop(&x);
 }
 
 Test(http, connection_limit, .timeout = 60)
 {
-    srv_t x;
+    tsrv_t x;
     coord_server_params_t p = params();
     p.max_conns = 2;
-    srv_start(&x, &p);
+    tsrv_start(&x, &p, 10, true);
     tc_conn_t a = tc_connect(x.port), b = tc_connect(x.port);
     /* Both held open: the server has taken them once the first answers. */
     tc_send(&a, "GET /health HTTP/1.1\r\nHost: t\r\n\r\n");
@@ -639,14 +598,14 @@ Test(http, connection_limit, .timeout = 60)
         cr_assert_lt(wire_now() - t0, 5.0);
         usleep(10000);
     }
-    srv_stop(&x);
+    tsrv_stop(&x);
 }
 
 Test(http, metrics_are_prometheus_text, .timeout = 60)
 {
-    srv_t x;
+    tsrv_t x;
     coord_server_params_t p = params();
-    srv_start(&x, &p);
+    tsrv_start(&x, &p, 10, true);
     tc_resp_t r = post(x.port, "/tokenize", "{");
     tc_resp_free(&r);
     tc_conn_t c = tc_connect(x.port);
@@ -673,7 +632,7 @@ Test(http, metrics_are_prometheus_text, .timeout = 60)
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         cr_assert(strstr(r.body, names[i]), "no '%s' in\n%s", names[i], r.body);
     tc_resp_free(&r);
-    srv_stop(&x);
+    tsrv_stop(&x);
 }
 
 /* The checker itself must reject what is not the text format. */
@@ -706,16 +665,16 @@ Test(http, bad_model_stops_with_error, .timeout = 60)
 
 Test(http, port_in_use_fails_cleanly, .timeout = 60)
 {
-    srv_t x;
+    tsrv_t x;
     coord_server_params_t p = params();
-    srv_start(&x, &p);
+    tsrv_start(&x, &p, 10, true);
     uv_loop_t loop;
     cr_assert_eq(uv_loop_init(&loop), 0);
     coord_server_params_t q = params();
     q.port = x.port;
     cr_assert_null(coord_server_new(&loop, &q));
     cr_assert_eq(uv_loop_close(&loop), 0);
-    srv_stop(&x);
+    tsrv_stop(&x);
 }
 
 /* The serve command as a process: listening line, SIGTERM, exit status 0. */
@@ -888,9 +847,9 @@ static int count_tokens(int port, const char *text)
 
 Test(http_gen, streamed_equals_whole_and_usage, .timeout = 120)
 {
-    srv_t x;
+    tsrv_t x;
     coord_server_params_t p = params();
-    srv_start(&x, &p);
+    tsrv_start(&x, &p, 10, true);
     need_generation(x.port);
     const char *body = "{\"prompt\":\"Once upon a time\",\"max_tokens\":24,\"temperature\":0}";
     whole_t w = complete(x.port, "/v1/completions", body, false);
@@ -934,14 +893,14 @@ Test(http_gen, streamed_equals_whole_and_usage, .timeout = 120)
     free(s.text);
     free(w.text);
     tc_close(&c);
-    srv_stop(&x);
+    tsrv_stop(&x);
 }
 
 Test(http_gen, stop_string_never_leaks, .timeout = 120)
 {
-    srv_t x;
+    tsrv_t x;
     coord_server_params_t p = params();
-    srv_start(&x, &p);
+    tsrv_start(&x, &p, 10, true);
     need_generation(x.port);
     whole_t w = complete(x.port, "/v1/completions",
                          "{\"prompt\":\"Once upon a time\",\"max_tokens\":40,\"temperature\":0}",
@@ -971,16 +930,16 @@ Test(http_gen, stop_string_never_leaks, .timeout = 120)
     cr_assert(!s.leaked);
     free(s.text), free(s1.text), free(w.text);
     tc_close(&c);
-    srv_stop(&x);
+    tsrv_stop(&x);
 }
 
 Test(http_gen, bad_generation_fields, .timeout = 120)
 {
-    srv_t x;
+    tsrv_t x;
     coord_server_params_t p = params();
     p.max_prompt = 8;
     p.max_tokens = 50;
-    srv_start(&x, &p);
+    tsrv_start(&x, &p, 10, true);
     need_generation(x.port);
     static const struct {
         const char *path, *body, *param;
@@ -1026,7 +985,7 @@ Test(http_gen, bad_generation_fields, .timeout = 120)
                          "\"stop\":null,\"frobnicate\":{}}", false);
     cr_assert_eq(w.prompt_tokens, 2);
     free(w.text);
-    srv_stop(&x);
+    tsrv_stop(&x);
 }
 
 static int metric(int port, const char *name)
@@ -1043,10 +1002,10 @@ static int metric(int port, const char *name)
 
 Test(http_gen, disconnect_mid_stream_frees_the_slot, .timeout = 120)
 {
-    srv_t x;
+    tsrv_t x;
     coord_server_params_t p = params();
     p.n_slots = 1;
-    srv_start(&x, &p);
+    tsrv_start(&x, &p, 10, true);
     need_generation(x.port);
     int gen0 = metric(x.port, "moemesh:generation_tokens_total ");
     tc_conn_t c = tc_connect(x.port);
@@ -1076,7 +1035,7 @@ Test(http_gen, disconnect_mid_stream_frees_the_slot, .timeout = 120)
     cr_assert(made >= 1 && made < 100, "%d tokens made for a client that left", made);
     whole_t w = complete(x.port, "/v1/completions", "{\"prompt\":\"a\",\"max_tokens\":2}", false);
     free(w.text);
-    srv_stop(&x);
+    tsrv_stop(&x);
 }
 
 #define N_CLIENTS 24
@@ -1124,11 +1083,11 @@ static void client_run(void *arg)
 
 Test(http_gen, many_clients_on_two_slots, .timeout = 180)
 {
-    srv_t x;
+    tsrv_t x;
     coord_server_params_t p = params();
     p.n_slots = 2;
     p.max_queue = 6;
-    srv_start(&x, &p);
+    tsrv_start(&x, &p, 10, true);
     need_generation(x.port);
     client_t k[N_CLIENTS];
     uv_thread_t th[N_CLIENTS];
@@ -1159,7 +1118,7 @@ Test(http_gen, many_clients_on_two_slots, .timeout = 180)
     cr_assert_geq(metric(x.port, "moemesh:time_to_first_token_seconds_count "), ok);
     cr_assert_geq(metric(x.port, "moemesh:requests_total{status=\"200\"} "), ok);
     if (busy) cr_assert_eq(metric(x.port, "moemesh:requests_total{status=\"429\"} "), busy);
-    srv_stop(&x);
+    tsrv_stop(&x);
 }
 
 /* ---- http.c alone, with a handler that answers later ---- */
@@ -1340,9 +1299,9 @@ Test(http_conn, expect_100_continue, .timeout = 30)
 
 Test(http_gen, logprobs_shapes, .timeout = 120)
 {
-    srv_t x;
+    tsrv_t x;
     coord_server_params_t p = params();
-    srv_start(&x, &p);
+    tsrv_start(&x, &p, 10, true);
     need_generation(x.port);
     tc_resp_t r = post(x.port, "/v1/chat/completions",
                        "{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],\"max_tokens\":5,"
@@ -1381,5 +1340,5 @@ Test(http_gen, logprobs_shapes, .timeout = 120)
     json_t *top0 = json_array_get(json_object_get(lp, "top_logprobs"), 0);
     cr_assert(json_is_object(top0) && json_object_size(top0) >= 1);
     json_decref(j);
-    srv_stop(&x);
+    tsrv_stop(&x);
 }
