@@ -31,6 +31,7 @@
 #include <uv.h>
 
 #include "coordinator/coord.h"
+#include "tproc.h"
 #include "wire/wire.h"
 
 #define GOLDEN "../shared/golden"
@@ -38,22 +39,13 @@
 
 /* ---------------------------------------------------------------- node processes */
 
-typedef struct {
-    pid_t pid;
-    int out;            /* read end of the node's stdout */
-    char endpoint[128]; /* from its "listening on" line */
-} node_t;
-
-static node_t nodes[MAX_NODES];
+static tproc_t nodes[MAX_NODES];
+static char node_ep[MAX_NODES][128]; /* from each node's "listening on" line */
 static int n_nodes;
 
 static void reap_all(void)
 {
-    for (int i = 0; i < n_nodes; i++) {
-        if (nodes[i].pid > 0) kill(nodes[i].pid, SIGKILL), waitpid(nodes[i].pid, NULL, 0);
-        if (nodes[i].out >= 0) close(nodes[i].out);
-        nodes[i] = (node_t){0, -1, ""};
-    }
+    tproc_reap(nodes, n_nodes, false);
     n_nodes = 0;
 }
 
@@ -61,53 +53,15 @@ static void reap_all(void)
 static const char *spawn_node(const char *model)
 {
     cr_assert_lt(n_nodes, MAX_NODES);
-    char self[PATH_MAX - 32], prog[PATH_MAX];
-    ssize_t len = readlink("/proc/self/exe", self, sizeof(self) - 1);
-    cr_assert(len > 0);
-    self[len] = 0;
-    *strrchr(self, '/') = 0; /* .../tests */
-    *strrchr(self, '/') = 0; /* build or build/san */
-    snprintf(prog, sizeof(prog), "%s/bin/moemesh-expert", self);
-    cr_assert_eq(access(prog, X_OK), 0, "%s is missing: run make first", prog);
-    int fds[2];
-    cr_assert_eq(pipe(fds), 0);
-    pid_t parent = getpid(), pid = fork();
-    cr_assert_geq(pid, 0);
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent) _exit(127);
-        dup2(fds[1], 1);
-        close(fds[0]), close(fds[1]);
-        if (!getenv("MOEMESH_TEST_NODE_LOG")) {
-            int fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
-            if (fd >= 0) dup2(fd, 2);
-        }
-        execl(prog, prog, "-l", "tcp://127.0.0.1:*", "-m", model, "-t", "1", (char *)NULL);
-        _exit(127);
-    }
-    close(fds[1]);
-    node_t *n = &nodes[n_nodes++];
-    n->pid = pid;
-    n->out = fds[0];
-    char line[256];
-    size_t got = 0;
-    double deadline = wire_now() + 10;
-    while (got < sizeof(line) - 1) {
-        struct pollfd p = {fds[0], POLLIN, 0};
-        int left = (int)((deadline - wire_now()) * 1e3);
-        cr_assert(left > 0 && poll(&p, 1, left) == 1, "node: no 'listening on' line in 10 s");
-        cr_assert_eq(read(fds[0], line + got, 1), 1, "node exited before listening");
-        if (line[got] == '\n') break;
-        got++;
-    }
-    line[got] = 0;
-    cr_assert_eq(sscanf(line, "listening on %127s", n->endpoint), 1, "node said '%s'", line);
-    return n->endpoint;
+    const char *argv[] = {"moemesh-expert", "-l", "tcp://127.0.0.1:*", "-m", model, "-t", "1",
+                          NULL};
+    tproc_spawn(&nodes[n_nodes], argv, node_ep[n_nodes], sizeof(node_ep[0]), 10);
+    return node_ep[n_nodes++];
 }
 
 static void setup(void)
 {
-    for (int i = 0; i < MAX_NODES; i++) nodes[i] = (node_t){0, -1, ""};
+    memset(nodes, 0, sizeof(nodes));
     n_nodes = 0;
     signal(SIGPIPE, SIG_IGN);
 }
