@@ -121,6 +121,31 @@ static char *capture_end(void)
     return s;
 }
 
+/* ---------------------------------------------------------------- clusters */
+
+/* The configuration of a cluster of the n nodes at eps, without progress lines. */
+static coord_cluster_config_t config(int n, const char **eps)
+{
+    coord_cluster_config_t cc = coord_cluster_config_default();
+    cc.n_nodes = n;
+    cc.endpoints = eps;
+    cc.progress = false;
+    return cc;
+}
+
+/* coord_cluster_new(cc, m), the seconds it took in *dt and what it logged in *log (malloc'd),
+ * each unless NULL. */
+static coord_cluster_t *start_cluster(const coord_cluster_config_t *cc, const model_t *m,
+                                      double *dt, char **log)
+{
+    if (log) capture_begin();
+    double t0 = wire_now();
+    coord_cluster_t *c = coord_cluster_new(cc, m);
+    if (dt) *dt = wire_now() - t0;
+    if (log) *log = capture_end();
+    return c;
+}
+
 /* ---------------------------------------------------------------- engine runs */
 
 #define MAX_TOK 128
@@ -153,12 +178,9 @@ static void check_model_r(const char *name, int n, int replicas, bool from_file,
 
     const char *eps[MAX_NODES];
     for (int i = 0; i < n; i++) eps[i] = spawn_node(from_file ? path : NULL);
-    coord_cluster_config_t cc = coord_cluster_config_default();
-    cc.n_nodes = n;
-    cc.endpoints = eps;
+    coord_cluster_config_t cc = config(n, eps);
     cc.wire_type = wt;
     cc.replicas = replicas;
-    cc.progress = false;
     coord_cluster_t *c = coord_cluster_new(&cc, m);
     cr_assert_not_null(c, "%s: cluster of %d did not start", name, n);
     cr_assert_eq(coord_cluster_replicas(c), replicas);
@@ -296,11 +318,8 @@ Test(cluster, killed_node_fails_the_next_call_in_time, .timeout = 60)
 {
     model_t *m = load("qwen3moe-tiny-f32");
     const char *eps[2] = {spawn_node(NULL), spawn_node(NULL)};
-    coord_cluster_config_t cc = coord_cluster_config_default();
-    cc.n_nodes = 2;
-    cc.endpoints = eps;
+    coord_cluster_config_t cc = config(2, eps);
     cc.timeout_ms = 1000;
-    cc.progress = false;
     coord_cluster_t *c = coord_cluster_new(&cc, m);
     cr_assert_not_null(c);
     kern_pool_t *pool = kern_pool_new(1);
@@ -342,17 +361,12 @@ Test(cluster, corrupted_chunk_fails_start_up, .timeout = 60)
 {
     model_t *m = load("mixtral-tiny-f32");
     const char *eps[2] = {spawn_node(NULL), spawn_node(NULL)};
-    coord_cluster_config_t cc = coord_cluster_config_default();
-    cc.n_nodes = 2;
-    cc.endpoints = eps;
+    coord_cluster_config_t cc = config(2, eps);
     cc.timeout_ms = 5000;
-    cc.progress = false;
     cc.test_corrupt_chunk = 7;
-    capture_begin();
-    double t0 = wire_now();
-    coord_cluster_t *c = coord_cluster_new(&cc, m);
-    double dt = wire_now() - t0;
-    char *log = capture_end();
+    double dt;
+    char *log;
+    coord_cluster_t *c = start_cluster(&cc, m, &dt, &log);
     cr_expect_null(c);
     cr_expect_lt(dt, 6.0);
     cr_expect_not_null(strstr(log, "checksum"), "the log says checksum");
@@ -370,15 +384,11 @@ Test(cluster, ready_queued_behind_the_last_chunk_is_kept, .timeout = 60)
 {
     model_t *m = load("qwen3moe-tiny-f32");
     const char *eps[2] = {spawn_node(NULL), spawn_node(NULL)};
-    coord_cluster_config_t cc = coord_cluster_config_default();
-    cc.n_nodes = 2;
-    cc.endpoints = eps;
+    coord_cluster_config_t cc = config(2, eps);
     cc.timeout_ms = 5000;
-    cc.progress = false;
     cc.test_stall_ms = 500;
-    double t0 = wire_now();
-    coord_cluster_t *c = coord_cluster_new(&cc, m);
-    double dt = wire_now() - t0;
+    double dt;
+    coord_cluster_t *c = start_cluster(&cc, m, &dt, NULL);
     cr_expect_not_null(c, "start-up must see the READYs that came during the stalls");
     cr_expect_lt(dt, 4.0, "started after %.2f s: two 0.5 s stalls, no deadline", dt);
     for (int i = 0; c && i < 2; i++) {
@@ -395,24 +405,18 @@ Test(cluster, more_replicas_than_nodes_are_refused, .timeout = 30)
 {
     model_t *m = load("qwen3moe-tiny-f32");
     const char *eps[2] = {"tcp://127.0.0.1:1", "tcp://127.0.0.1:2"};
-    coord_cluster_config_t cc = coord_cluster_config_default();
-    cc.n_nodes = 2;
-    cc.endpoints = eps;
+    coord_cluster_config_t cc = config(2, eps);
     cc.replicas = 3;
-    cc.progress = false;
-    capture_begin();
-    double t0 = wire_now();
-    coord_cluster_t *c = coord_cluster_new(&cc, m);
-    double dt = wire_now() - t0;
-    char *log = capture_end();
+    double dt;
+    char *log;
+    coord_cluster_t *c = start_cluster(&cc, m, &dt, &log);
     cr_expect_null(c);
     cr_expect_lt(dt, 1.0, "refused at once, not at a deadline");
     cr_expect_not_null(strstr(log, "replicas must be 1..2"), "the log says why:\n%s", log);
     free(log);
     cc.replicas = 0;
-    capture_begin();
-    c = coord_cluster_new(&cc, m);
-    free(capture_end());
+    c = start_cluster(&cc, m, NULL, &log);
+    free(log);
     cr_expect_null(c);
     model_free(m);
 }
@@ -428,16 +432,11 @@ Test(cluster, unreachable_node_fails_start_up_at_the_deadline, .timeout = 30)
     snprintf(dead, sizeof(dead), "%s", ep);
     tproc_kill(&nodes[0]);
     const char *eps[1] = {dead};
-    coord_cluster_config_t cc = coord_cluster_config_default();
-    cc.n_nodes = 1;
-    cc.endpoints = eps;
+    coord_cluster_config_t cc = config(1, eps);
     cc.connect_ms = 500;
-    cc.progress = false;
-    capture_begin();
-    double t0 = wire_now();
-    coord_cluster_t *c = coord_cluster_new(&cc, m);
-    double dt = wire_now() - t0;
-    char *log = capture_end();
+    double dt;
+    char *log;
+    coord_cluster_t *c = start_cluster(&cc, m, &dt, &log);
     cr_expect_null(c);
     cr_expect(dt >= 0.4 && dt < 3.0, "gave up after %.2f s, deadline 0.5 s", dt);
     char want[192];
@@ -545,15 +544,11 @@ Test(cluster, curve_keys_admit_ours_and_refuse_others, .timeout = 60)
 
     model_t *m = load("qwen2moe-tiny-f32");
     const char *eps[1] = {spawn_node_curve(NULL, good)};
-    coord_cluster_config_t cc = coord_cluster_config_default();
-    cc.n_nodes = 1;
-    cc.endpoints = eps;
+    coord_cluster_config_t cc = config(1, eps);
     cc.connect_ms = 2000;
-    cc.progress = false;
     cc.curve_dir = bad;
-    capture_begin();
-    coord_cluster_t *c = coord_cluster_new(&cc, m);
-    char *log = capture_end();
+    char *log;
+    coord_cluster_t *c = start_cluster(&cc, m, NULL, &log);
     cr_expect_null(c, "a coordinator key the node does not list must be refused");
     cr_expect_not_null(strstr(log, "expert node 0 ("), "the log names the node");
     free(log);
@@ -604,8 +599,8 @@ Test(cluster, load_aware_placement_equals_local_path, .timeout = 240)
     cr_assert_eq(coord_load_profile_write(prof, "test", L, E, tok), 0);
     const char *eps[3];
     for (int i = 0; i < 3; i++) eps[i] = spawn_node(NULL);
-    coord_cluster_config_t cc = coord_cluster_config_default();
-    cc.n_nodes = 3, cc.endpoints = eps, cc.replicas = 3, cc.progress = false;
+    coord_cluster_config_t cc = config(3, eps);
+    cc.replicas = 3;
     cc.load_profile = prof, cc.node_cap = "100,200,400";
     coord_cluster_t *c = coord_cluster_new(&cc, m);
     cr_assert_not_null(c);
