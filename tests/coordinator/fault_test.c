@@ -82,7 +82,7 @@ static char *complete(int port)
 
 static int start_coord(int slot, const char *e0, const char *e1)
 {
-    char port_s[16], addr[128];
+    char addr[128];
     const char *argv[] = {"moemesh-coordinator", "serve", "-m", MODEL, "--port", "0",
                           "--parallel", "2", "-t", "1", "--node-timeout", "2000",
                           "--expert-node", e0, "--expert-node", e1, NULL};
@@ -90,8 +90,24 @@ static int start_coord(int slot, const char *e0, const char *e1)
     int port = 0;
     cr_assert_eq(sscanf(addr, "http://127.0.0.1:%d", &port), 1, "%s", addr);
     tproc_wait_health(port, 200, 30);
-    (void)port_s;
     return port;
+}
+
+/* Both nodes on ephemeral ports (their endpoints in e0, e1) and a coordinator using them;
+ * returns its HTTP port once /health says 200. */
+static int start_all(char *e0, char *e1)
+{
+    start_node(NODE0, "tcp://127.0.0.1:*", e0);
+    start_node(NODE1, "tcp://127.0.0.1:*", e1);
+    return start_coord(COORD, e0, e1);
+}
+
+/* The greedy completion on port is want again. */
+static void expect_same(int port, const char *want)
+{
+    char *got = complete(port);
+    cr_assert_str_eq(got, want);
+    free(got);
 }
 
 /* A node stalls (SIGSTOP) while a streamed request needs it, then dies (SIGKILL), then a new
@@ -99,9 +115,7 @@ static int start_coord(int slot, const char *e0, const char *e1)
 Test(fault, node_stalls_dies_and_is_replaced, .timeout = 180)
 {
     char e0[128], e1[128];
-    start_node(NODE0, "tcp://127.0.0.1:*", e0);
-    start_node(NODE1, "tcp://127.0.0.1:*", e1);
-    int port = start_coord(COORD, e0, e1);
+    int port = start_all(e0, e1);
     char *want = complete(port);
 
     /* In flight: the stream has begun when the node stops; it must end with an error event
@@ -143,9 +157,7 @@ Test(fault, node_stalls_dies_and_is_replaced, .timeout = 180)
     dt = tproc_wait_health(port, 200, 20);
     printf("fault: replacement node serving %.2f s after it started\n", dt);
     cr_assert(log_has(COORD, "expert node 1 (") && log_has(COORD, "is back"));
-    char *got = complete(port);
-    cr_assert_str_eq(got, want);
-    free(got);
+    expect_same(port, want);
     free(want);
     assert_alive(COORD);
 }
@@ -156,9 +168,7 @@ Test(fault, node_stalls_dies_and_is_replaced, .timeout = 180)
 Test(fault, idle_stall_is_noticed_by_heartbeat, .timeout = 120)
 {
     char e0[128], e1[128];
-    start_node(NODE0, "tcp://127.0.0.1:*", e0);
-    start_node(NODE1, "tcp://127.0.0.1:*", e1);
-    int port = start_coord(COORD, e0, e1);
+    int port = start_all(e0, e1);
     char *want = complete(port);
     usleep(1500000); /* idle for a while: heartbeats flowing keep it up */
     cr_assert_eq(tproc_health(port, NULL), 200);
@@ -173,9 +183,7 @@ Test(fault, idle_stall_is_noticed_by_heartbeat, .timeout = 120)
     dt = tproc_wait_health(port, 200, 15);
     printf("fault: resumed node serving again after %.2f s\n", dt);
     cr_assert(log_has(COORD, "is back: ") && log_has(COORD, "0.00 MiB streamed"));
-    char *got = complete(port);
-    cr_assert_str_eq(got, want);
-    free(got);
+    expect_same(port, want);
     free(want);
     assert_alive(COORD);
 }
@@ -185,9 +193,7 @@ Test(fault, idle_stall_is_noticed_by_heartbeat, .timeout = 120)
 Test(fault, coordinator_killed_and_replaced, .timeout = 120)
 {
     char e0[128], e1[128];
-    start_node(NODE0, "tcp://127.0.0.1:*", e0);
-    start_node(NODE1, "tcp://127.0.0.1:*", e1);
-    int port = start_coord(COORD, e0, e1);
+    int port = start_all(e0, e1);
     char *want = complete(port);
     cr_assert_eq(log_count(COORD, " MiB streamed"), 2);
     cr_assert_eq(log_count(COORD, "0.00 MiB streamed"), 0, "the first start streams shards");
@@ -202,9 +208,7 @@ Test(fault, coordinator_killed_and_replaced, .timeout = 120)
 
     int port2 = start_coord(N_PROC, e0, e1);
     cr_assert_eq(log_count(N_PROC, "0.00 MiB streamed"), 2, "a new coordinator re-streamed");
-    char *got = complete(port2);
-    cr_assert_str_eq(got, want);
-    free(got);
+    expect_same(port2, want);
     free(want);
     (void)port;
 }
@@ -216,9 +220,7 @@ Test(fault, coordinator_killed_and_replaced, .timeout = 120)
 Test(fault, short_soak_has_no_failures_and_no_fd_growth, .timeout = 180)
 {
     char e0[128], e1[128];
-    start_node(NODE0, "tcp://127.0.0.1:*", e0);
-    start_node(NODE1, "tcp://127.0.0.1:*", e1);
-    int port = start_coord(COORD, e0, e1);
+    int port = start_all(e0, e1);
     char bench[PATH_MAX], cmd[PATH_MAX + 256], out[128];
     tproc_prog_path("moemesh-bench", bench, sizeof(bench));
     snprintf(out, sizeof(out), "/tmp/moemesh-fault-%d-soak.txt", (int)getpid());
@@ -255,9 +257,7 @@ Test(fault, short_soak_has_no_failures_and_no_fd_growth, .timeout = 180)
 Test(fault, late_result_of_a_stalled_node_is_dropped, .timeout = 120)
 {
     char e0[128], e1[128];
-    start_node(NODE0, "tcp://127.0.0.1:*", e0);
-    start_node(NODE1, "tcp://127.0.0.1:*", e1);
-    int port = start_coord(COORD, e0, e1);
+    int port = start_all(e0, e1);
     char *want = complete(port);
     cr_assert_eq(kill(procs[NODE1].pid, SIGSTOP), 0);
     char *r = tproc_request(port, "/v1/completions", PROMPT "}", 30);
@@ -271,9 +271,7 @@ Test(fault, late_result_of_a_stalled_node_is_dropped, .timeout = 120)
         usleep(100000);
     }
     for (int i = 0; i < 2; i++) {
-        char *got = complete(port);
-        cr_assert_str_eq(got, want);
-        free(got);
+        expect_same(port, want);
     }
     free(want);
     assert_alive(COORD);

@@ -305,6 +305,36 @@ static tc_resp_t post(int port, const char *path, const char *body)
     return tc_request(port, "POST", path, body, NULL);
 }
 
+/* One request (as tc_request) whose answer must have status. */
+static void expect_status(int port, const char *method, const char *path, const char *body,
+                          const char *extra, int status)
+{
+    tc_resp_t r = tc_request(port, method, path, body, extra);
+    cr_assert_eq(r.status, status, "%s %s: %.*s", method, path, (int)r.body_len, r.body);
+    tc_resp_free(&r);
+}
+
+/* One request (as tc_request) answered with an OpenAI-shaped error (expect_error). */
+static void expect_request_error(int port, const char *method, const char *path,
+                                 const char *body, const char *extra, int status,
+                                 const char *param)
+{
+    tc_resp_t r = tc_request(port, method, path, body, extra);
+    expect_error(&r, status, param);
+    tc_resp_free(&r);
+}
+
+/* Raw bytes on a fresh connection answered with an OpenAI-shaped error of status. */
+static void expect_raw_error(int port, const char *raw, int status)
+{
+    tc_conn_t c = tc_connect(port);
+    tc_send(&c, raw);
+    tc_resp_t r = tc_read(&c);
+    expect_error(&r, status, NULL);
+    tc_resp_free(&r);
+    tc_close(&c);
+}
+
 /* ---- tests ---- */
 
 Test(http, health_models_tokenize_roundtrip, .timeout = 60)
@@ -405,9 +435,7 @@ Test(http, bad_input_gets_4xx_and_server_stays_up, .timeout = 60)
     tc_resp_free(&r);
     cr_assert(tc_eof(&c));
     tc_close(&c);
-    r = tc_request(x.port, "GET", "/health", NULL, NULL);
-    cr_assert_eq(r.status, 200);
-    tc_resp_free(&r);
+    expect_status(x.port, "GET", "/health", NULL, NULL, 200);
     tsrv_stop(&x);
 }
 
@@ -419,19 +447,16 @@ Test(http, limits_body_and_headers, .timeout = 60)
     p.max_header = 1024;
     tsrv_start(&x, &p, 10, true);
     /* Declared too large: refused before the body is read. */
-    tc_conn_t c = tc_connect(x.port);
-    tc_send(&c, "POST /tokenize HTTP/1.1\r\nHost: t\r\nContent-Length: 100000000\r\n\r\n");
-    tc_resp_t r = tc_read(&c);
-    expect_error(&r, 413, NULL);
-    tc_resp_free(&r);
-    tc_close(&c);
+    expect_raw_error(x.port,
+                     "POST /tokenize HTTP/1.1\r\nHost: t\r\nContent-Length: 100000000\r\n\r\n",
+                     413);
     /* Chunked, growing past the limit. */
-    c = tc_connect(x.port);
+    tc_conn_t c = tc_connect(x.port);
     tc_send(&c, "POST /tokenize HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n");
     char chunk[1100];
     snprintf(chunk, sizeof(chunk), "400\r\n%01024d\r\n", 0);
     for (int i = 0; i < 5; i++) tc_send(&c, chunk);
-    r = tc_read(&c);
+    tc_resp_t r = tc_read(&c);
     expect_error(&r, 413, NULL);
     tc_resp_free(&r);
     tc_close(&c);
@@ -446,15 +471,8 @@ Test(http, limits_body_and_headers, .timeout = 60)
     /* Headers too large. */
     char big[2048];
     snprintf(big, sizeof(big), "GET /health HTTP/1.1\r\nX-Pad: %01500d\r\n\r\n", 0);
-    c = tc_connect(x.port);
-    tc_send(&c, big);
-    r = tc_read(&c);
-    expect_error(&r, 431, NULL);
-    tc_resp_free(&r);
-    tc_close(&c);
-    r = tc_request(x.port, "GET", "/health", NULL, NULL);
-    cr_assert_eq(r.status, 200);
-    tc_resp_free(&r);
+    expect_raw_error(x.port, big, 431);
+    expect_status(x.port, "GET", "/health", NULL, NULL, 200);
     tsrv_stop(&x);
 }
 
@@ -490,28 +508,17 @@ Test(http, api_key, .timeout = 60)
     coord_server_params_t p = params();
     p.api_key = "sekrit-key";
     tsrv_start(&x, &p, 10, true);
-    tc_resp_t r = tc_request(x.port, "GET", "/v1/models", NULL, NULL);
-    expect_error(&r, 401, NULL);
-    tc_resp_free(&r);
-    r = tc_request(x.port, "GET", "/v1/models", NULL, "Authorization: Bearer sekrit-kez\r\n");
-    expect_error(&r, 401, NULL);
-    tc_resp_free(&r);
-    r = tc_request(x.port, "GET", "/v1/models", NULL, "Authorization: Bearer sekrit-key2\r\n");
-    expect_error(&r, 401, NULL);
-    tc_resp_free(&r);
-    r = tc_request(x.port, "POST", "/tokenize", "{\"content\":\"a\"}",
-                   "Authorization: Bearer sekrit\r\n");
-    expect_error(&r, 401, NULL);
-    tc_resp_free(&r);
-    r = tc_request(x.port, "GET", "/v1/models", NULL, "Authorization: Bearer sekrit-key\r\n");
-    cr_assert_eq(r.status, 200);
-    tc_resp_free(&r);
-    r = tc_request(x.port, "GET", "/metrics", NULL, NULL);
-    expect_error(&r, 401, NULL);
-    tc_resp_free(&r);
-    r = tc_request(x.port, "GET", "/health", NULL, NULL);
-    cr_assert_eq(r.status, 200);
-    tc_resp_free(&r);
+    expect_request_error(x.port, "GET", "/v1/models", NULL, NULL, 401, NULL);
+    expect_request_error(x.port, "GET", "/v1/models", NULL,
+                         "Authorization: Bearer sekrit-kez\r\n", 401, NULL);
+    expect_request_error(x.port, "GET", "/v1/models", NULL,
+                         "Authorization: Bearer sekrit-key2\r\n", 401, NULL);
+    expect_request_error(x.port, "POST", "/tokenize", "{\"content\":\"a\"}",
+                         "Authorization: Bearer sekrit\r\n", 401, NULL);
+    expect_status(x.port, "GET", "/v1/models", NULL, "Authorization: Bearer sekrit-key\r\n",
+                  200);
+    expect_request_error(x.port, "GET", "/metrics", NULL, NULL, 401, NULL);
+    expect_status(x.port, "GET", "/health", NULL, NULL, 200);
     tsrv_stop(&x);
 }
 
@@ -1268,9 +1275,7 @@ Test(http_conn, health_says_loading_until_the_stack_is_set, .timeout = 30)
     r = post(b.port, "/v1/chat/completions", "{\"messages\":[]}");
     expect_error(&r, 503, NULL);
     tc_resp_free(&r);
-    r = tc_request(b.port, "GET", "/v1/models", NULL, NULL);
-    cr_assert_eq(r.status, 200);
-    tc_resp_free(&r);
+    expect_status(b.port, "GET", "/v1/models", NULL, NULL, 200);
     r = tc_request(b.port, "GET", "/metrics", NULL, NULL);
     cr_assert_eq(r.status, 200);
     cr_assert(strstr(r.body, "\nmoemesh:ready 0\n"));
