@@ -410,17 +410,14 @@ Test(http, bad_input_gets_4xx_and_server_stays_up, .timeout = 60)
         {"/v1/nothing", "{}", NULL, 404},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        tc_resp_t r = post(x.port, cases[i].path, cases[i].body);
-        expect_error(&r, cases[i].status, cases[i].param);
-        tc_resp_free(&r);
+        expect_request_error(x.port, "POST", cases[i].path, cases[i].body, NULL,
+                             cases[i].status, cases[i].param);
     }
-    tc_resp_t r = tc_request(x.port, "GET", "/tokenize", NULL, NULL);
-    expect_error(&r, 405, NULL);
-    tc_resp_free(&r);
+    expect_request_error(x.port, "GET", "/tokenize", NULL, NULL, 405, NULL);
     /* Not HTTP at all: 400 and the connection closes. */
     tc_conn_t c = tc_connect(x.port);
     tc_send(&c, "HELLO THERE\r\n\r\n");
-    r = tc_read(&c);
+    tc_resp_t r = tc_read(&c);
     expect_error(&r, 400, NULL);
     tc_resp_free(&r);
     cr_assert(tc_eof(&c), "connection left open after a malformed request");
@@ -730,9 +727,8 @@ Test(http, serve_command_sigterm_exits_zero, .timeout = 60)
 /* The smallest generation works before a test relies on more. */
 static void need_generation(int port)
 {
-    tc_resp_t r = post(port, "/v1/completions", "{\"prompt\":\"a\",\"max_tokens\":1}");
-    cr_assert_eq(r.status, 200, "%.*s", (int)r.body_len, r.body);
-    tc_resp_free(&r);
+    expect_status(port, "POST", "/v1/completions", "{\"prompt\":\"a\",\"max_tokens\":1}", NULL,
+                  200);
 }
 
 typedef struct {
@@ -982,9 +978,8 @@ Test(http_gen, bad_generation_fields, .timeout = 120)
          "model"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        tc_resp_t r = post(x.port, cases[i].path, cases[i].body);
-        expect_error(&r, 400, cases[i].param);
-        tc_resp_free(&r);
+        expect_request_error(x.port, "POST", cases[i].path, cases[i].body, NULL, 400,
+                             cases[i].param);
     }
     /* Nulls count as absent, unknown fields are ignored. */
     whole_t w = complete(x.port, "/v1/completions",
@@ -1269,12 +1264,9 @@ Test(http_conn, health_says_loading_until_the_stack_is_set, .timeout = 30)
     cr_assert_str_eq(json_string_value(json_object_get(j, "status")), "loading");
     json_decref(j);
     tc_resp_free(&r);
-    r = post(b.port, "/tokenize", "{\"content\":\"a\"}");
-    expect_error(&r, 503, NULL);
-    tc_resp_free(&r);
-    r = post(b.port, "/v1/chat/completions", "{\"messages\":[]}");
-    expect_error(&r, 503, NULL);
-    tc_resp_free(&r);
+    expect_request_error(b.port, "POST", "/tokenize", "{\"content\":\"a\"}", NULL, 503, NULL);
+    expect_request_error(b.port, "POST", "/v1/chat/completions", "{\"messages\":[]}", NULL, 503,
+                         NULL);
     expect_status(b.port, "GET", "/v1/models", NULL, NULL, 200);
     r = tc_request(b.port, "GET", "/metrics", NULL, NULL);
     cr_assert_eq(r.status, 200);
