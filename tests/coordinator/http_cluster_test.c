@@ -61,12 +61,8 @@ static char *request(int port, const char *path, const char *body)
 
 static void start_t(tsrv_t *x, const char *const *eps, int n_eps, int node_timeout_ms)
 {
-    coord_server_params_t p = coord_server_params_default();
+    coord_server_params_t p = tsrv_params(MODEL);
     p.node_timeout_ms = node_timeout_ms;
-    p.model = MODEL;
-    p.port = 0;
-    p.n_slots = 2;
-    p.n_threads = 1;
     p.expert_nodes = eps;
     p.n_expert_nodes = n_eps;
     tsrv_start(x, &p, 30, false);

@@ -80,11 +80,7 @@ static char *complete(int port)
 static void start(tsrv_t *x, int max_conns)
 {
     signal(SIGPIPE, SIG_IGN);
-    coord_server_params_t p = coord_server_params_default();
-    p.model = MODEL;
-    p.port = 0;
-    p.n_slots = 2;
-    p.n_threads = 1;
+    coord_server_params_t p = tsrv_params(MODEL);
     p.timeout_ms = TIMEOUT_MS;
     p.max_conns = max_conns;
     tsrv_start(x, &p, 20, false);
@@ -202,12 +198,8 @@ Test(http_hostile, overload_is_refused_fast_and_admitted_requests_are_unaffected
 {
     signal(SIGPIPE, SIG_IGN);
     tsrv_t x;
-    coord_server_params_t p = coord_server_params_default();
-    p.model = MODEL;
-    p.port = 0;
-    p.n_slots = 2;
+    coord_server_params_t p = tsrv_params(MODEL);
     p.max_queue = 2;
-    p.n_threads = 1;
     tsrv_start(&x, &p, 20, false);
     static const char body[] =
         "{\"prompt\":\"Once upon a time\",\"max_tokens\":96,\"temperature\":0}";

@@ -266,11 +266,7 @@ bool tc_prometheus_ok(const char *text, char *why, size_t cap)
 
 static coord_server_params_t params(void)
 {
-    coord_server_params_t p = coord_server_params_default();
-    p.model = MODEL;
-    p.port = 0;
-    p.n_slots = 2;
-    p.n_threads = 1;
+    coord_server_params_t p = tsrv_params(MODEL);
     p.timeout_ms = 5000;
     p.grace_ms = 2000;
     return p;
@@ -324,6 +320,18 @@ static void expect_request_error(int port, const char *method, const char *path,
     tc_resp_free(&r);
 }
 
+/* The JSON body of one request (as tc_request) answered with status (< 0: any). */
+static json_t *answer_json(int port, const char *method, const char *path, const char *body,
+                           int status)
+{
+    tc_resp_t r = tc_request(port, method, path, body, NULL);
+    if (status >= 0)
+        cr_assert_eq(r.status, status, "%s %s: %.*s", method, path, (int)r.body_len, r.body);
+    json_t *j = body_json(&r);
+    tc_resp_free(&r);
+    return j;
+}
+
 /* Raw bytes on a fresh connection answered with an OpenAI-shaped error of status. */
 static void expect_raw_error(int port, const char *raw, int status)
 {
@@ -342,50 +350,37 @@ Test(http, health_models_tokenize_roundtrip, .timeout = 60)
     tsrv_t x;
     coord_server_params_t p = params();
     tsrv_start(&x, &p, 10, true);
-    tc_resp_t r = tc_request(x.port, "GET", "/health", NULL, NULL);
-    cr_assert_eq(r.status, 200);
-    json_t *j = body_json(&r);
+    json_t *j = answer_json(x.port, "GET", "/health", NULL, 200);
     cr_assert_str_eq(json_string_value(json_object_get(j, "status")), "ok");
     json_decref(j);
-    tc_resp_free(&r);
 
-    r = tc_request(x.port, "GET", "/v1/models", NULL, NULL);
-    cr_assert_eq(r.status, 200);
-    j = body_json(&r);
+    j = answer_json(x.port, "GET", "/v1/models", NULL, 200);
     cr_assert_str_eq(json_string_value(json_object_get(j, "object")), "list");
     json_t *m = json_array_get(json_object_get(j, "data"), 0);
     cr_assert_str_eq(json_string_value(json_object_get(m, "id")), "stories-moe-f32.gguf");
     cr_assert_str_eq(json_string_value(json_object_get(m, "object")), "model");
     json_decref(j);
-    tc_resp_free(&r);
 
     const char *text = "Once upon a time, there was a little dog.";
     char body[256];
     snprintf(body, sizeof(body), "{\"content\": \"%s\"}", text);
-    r = post(x.port, "/tokenize", body);
-    cr_assert_eq(r.status, 200);
-    j = body_json(&r);
+    j = answer_json(x.port, "POST", "/tokenize", body, 200);
     json_t *toks = json_object_get(j, "tokens");
     cr_assert(json_array_size(toks) > 5);
     cr_assert_eq(json_integer_value(json_array_get(toks, 0)), 1, "BOS first");
     char *dump = json_dumps(j, JSON_COMPACT);
     json_decref(j);
-    tc_resp_free(&r);
 
     /* {"tokens":[...]} is exactly what /detokenize takes. */
-    r = post(x.port, "/detokenize", dump);
+    j = answer_json(x.port, "POST", "/detokenize", dump, 200);
     free(dump);
-    cr_assert_eq(r.status, 200);
-    j = body_json(&r);
     cr_assert_str_eq(json_string_value(json_object_get(j, "content")), text);
     json_decref(j);
-    tc_resp_free(&r);
 
-    r = post(x.port, "/tokenize", "{\"content\": \"a b\", \"add_special\": false}");
-    j = body_json(&r);
+    j = answer_json(x.port, "POST", "/tokenize", "{\"content\": \"a b\", \"add_special\": false}",
+                    -1);
     cr_assert_neq(json_integer_value(json_array_get(json_object_get(j, "tokens"), 0)), 1);
     json_decref(j);
-    tc_resp_free(&r);
     tsrv_stop(&x);
 }
 
@@ -812,10 +807,7 @@ typedef struct {
 
 static whole_t complete(int port, const char *path, const char *body, bool chat)
 {
-    tc_resp_t r = post(port, path, body);
-    cr_assert_eq(r.status, 200, "%.*s", (int)r.body_len, r.body);
-    json_t *j = body_json(&r);
-    tc_resp_free(&r);
+    json_t *j = answer_json(port, "POST", path, body, 200);
     cr_assert_str_eq(json_string_value(json_object_get(j, "object")),
                      chat ? "chat.completion" : "text_completion");
     cr_assert(json_is_string(json_object_get(j, "id")));
@@ -840,11 +832,9 @@ static int count_tokens(int port, const char *text)
 {
     char body[512];
     snprintf(body, sizeof(body), "{\"content\":\"%s\"}", text);
-    tc_resp_t r = post(port, "/tokenize", body);
-    json_t *j = body_json(&r);
+    json_t *j = answer_json(port, "POST", "/tokenize", body, -1);
     int n = (int)json_array_size(json_object_get(j, "tokens"));
     json_decref(j);
-    tc_resp_free(&r);
     return n;
 }
 
@@ -1258,17 +1248,14 @@ Test(http_conn, health_says_loading_until_the_stack_is_set, .timeout = 30)
 {
     bare_t b;
     bare_start(&b, true);
-    tc_resp_t r = tc_request(b.port, "GET", "/health", NULL, NULL);
-    cr_assert_eq(r.status, 503);
-    json_t *j = body_json(&r);
+    json_t *j = answer_json(b.port, "GET", "/health", NULL, 503);
     cr_assert_str_eq(json_string_value(json_object_get(j, "status")), "loading");
     json_decref(j);
-    tc_resp_free(&r);
     expect_request_error(b.port, "POST", "/tokenize", "{\"content\":\"a\"}", NULL, 503, NULL);
     expect_request_error(b.port, "POST", "/v1/chat/completions", "{\"messages\":[]}", NULL, 503,
                          NULL);
     expect_status(b.port, "GET", "/v1/models", NULL, NULL, 200);
-    r = tc_request(b.port, "GET", "/metrics", NULL, NULL);
+    tc_resp_t r = tc_request(b.port, "GET", "/metrics", NULL, NULL);
     cr_assert_eq(r.status, 200);
     cr_assert(strstr(r.body, "\nmoemesh:ready 0\n"));
     tc_resp_free(&r);
@@ -1300,12 +1287,11 @@ Test(http_gen, logprobs_shapes, .timeout = 120)
     coord_server_params_t p = params();
     tsrv_start(&x, &p, 10, true);
     need_generation(x.port);
-    tc_resp_t r = post(x.port, "/v1/chat/completions",
-                       "{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],\"max_tokens\":5,"
-                       "\"logprobs\":true,\"top_logprobs\":3,\"temperature\":0}");
-    cr_assert_eq(r.status, 200);
-    json_t *j = body_json(&r);
-    tc_resp_free(&r);
+    json_t *j = answer_json(x.port, "POST", "/v1/chat/completions",
+                            "{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],"
+                            "\"max_tokens\":5,\"logprobs\":true,\"top_logprobs\":3,"
+                            "\"temperature\":0}",
+                            200);
     json_t *ch = json_array_get(json_object_get(j, "choices"), 0);
     json_t *content = json_object_get(json_object_get(ch, "logprobs"), "content");
     int n_gen = (int)json_integer_value(
@@ -1325,11 +1311,8 @@ Test(http_gen, logprobs_shapes, .timeout = 120)
                            lp, 1e-6);
     }
     json_decref(j);
-    r = post(x.port, "/v1/completions",
-             "{\"prompt\":\"Once\",\"max_tokens\":4,\"logprobs\":2,\"temperature\":0}");
-    cr_assert_eq(r.status, 200);
-    j = body_json(&r);
-    tc_resp_free(&r);
+    j = answer_json(x.port, "POST", "/v1/completions",
+                    "{\"prompt\":\"Once\",\"max_tokens\":4,\"logprobs\":2,\"temperature\":0}", 200);
     json_t *lp = json_object_get(json_array_get(json_object_get(j, "choices"), 0), "logprobs");
     cr_assert_eq(json_array_size(json_object_get(lp, "tokens")), 4);
     cr_assert_eq(json_array_size(json_object_get(lp, "token_logprobs")), 4);

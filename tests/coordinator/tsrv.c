@@ -14,6 +14,16 @@ static void run_loop(void *arg)
     uv_run(&x->loop, UV_RUN_DEFAULT);
 }
 
+coord_server_params_t tsrv_params(const char *model)
+{
+    coord_server_params_t p = coord_server_params_default();
+    p.model = model;
+    p.port = 0;
+    p.n_slots = 2;
+    p.n_threads = 1;
+    return p;
+}
+
 void tsrv_start(tsrv_t *x, const coord_server_params_t *p, double ready_s, bool only_503)
 {
     cr_assert_eq(uv_loop_init(&x->loop), 0);

@@ -18,6 +18,9 @@ typedef struct {
     int port; /* the ephemeral port it listens on */
 } tsrv_t;
 
+/* The defaults with model, an ephemeral port, 2 slots and 1 thread: what the HTTP tests start
+ * from. */
+coord_server_params_t tsrv_params(const char *model);
 /* Starts a server with p (its port 0 for an ephemeral one), then asks GET /health every 20 ms
  * until it says 200: fails after ready_s, and, when only_503, at any other answer before. */
 void tsrv_start(tsrv_t *x, const coord_server_params_t *p, double ready_s, bool only_503);
