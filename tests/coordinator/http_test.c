@@ -343,13 +343,25 @@ static void expect_raw_error(int port, const char *raw, int status)
     tc_close(&c);
 }
 
+/* The server with p, once /health says 200 (10 s at most; only 503 before). */
+static void start_with(tsrv_t *x, const coord_server_params_t *p)
+{
+    tsrv_start(x, p, 10, true);
+}
+
+/* The server with params(). */
+static void start(tsrv_t *x)
+{
+    coord_server_params_t p = params();
+    start_with(x, &p);
+}
+
 /* ---- tests ---- */
 
 Test(http, health_models_tokenize_roundtrip, .timeout = 60)
 {
     tsrv_t x;
-    coord_server_params_t p = params();
-    tsrv_start(&x, &p, 10, true);
+    start(&x);
     json_t *j = answer_json(x.port, "GET", "/health", NULL, 200);
     cr_assert_str_eq(json_string_value(json_object_get(j, "status")), "ok");
     json_decref(j);
@@ -387,8 +399,7 @@ Test(http, health_models_tokenize_roundtrip, .timeout = 60)
 Test(http, bad_input_gets_4xx_and_server_stays_up, .timeout = 60)
 {
     tsrv_t x;
-    coord_server_params_t p = params();
-    tsrv_start(&x, &p, 10, true);
+    start(&x);
     static const struct {
         const char *path, *body, *param;
         int status;
@@ -437,7 +448,7 @@ Test(http, limits_body_and_headers, .timeout = 60)
     coord_server_params_t p = params();
     p.max_body = 4096;
     p.max_header = 1024;
-    tsrv_start(&x, &p, 10, true);
+    start_with(&x, &p);
     /* Declared too large: refused before the body is read. */
     expect_raw_error(x.port,
                      "POST /tokenize HTTP/1.1\r\nHost: t\r\nContent-Length: 100000000\r\n\r\n",
@@ -473,7 +484,7 @@ Test(http, slowloris_closed_after_timeout, .timeout = 60)
     tsrv_t x;
     coord_server_params_t p = params();
     p.timeout_ms = 300;
-    tsrv_start(&x, &p, 10, true);
+    start_with(&x, &p);
     tc_conn_t c = tc_connect(x.port);
     double t0 = wire_now();
     /* Bytes keep coming, but the request never completes. */
@@ -499,7 +510,7 @@ Test(http, api_key, .timeout = 60)
     tsrv_t x;
     coord_server_params_t p = params();
     p.api_key = "sekrit-key";
-    tsrv_start(&x, &p, 10, true);
+    start_with(&x, &p);
     expect_request_error(x.port, "GET", "/v1/models", NULL, NULL, 401, NULL);
     expect_request_error(x.port, "GET", "/v1/models", NULL,
                          "Authorization: Bearer sekrit-kez\r\n", 401, NULL);
@@ -519,7 +530,7 @@ Test(http, keepalive_pipelined_in_order, .timeout = 60)
     tsrv_t x;
     coord_server_params_t p = params();
     p.cors_origin = "https://example.org";
-    tsrv_start(&x, &p, 10, true);
+    start_with(&x, &p);
     tc_conn_t c = tc_connect(x.port);
     /* Three requests in one write: answers must come back in request order. */
     tc_send(&c, "POST /tokenize HTTP/1.1\r\nHost: t\r\nContent-Length: 17\r\n\r\n"
@@ -567,7 +578,7 @@ Test(http, connection_limit, .timeout = 60)
     tsrv_t x;
     coord_server_params_t p = params();
     p.max_conns = 2;
-    tsrv_start(&x, &p, 10, true);
+    start_with(&x, &p);
     tc_conn_t a = tc_connect(x.port), b = tc_connect(x.port);
     /* Both held open: the server has taken them once the first answers. */
     tc_send(&a, "GET /health HTTP/1.1\r\nHost: t\r\n\r\n");
@@ -603,8 +614,7 @@ Test(http, connection_limit, .timeout = 60)
 Test(http, metrics_are_prometheus_text, .timeout = 60)
 {
     tsrv_t x;
-    coord_server_params_t p = params();
-    tsrv_start(&x, &p, 10, true);
+    start(&x);
     tc_resp_t r = post(x.port, "/tokenize", "{");
     tc_resp_free(&r);
     tc_conn_t c = tc_connect(x.port);
@@ -665,8 +675,7 @@ Test(http, bad_model_stops_with_error, .timeout = 60)
 Test(http, port_in_use_fails_cleanly, .timeout = 60)
 {
     tsrv_t x;
-    coord_server_params_t p = params();
-    tsrv_start(&x, &p, 10, true);
+    start(&x);
     uv_loop_t loop;
     cr_assert_eq(uv_loop_init(&loop), 0);
     coord_server_params_t q = params();
@@ -841,8 +850,7 @@ static int count_tokens(int port, const char *text)
 Test(http_gen, streamed_equals_whole_and_usage, .timeout = 120)
 {
     tsrv_t x;
-    coord_server_params_t p = params();
-    tsrv_start(&x, &p, 10, true);
+    start(&x);
     need_generation(x.port);
     const char *body = "{\"prompt\":\"Once upon a time\",\"max_tokens\":24,\"temperature\":0}";
     whole_t w = complete(x.port, "/v1/completions", body, false);
@@ -892,8 +900,7 @@ Test(http_gen, streamed_equals_whole_and_usage, .timeout = 120)
 Test(http_gen, stop_string_never_leaks, .timeout = 120)
 {
     tsrv_t x;
-    coord_server_params_t p = params();
-    tsrv_start(&x, &p, 10, true);
+    start(&x);
     need_generation(x.port);
     whole_t w = complete(x.port, "/v1/completions",
                          "{\"prompt\":\"Once upon a time\",\"max_tokens\":40,\"temperature\":0}",
@@ -932,7 +939,7 @@ Test(http_gen, bad_generation_fields, .timeout = 120)
     coord_server_params_t p = params();
     p.max_prompt = 8;
     p.max_tokens = 50;
-    tsrv_start(&x, &p, 10, true);
+    start_with(&x, &p);
     need_generation(x.port);
     static const struct {
         const char *path, *body, *param;
@@ -997,7 +1004,7 @@ Test(http_gen, disconnect_mid_stream_frees_the_slot, .timeout = 120)
     tsrv_t x;
     coord_server_params_t p = params();
     p.n_slots = 1;
-    tsrv_start(&x, &p, 10, true);
+    start_with(&x, &p);
     need_generation(x.port);
     int gen0 = metric(x.port, "moemesh:generation_tokens_total ");
     tc_conn_t c = tc_connect(x.port);
@@ -1079,7 +1086,7 @@ Test(http_gen, many_clients_on_two_slots, .timeout = 180)
     coord_server_params_t p = params();
     p.n_slots = 2;
     p.max_queue = 6;
-    tsrv_start(&x, &p, 10, true);
+    start_with(&x, &p);
     need_generation(x.port);
     client_t k[N_CLIENTS];
     uv_thread_t th[N_CLIENTS];
@@ -1284,8 +1291,7 @@ Test(http_conn, expect_100_continue, .timeout = 30)
 Test(http_gen, logprobs_shapes, .timeout = 120)
 {
     tsrv_t x;
-    coord_server_params_t p = params();
-    tsrv_start(&x, &p, 10, true);
+    start(&x);
     need_generation(x.port);
     json_t *j = answer_json(x.port, "POST", "/v1/chat/completions",
                             "{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],"
