@@ -461,10 +461,11 @@ Test(families, router_groups_exclude_experts)
 
 /* ---------------------------------------------------------------- MLA and whole models */
 
-static void check_naive(const model_gen_params_t *gp, bool kv_f16, double tol)
+/* The engine's teacher-forced logits of T fixed ids (greedy decoding from the first n_prompt)
+ * against the naive forward pass: the worst distance in sd. */
+static double naive_distance(const model_t *m, int T, int n_prompt, bool kv_f16)
 {
-    model_t *m = gen_load(gp);
-    const int T = 20, V = m->hp.n_vocab;
+    const int V = m->hp.n_vocab;
     int32_t ids[MAX_TOK], greedy[MAX_TOK];
     fixed_ids(ids, T, V);
     double *ref = malloc(sizeof(double) * T * V);
@@ -472,14 +473,21 @@ static void check_naive(const model_gen_params_t *gp, bool kv_f16, double tol)
     naive_forward(m, ids, T, ref);
     kern_pool_t *pool = kern_pool_new(2);
     coord_experts_t *ex = coord_experts_local_new(m, pool, T);
-    tlogits_run(m, ex, pool, (tlogits_opts_t){.kv_f16 = kv_f16}, ids, T, 8, out, greedy);
+    tlogits_run(m, ex, pool, (tlogits_opts_t){.kv_f16 = kv_f16}, ids, T, n_prompt, out, greedy);
     double w = tlogits_err(ref, out, T, V, 0, NULL);
-    cr_log_info("%s%s: engine vs naive reference: worst %.3g sd", gp->arch,
-                kv_f16 ? " (f16 cache)" : "", w);
-    cr_expect_leq(w, tol, "%s: engine differs from the naive reference by %.3g sd", gp->arch, w);
     coord_experts_free(ex);
     kern_pool_free(pool);
     free(ref), free(out);
+    return w;
+}
+
+static void check_naive(const model_gen_params_t *gp, bool kv_f16, double tol)
+{
+    model_t *m = gen_load(gp);
+    double w = naive_distance(m, 20, 8, kv_f16);
+    cr_log_info("%s%s: engine vs naive reference: worst %.3g sd", gp->arch,
+                kv_f16 ? " (f16 cache)" : "", w);
+    cr_expect_leq(w, tol, "%s: engine differs from the naive reference by %.3g sd", gp->arch, w);
     model_free(m);
 }
 
@@ -560,19 +568,7 @@ Test(families, deepseek2_golden_model_matches_naive_reference, .timeout = 120)
      * llama.cpp's numbers, not only against our engine. */
     model_t *m = NULL;
     cr_assert_eq(model_load(GOLDEN "/deepseek2-tiny-f32.gguf", &m), 0);
-    const int T = 12, V = m->hp.n_vocab;
-    int32_t ids[MAX_TOK], greedy[MAX_TOK];
-    fixed_ids(ids, T, V);
-    double *ref = malloc(sizeof(double) * T * V);
-    float *out = malloc(sizeof(float) * T * V);
-    naive_forward(m, ids, T, ref);
-    kern_pool_t *pool = kern_pool_new(2);
-    coord_experts_t *ex = coord_experts_local_new(m, pool, T);
-    tlogits_run(m, ex, pool, (tlogits_opts_t){0}, ids, T, 4, out, greedy);
-    cr_expect_leq(tlogits_err(ref, out, T, V, 0, NULL), 1e-4);
-    coord_experts_free(ex);
-    kern_pool_free(pool);
-    free(ref), free(out);
+    cr_expect_leq(naive_distance(m, 12, 4, false), 1e-4);
     model_free(m);
 }
 

@@ -145,6 +145,15 @@ static void check_distribution(const coord_sampler_params_t *p, const float *log
 
 /* ---- exact behaviours ---- */
 
+/* s picks the argmax of x (n) filled uniformly from [lo, hi) with each of 20 seeds. */
+static void expect_argmax(coord_sampler_t *s, float *x, int n, float lo, float hi)
+{
+    for (uint64_t seed = 1; seed <= 20; seed++) {
+        fill_uniform(x, n, lo, hi, seed);
+        cr_assert_eq(coord_sampler_sample(s, x), naive_argmax(x, n));
+    }
+}
+
 Test(coord_sampler, greedy_is_argmax_with_lowest_id_on_ties)
 {
     enum { N = 1000 };
@@ -152,10 +161,7 @@ Test(coord_sampler, greedy_is_argmax_with_lowest_id_on_ties)
     coord_sampler_params_t p = coord_sampler_params_default();
     p.temperature = 0;
     coord_sampler_t *s = coord_sampler_new(&p, N);
-    for (uint64_t seed = 1; seed <= 20; seed++) {
-        fill_uniform(x, N, -5, 5, seed);
-        cr_assert_eq(coord_sampler_sample(s, x), naive_argmax(x, N));
-    }
+    expect_argmax(s, x, N, -5, 5);
     /* A tie at the maximum, the later copy planted first in memory order of a scan. */
     fill_uniform(x, N, -5, 5, 99);
     x[700] = 9;
@@ -196,10 +202,7 @@ Test(coord_sampler, top_k_one_is_greedy)
     coord_sampler_params_t p = params_off();
     p.top_k = 1;
     coord_sampler_t *s = coord_sampler_new(&p, N);
-    for (uint64_t seed = 1; seed <= 20; seed++) {
-        fill_uniform(x, N, -1, 1, seed);
-        cr_assert_eq(coord_sampler_sample(s, x), naive_argmax(x, N));
-    }
+    expect_argmax(s, x, N, -1, 1);
     coord_sampler_free(s);
     free(x);
 }
@@ -211,10 +214,7 @@ Test(coord_sampler, tiny_top_p_is_argmax)
     coord_sampler_params_t p = params_off();
     p.top_p = 1e-6f;
     coord_sampler_t *s = coord_sampler_new(&p, N);
-    for (uint64_t seed = 1; seed <= 20; seed++) {
-        fill_uniform(x, N, -1, 1, seed);
-        cr_assert_eq(coord_sampler_sample(s, x), naive_argmax(x, N));
-    }
+    expect_argmax(s, x, N, -1, 1);
     coord_sampler_free(s);
     free(x);
 }
