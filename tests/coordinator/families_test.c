@@ -616,13 +616,7 @@ static void check_distributed(const model_t *m, const int32_t *ids, int N, int n
 {
     for (int i = 0; i < MAX_NODES; i++) spawn(i);
     const char *eps[MAX_NODES] = {node_ep[0], node_ep[1]};
-    coord_cluster_config_t cc = coord_cluster_config_default();
-    cc.n_nodes = MAX_NODES;
-    cc.endpoints = eps;
-    cc.wire_type = WIRE_DTYPE_F32;
-    cc.progress = false;
-    coord_cluster_t *c = coord_cluster_new(&cc, m);
-    cr_assert_not_null(c, "cluster did not start");
+    coord_cluster_t *c = tlogits_cluster(m, eps, MAX_NODES);
     /* Leading dense layers have no routed experts to place; every MoE layer has its owners. */
     for (int l = 0; l < m->hp.n_layer; l++)
         cr_assert_eq(coord_cluster_owners(c, l, 0) != NULL, l >= m->hp.n_layer_dense_lead,

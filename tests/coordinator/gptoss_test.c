@@ -463,13 +463,7 @@ Test(gptoss_cluster, two_nodes_match_local, .timeout = 120)
     oss_spawn(0, NULL);
     oss_spawn(1, oss_path);
     const char *eps[OSS_NODES] = {oss_ep[0], oss_ep[1]};
-    coord_cluster_config_t cc = coord_cluster_config_default();
-    cc.n_nodes = OSS_NODES;
-    cc.endpoints = eps;
-    cc.wire_type = WIRE_DTYPE_F32;
-    cc.progress = false;
-    coord_cluster_t *c = coord_cluster_new(&cc, m);
-    cr_assert_not_null(c, "cluster did not start");
+    coord_cluster_t *c = tlogits_cluster(m, eps, OSS_NODES);
     int32_t ids[OSS_T], gref[OSS_T], gout[OSS_T];
     oss_ids(ids, N, V);
     kern_pool_t *pool = kern_pool_new(2);

@@ -62,6 +62,18 @@ double tlogits_compare(const model_t *m, coord_experts_t *a, coord_experts_t *b,
     return worst;
 }
 
+coord_cluster_t *tlogits_cluster(const model_t *m, const char *const *eps, int n)
+{
+    coord_cluster_config_t cc = coord_cluster_config_default();
+    cc.n_nodes = n;
+    cc.endpoints = eps;
+    cc.wire_type = WIRE_DTYPE_F32;
+    cc.progress = false;
+    coord_cluster_t *c = coord_cluster_new(&cc, m);
+    cr_assert_not_null(c, "cluster did not start");
+    return c;
+}
+
 double tlogits_err(const double *ref, const float *out, int n, int V, double tol, int *over)
 {
     double worst = 0;

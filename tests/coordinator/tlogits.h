@@ -27,6 +27,10 @@ void tlogits_run(const model_t *m, coord_experts_t *ex, kern_pool_t *pool, tlogi
 double tlogits_compare(const model_t *m, coord_experts_t *a, coord_experts_t *b,
                        kern_pool_t *pool, tlogits_opts_t o, const int32_t *ids, int n,
                        int n_prompt, double tol, int *over, int32_t *ga, int32_t *gb);
+/* A cluster of the n nodes at eps for m, f32 on the wire (remote results then differ from
+ * local ones only in the order partial sums are added), without progress lines; fails the
+ * test when it does not start. */
+coord_cluster_t *tlogits_cluster(const model_t *m, const char *const *eps, int n);
 /* Largest |out - ref| / sd(ref) over n positions of V logits; *over (may be NULL) gets how
  * many positions exceed tol. */
 double tlogits_err(const double *ref, const float *out, int n, int V, double tol, int *over);
