@@ -12,18 +12,12 @@
  * go to /dev/null; MOEMESH_TEST_NODE_LOG=DIR keeps them as DIR/node-PID.log.
  */
 #include <criterion/criterion.h>
-#include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <math.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "coordinator/coord.h"

@@ -15,10 +15,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
-#include <sys/wait.h>
-#include <limits.h>
-#include <poll.h>
 #include <unistd.h>
 
 #include "coordinator/coord.h"

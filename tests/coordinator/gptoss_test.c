@@ -13,14 +13,10 @@
  */
 #include <criterion/criterion.h>
 #include <math.h>
-#include <limits.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "coordinator/coord.h"

@@ -4,22 +4,13 @@
  * the same usage. Nodes are started with PR_SET_PDEATHSIG and killed and reaped in the suite's
  * fini, so none outlives a test.
  */
-#include <arpa/inet.h>
 #include <criterion/criterion.h>
-#include <fcntl.h>
 #include <jansson.h>
-#include <limits.h>
-#include <netinet/in.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
-#include <unistd.h>
-#include <uv.h>
 
 #include "coordinator/coord.h"
 #include "tproc.h"

@@ -16,7 +16,6 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
-#include <uv.h>
 
 #include "coordinator/coord.h"
 #include "tproc.h"
