@@ -195,6 +195,12 @@ demo: all
 bench: all
 	@$(B)/bin/moemesh-bench kernels
 
+# Issue 10's speed table on the full-size test shape (writes ~10 GB of models once; see the
+# script's header). Not part of `make bench`: it takes tens of minutes.
+.PHONY: bench-speed
+bench-speed: all
+	@bench/speed.sh --bin $(B)/bin
+
 # ---- image: deploy/Dockerfile (deploy/README.md) ----
 # Needs a reachable Docker daemon; where there is none (only the CLI, or nothing), it says so
 # and fails (exit 1), so `make image && docker push` never pushes a stale image.
