@@ -74,10 +74,12 @@ static inline void scores_block(float *s, const float *qr, const float *kt, int 
                                 float scale)
 {
     __m256 a[MR][2];
+    #pragma GCC unroll 6
     for (int r = 0; r < MR; r++) a[r][0] = a[r][1] = _mm256_setzero_ps();
     for (int d = 0; d < hd; d++) {
         const __m256 b0 = _mm256_loadu_ps(kt + (size_t)d * T + c);
         const __m256 b1 = _mm256_loadu_ps(kt + (size_t)d * T + c + 8);
+        #pragma GCC unroll 6
         for (int r = 0; r < MR; r++) {
             const __m256 x = _mm256_broadcast_ss(qr + (size_t)r * hd + d);
             a[r][0] = _mm256_fmadd_ps(x, b0, a[r][0]);
@@ -85,6 +87,7 @@ static inline void scores_block(float *s, const float *qr, const float *kt, int 
         }
     }
     const __m256 sc = _mm256_set1_ps(scale);
+    #pragma GCC unroll 6
     for (int r = 0; r < MR; r++) {
         _mm256_storeu_ps(s + (size_t)r * T + c, _mm256_mul_ps(a[r][0], sc));
         _mm256_storeu_ps(s + (size_t)r * T + c + 8, _mm256_mul_ps(a[r][1], sc));
@@ -98,20 +101,27 @@ static inline __attribute__((always_inline)) void values_block(
     int jb, int c, const int nv)
 {
     __m256 a[MR][2];
+    #pragma GCC unroll 6
     for (int r = 0; r < MR; r++) {
         const __m256 al = _mm256_broadcast_ss(alpha + r);
+        #pragma GCC unroll 2
         for (int u = 0; u < nv; u++)
             a[r][u] = _mm256_mul_ps(_mm256_loadu_ps(o + (size_t)r * hv + c + 8 * u), al);
     }
     for (int j = ja; j < jb; j++) {
         __m256 v[2];
+        #pragma GCC unroll 2
         for (int u = 0; u < nv; u++) v[u] = _mm256_loadu_ps(vt + (size_t)j * vs + c + 8 * u);
+        #pragma GCC unroll 6
         for (int r = 0; r < MR; r++) {
             const __m256 x = _mm256_broadcast_ss(p + (size_t)r * T + j);
+            #pragma GCC unroll 2
             for (int u = 0; u < nv; u++) a[r][u] = _mm256_fmadd_ps(x, v[u], a[r][u]);
         }
     }
+    #pragma GCC unroll 6
     for (int r = 0; r < MR; r++)
+        #pragma GCC unroll 2
         for (int u = 0; u < nv; u++) _mm256_storeu_ps(o + (size_t)r * hv + c + 8 * u, a[r][u]);
 }
 
