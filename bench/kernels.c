@@ -7,15 +7,19 @@
  *   4. GEMM (m = 8, 16, 64, 512) GFLOP/s for F32 (BLAS), Q8_0 (tiled int8 kernel) and Q4_K,
  *      either side of the BLAS thresholds of kernels/matmul.c;
  *   --expert instead of 3 and 4: one grouped expert FFN (kern_moe_ffn) of 1..512 tokens.
+ *   --attn instead: a prompt's attention on one thread, per token (kern_attn) against blockwise
+ *      (kern_attn_causal), in thread CPU time so other load on the machine counts less.
  *
  * Weights are rotated through copies totalling >= 256 MiB so that even small matrices come from
  * DRAM, as in decode where every layer's weights are touched once per token. Weight contents
  * do not matter for speed, so a few quantized rows are replicated instead of quantizing
  * gigabytes.
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "bench/bench.h"
 #include "kernels/kern.h"
@@ -179,7 +183,7 @@ static int usage(void)
 {
     fprintf(stderr,
             "usage: moemesh-bench kernels [--threads N] [--seconds S] [--types Q8_0,Q4_K,...] "
-            "[--expert]\n");
+            "[--expert | --attn [--prompt N]]\n");
     return 2;
 }
 
@@ -251,10 +255,91 @@ static int expert_main(kern_pool_t *pools[2], const double bw[2])
     return 0;
 }
 
+static size_t max_szk(size_t a, size_t b) { return a > b ? a : b; }
+
+/* ---- --attn: the attention of one layer over a prompt, on one thread ----
+ * The shape of the issue's model: 32 query heads over 4 kv heads of dim 128, the cache laid out
+ * as the engine's (positions kv_dim apart, heads interleaved), every prompt token at its own
+ * position. Old: one kern_attn per (token, kv head), as decode does; new: kern_attn_causal per
+ * (block of 16 tokens, kv head), as coordinator/engine.c's prefill does. Thread CPU time, best
+ * of the runs in the time budget, the two paths alternating. */
+static double cpu_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int attn_main(int P)
+{
+    enum { NH = 32, KV = 4, HD = 128, G = NH / KV, TB = 16 };
+    const float scale = 1.0f / sqrtf((float)HD);
+    float *q = xmalloc(sizeof(float) * (size_t)P * NH * HD);
+    float *out = xmalloc(sizeof(float) * (size_t)P * NH * HD);
+    float *kc = xmalloc(sizeof(float) * (size_t)P * KV * HD);
+    float *vc = xmalloc(sizeof(float) * (size_t)P * KV * HD);
+    uint16_t *kh = xmalloc(sizeof(uint16_t) * (size_t)P * KV * HD);
+    uint16_t *vh = xmalloc(sizeof(uint16_t) * (size_t)P * KV * HD);
+    uint64_t s = 7;
+    for (size_t i = 0; i < (size_t)P * NH * HD; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        q[i] = (float)(s >> 40) / (float)(1 << 24) * 2 - 1;
+    }
+    for (size_t i = 0; i < (size_t)P * KV * HD; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        kc[i] = (float)(s >> 40) / (float)(1 << 24) * 2 - 1;
+        vc[i] = (float)((s >> 20) & 0xfffff) / (float)(1 << 20) - 0.5f;
+        kh[i] = kern_fp32_to_fp16(kc[i]), vh[i] = kern_fp32_to_fp16(vc[i]);
+    }
+    float *w = xmalloc(sizeof(float) * max_szk(kern_attn_work_size(G, P, HD),
+                                              kern_attn_causal_work_size(G, TB, HD, HD)));
+    const double flop = 4.0 * HD * NH * ((double)P * (P + 1) / 2);
+    printf("prefill attention of %d tokens, %d query heads over %d kv heads of dim %d, 1 thread, "
+           "thread CPU ms (best) and GFLOP/s\n", P, NH, KV, HD);
+    printf("%-5s | %10s %8s | %10s %8s | %6s\n", "cache", "per token", "GFLOP/s", "blockwise",
+           "GFLOP/s", "ratio");
+    for (int f16 = 0; f16 < 2; f16++) {
+        const kern_type_t kt = f16 ? KERN_F16 : KERN_F32;
+        const size_t es = f16 ? 2 : 4, stride = es * KV * HD;
+        const uint8_t *k = f16 ? (const uint8_t *)kh : (const uint8_t *)kc;
+        const uint8_t *v = f16 ? (const uint8_t *)vh : (const uint8_t *)vc;
+        double best[2] = {1e30, 1e30};
+        const double start = wire_now();
+        do {
+            for (int path = 0; path < 2; path++) {
+                const double t0 = cpu_now();
+                for (int h = 0; h < KV; h++) {
+                    const uint8_t *kh0 = k + es * h * HD, *vh0 = v + es * h * HD;
+                    const kern_kv_t kv = {kh0, vh0, stride, stride, kt, HD, HD};
+                    for (int t = 0; t < P; t += path ? TB : 1) {
+                        const float *qt = q + ((size_t)t * NH + (size_t)h * G) * HD;
+                        float *ot = out + ((size_t)t * NH + (size_t)h * G) * HD;
+                        if (path == 0)
+                            kern_attn(ot, HD, qt, G, kh0, stride, vh0, stride, kt, t + 1, HD, HD,
+                                      scale, w);
+                        else
+                            kern_attn_causal(ot, (size_t)NH * HD, qt, (size_t)NH * HD, G,
+                                             P - t < TB ? P - t : TB, t, &kv, 0, NULL, scale, w);
+                    }
+                }
+                const double dt = cpu_now() - t0;
+                if (dt < best[path]) best[path] = dt;
+            }
+        } while (wire_now() - start < 4 * g_seconds);
+        printf("%-5s | %10.2f %8.1f | %10.2f %8.1f | %5.2fx\n", f16 ? "F16" : "F32",
+               best[0] * 1e3, flop / best[0] / 1e9, best[1] * 1e3, flop / best[1] / 1e9,
+               best[0] / best[1]);
+        fflush(stdout);
+    }
+    free(q), free(out), free(kc), free(vc), free(kh), free(vh), free(w);
+    return 0;
+}
+
 int bench_kernels_main(int argc, char **argv)
 {
     int nthreads = 2;
     bool expert = false;
+    int attn_prompt = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
             nthreads = atoi(argv[++i]);
@@ -264,11 +349,20 @@ int bench_kernels_main(int argc, char **argv)
             if (!(g_seconds > 0 && g_seconds < 60)) return usage();
         } else if (strcmp(argv[i], "--expert") == 0) {
             expert = true;
+        } else if (strcmp(argv[i], "--attn") == 0) {
+            attn_prompt = attn_prompt ? attn_prompt : 512;
+        } else if (strcmp(argv[i], "--prompt") == 0 && i + 1 < argc) {
+            attn_prompt = atoi(argv[++i]);
+            if (attn_prompt < 1 || attn_prompt > 65536) return usage();
         } else if (strcmp(argv[i], "--types") == 0 && i + 1 < argc) {
             g_types = argv[++i];
         } else {
             return usage();
         }
+    }
+    if (attn_prompt) {
+        printf("moemesh-bench kernels: ISA %s\n\n", kern_isa_name(kern_set_isa(kern_isa_best())));
+        return attn_main(attn_prompt);
     }
     kern_pool_t *pools[2] = {kern_pool_new(1), kern_pool_new(nthreads)};
     printf("moemesh-bench kernels: ISA %s, threads 1 and %d, %.2f s per figure\n\n",

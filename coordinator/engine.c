@@ -67,6 +67,27 @@ coord_engine_params_t coord_engine_params_default(void)
 
 static size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
 
+/* A run of consecutive tokens of one slot (a prompt chunk) is attended in blocks of about this
+ * many query rows (tokens x GQA group) by kern_attn_causal, which reads each cached key and
+ * value once per block instead of once per token; with 128 rows of head dim 128 the block's
+ * queries and outputs take 128 KiB, next to a 64 KiB tile of keys and values: all in L2. */
+#define ATTN_BLOCK_ROWS 128
+
+static int attn_block_tokens(const model_hparams_t *hp)
+{
+    const int T = ATTN_BLOCK_ROWS / (hp->n_head / hp->n_head_kv);
+    return T < 2 ? 2 : T;
+}
+
+/* Floats of attention scratch per thread: a token's full row of scores or a block's tiles. */
+static size_t attn_work_floats(const model_hparams_t *hp, int n_ctx)
+{
+    const int group = hp->n_head / hp->n_head_kv;
+    return max_sz(kern_attn_work_size(group, n_ctx, hp->head_dim),
+                  kern_attn_causal_work_size(group, attn_block_tokens(hp), hp->head_dim,
+                                             hp->head_dim_v));
+}
+
 /* Largest matmul scratch any weight of the model needs for n_batch rows. */
 static size_t work_size(const model_t *m, int n_batch)
 {
@@ -133,8 +154,7 @@ coord_engine_t *coord_engine_new(const model_t *m, coord_experts_t *ex, kern_poo
     e->k = xmalloc(sizeof(float) * B * e->kv_dim);
     e->v = xmalloc(sizeof(float) * B * e->kv_dim_v);
     e->att = xmalloc(sizeof(float) * B * e->o_dim);
-    e->att_w = xmalloc(sizeof(float) * (size_t)nth *
-                       kern_attn_work_size(hp->n_head / hp->n_head_kv, P.n_ctx, hp->head_dim));
+    e->att_w = xmalloc(sizeof(float) * (size_t)nth * attn_work_floats(hp, P.n_ctx));
     e->ff = xmalloc(sizeof(float) * B * D);
     e->h1 = xmalloc(sizeof(float) * B * ffw);
     e->h2 = xmalloc(sizeof(float) * B * ffw);
@@ -229,8 +249,8 @@ static void kv_store(coord_engine_t *e, uint8_t *dst, const float *src, int dim)
     for (int i = 0; i < dim; i++) h[i] = kern_fp32_to_fp16(src[i]);
 }
 
-/* Attention of every (token, kv head) pair of tokens [t0, t0 + n) of the batch, split over the
- * pool's threads. */
+/* Attention of tokens [t0, t0 + n) of the batch, split over the pool's threads as (run of
+ * tokens, kv head) jobs (attn_cb). */
 typedef struct {
     coord_engine_t *e;
     const coord_batch_t *b;
@@ -269,42 +289,60 @@ static void attn_sink_head(float *out, const float *q, const uint8_t *k, size_t 
     }
 }
 
-static void attn_cb(void *arg, int ith, int nth)
+/* Attention of tokens [t, t + len) of the batch, consecutive positions of one slot, for kv head
+ * kvh: one token alone through kern_attn (or the sink path), a run through kern_attn_causal. */
+static void attn_run(const attn_job_t *J, int t, int len, int kvh, float *w)
 {
-    attn_job_t *J = arg;
     coord_engine_t *e = J->e;
     const model_hparams_t *hp = &e->m->hp;
-    const int hd = hp->head_dim, hv = hp->head_dim_v, KV = hp->n_head_kv;
+    const int hd = hp->head_dim, hv = hp->head_dim_v;
     const int group = hp->n_head / hp->n_head_kv;
     const float scale = 1.0f / sqrtf((float)hd);
     const kern_type_t kt = e->p.kv_f16 ? KERN_F16 : KERN_F32;
-    float *w = e->att_w + (size_t)ith * kern_attn_work_size(group, e->p.n_ctx, hd);
     const bool swa = model_layer_is_swa(hp, J->il);
     const model_tensor_t *sk = e->m->layers[J->il].attn_sinks;
-    const float *sinks = sk ? sk->data : NULL;
-    /* One job per (token, kv head): the group's query heads read each cached row once. */
-    const int total = J->n * KV;
-    for (int job = ith; job < total; job += nth) {
-        int t = J->t0 + job / KV, kvh = job % KV;
-        int slot = J->b->slot[t], pos = J->b->pos[t];
-        const float *q = e->q + (size_t)t * e->q_dim + (size_t)kvh * group * hd;
-        const uint8_t *k = kv_at(e, e->k_cache, e->kv_dim, J->il, slot, 0) + e->kv_elt * kvh * hd;
-        const uint8_t *v =
-            kv_at(e, e->v_cache, e->kv_dim_v, J->il, slot, 0) + e->kv_elt * kvh * hv;
-        float *o = e->att + (size_t)t * e->o_dim + (size_t)kvh * group * hv;
-        /* A sliding-window layer sees only the n_swa latest positions; the cache keeps them
-         * all and the window is a start offset into it. */
-        const int lo = swa && pos + 1 > hp->n_swa ? pos + 1 - hp->n_swa : 0;
-        if (sinks) {
-            for (int g = 0; g < group; g++)
-                attn_sink_head(o + (size_t)g * hv, q + (size_t)g * hd, k, e->kv_elt * e->kv_dim,
-                               v, e->kv_elt * e->kv_dim_v, e->p.kv_f16, lo, pos + 1, hd, hv,
-                               scale, sinks[kvh * group + g], w);
-            continue;
-        }
-        kern_attn(o, (size_t)hv, q, group, k + (size_t)lo * e->kv_elt * e->kv_dim,
-                  e->kv_elt * e->kv_dim, v + (size_t)lo * e->kv_elt * e->kv_dim_v,
-                  e->kv_elt * e->kv_dim_v, kt, pos + 1 - lo, hd, hv, scale, w);
+    const float *sinks = sk ? (const float *)sk->data + kvh * group : NULL;
+    const int slot = J->b->slot[t], pos = J->b->pos[t];
+    const float *q = e->q + (size_t)t * e->q_dim + (size_t)kvh * group * hd;
+    const uint8_t *k = kv_at(e, e->k_cache, e->kv_dim, J->il, slot, 0) + e->kv_elt * kvh * hd;
+    const uint8_t *v = kv_at(e, e->v_cache, e->kv_dim_v, J->il, slot, 0) + e->kv_elt * kvh * hv;
+    float *o = e->att + (size_t)t * e->o_dim + (size_t)kvh * group * hv;
+    const size_t ks = e->kv_elt * e->kv_dim, vs = e->kv_elt * e->kv_dim_v;
+    if (len > 1) {
+        const kern_kv_t kv = {k, v, ks, vs, kt, hd, hv};
+        kern_attn_causal(o, (size_t)e->o_dim, q, (size_t)e->q_dim, group, len, pos, &kv,
+                         swa ? hp->n_swa : 0, sinks, scale, w);
+        return;
+    }
+    /* A sliding-window layer sees only the n_swa latest positions; the cache keeps them all
+     * and the window is a start offset into it. */
+    const int lo = swa && pos + 1 > hp->n_swa ? pos + 1 - hp->n_swa : 0;
+    if (sinks) {
+        for (int g = 0; g < group; g++)
+            attn_sink_head(o + (size_t)g * hv, q + (size_t)g * hd, k, ks, v, vs, e->p.kv_f16, lo,
+                           pos + 1, hd, hv, scale, sinks[g], w);
+        return;
+    }
+    kern_attn(o, (size_t)hv, q, group, k + (size_t)lo * ks, ks, v + (size_t)lo * vs, vs, kt,
+              pos + 1 - lo, hd, hv, scale, w);
+}
+
+static void attn_cb(void *arg, int ith, int nth)
+{
+    attn_job_t *J = arg;
+    const model_hparams_t *hp = &J->e->m->hp;
+    const int KV = hp->n_head_kv, TB = attn_block_tokens(hp), end = J->t0 + J->n;
+    const int32_t *slot = J->b->slot, *pos = J->b->pos;
+    float *w = J->e->att_w + (size_t)ith * attn_work_floats(hp, J->e->p.n_ctx);
+    /* Jobs are (run, kv head), handed out in turn: a run is up to TB tokens of the batch that
+     * continue one slot one position after another (a prompt), else a single token. */
+    int job = 0;
+    for (int t = J->t0, len; t < end; t += len) {
+        for (len = 1; len < TB && t + len < end && slot[t + len] == slot[t] &&
+                      pos[t + len] == pos[t] + len;)
+            len++;
+        for (int kvh = 0; kvh < KV; kvh++, job++)
+            if (job % nth == ith) attn_run(J, t, len, kvh, w);
     }
 }
 

@@ -13,6 +13,7 @@
 #include <math.h>
 
 #include "kernels/kern-int.h"
+#include "kernels/kern-avx2.h"
 
 static inline float hsum_ps(__m256 v)
 {
@@ -41,30 +42,6 @@ static inline __m256 hsum8(const __m256 a[8])
                          _mm256_permute2f128_ps(t0, t2, 0x31));
 }
 
-/* e^x for x <= 0: x = n ln2 + r with |r| <= ln2/2, e^r by its Taylor polynomial to degree 7
- * (remainder below 2^-27 relative), scaled by 2^n through the exponent bits. Inputs below
- * -87.3 are clamped there, giving about 1e-38 instead of a denormal or 0: nothing next to the
- * largest term, which is 1. */
-static inline __m256 exp_neg(__m256 x)
-{
-    x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
-    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
-                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.f / 5040);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 720));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 120));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 24));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 6));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
-    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n),
-                                                         _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-}
-
 /* s (n) = softmax(s), in place, n >= 1. */
 static void softmax_row(float *s, int n)
 {
@@ -79,7 +56,7 @@ static void softmax_row(float *s, int n)
     const __m256 vmax = _mm256_set1_ps(max);
     __m256 vs = _mm256_setzero_ps();
     for (j = 0; j + 8 <= n; j += 8) {
-        __m256 v = exp_neg(_mm256_sub_ps(_mm256_loadu_ps(s + j), vmax));
+        __m256 v = kern__exp_neg8(_mm256_sub_ps(_mm256_loadu_ps(s + j), vmax));
         _mm256_storeu_ps(s + j, v);
         vs = _mm256_add_ps(vs, v);
     }
@@ -87,7 +64,7 @@ static void softmax_row(float *s, int n)
     if (j < n) {
         _Alignas(32) float t[8];
         for (int i = 0; i < 8; i++) t[i] = j + i < n ? s[j + i] - max : -INFINITY;
-        _mm256_store_ps(t, exp_neg(_mm256_load_ps(t)));
+        _mm256_store_ps(t, kern__exp_neg8(_mm256_load_ps(t)));
         for (int i = 0; j + i < n; i++) {
             s[j + i] = t[i];
             sum += t[i];

@@ -102,6 +102,13 @@ extern const kern__gemm_fn kern__gemm_avx2[KERN_TYPE_COUNT];
 void kern__attn_avx2(float *out, size_t out_stride, const float *q, int nq, const void *k,
                      size_t k_stride, const void *v, size_t v_stride, kern_type_t kv_type,
                      int n_kv, int hd, int hv, float scale, float *work);
+/* kern_attn_causal's AVX2 body (kernels/attn_block_avx2.c), for hd and hv multiples of 8. Its
+ * scratch (kern_attn_causal_work_size) holds the run's query rows padded to a multiple of
+ * KERN__ATTN_MR, the rows of one register block. */
+#define KERN__ATTN_MR 6
+void kern__attn_causal_avx2(float *out, size_t out_stride, const float *q, size_t q_stride,
+                            int nq, int n_tok, int pos0, const kern_kv_t *kv, int window,
+                            const float *sinks, float scale, float *work);
 
 /* Per-part scratch owned by the pool (kernels/pool.c): a 64-byte aligned buffer of at least
  * bytes for part ith of a run, valid until the next call for the same ith or kern_pool_free.

@@ -124,6 +124,29 @@ void kern_attn(float *out, size_t out_stride, const float *q, int nq, const void
                size_t k_stride, const void *v, size_t v_stride, kern_type_t kv_type, int n_kv,
                int hd, int hv, float scale, float *work);
 
+/* ---- causal attention of a run of tokens (kernels/attn_block.c; AVX2 in attn_block_avx2.c) ----
+ * Prefill: n_tok consecutive tokens of one sequence at positions pos0 .. pos0 + n_tok - 1, one
+ * GQA group (nq query heads sharing a kv head), against the cached positions each may see. The
+ * keys and values are read in tiles of KERN_ATTN_TILE positions, once for the whole run, with a
+ * running max and sum per query (online softmax), so the scratch does not grow with the
+ * context. Query (t, g) is q + t * q_stride + g * hd (hd floats); its output row (hv floats) is
+ * out + t * out_stride + g * hv. Token t at p = pos0 + t sees positions [lo, p] with lo =
+ * max(0, p + 1 - window) for window > 0 and 0 otherwise (sliding-window layers); sinks (nq
+ * logits or NULL, gpt-oss) add exp(sinks[g]) to query g's softmax denominator without a value.
+ * Equals kern_attn of each token (same f16 rounding of the queries for an F16 cache) up to float
+ * summation order and exponential rounding. work: kern_attn_causal_work_size floats. */
+#define KERN_ATTN_TILE 64
+typedef struct {
+    const void *k, *v;         /* rows of positions 0, 1, ...: hd (hv) elements of type */
+    size_t k_stride, v_stride; /* bytes between positions, multiples of the element size */
+    kern_type_t type;          /* KERN_F32 or KERN_F16 */
+    int hd, hv;                /* key and value head dims */
+} kern_kv_t;
+size_t kern_attn_causal_work_size(int nq, int n_tok, int hd, int hv);
+void kern_attn_causal(float *out, size_t out_stride, const float *q, size_t q_stride, int nq,
+                      int n_tok, int pos0, const kern_kv_t *kv, int window, const float *sinks,
+                      float scale, float *work);
+
 /* ---- grouped expert FFN (kernels/moe.c) ----
  * The routed-expert step on one machine: tokens are grouped by expert so each expert's three
  * matrices are read once per call and multiplied with all its tokens in one batched product;
