@@ -417,7 +417,7 @@ double coord_cluster_capacity(const coord_cluster_t *c, int node)
 }
 
 int coord__assign_send(coord_cluster_t *c, int i, const uint32_t *ls, const uint32_t *es,
-                       uint32_t k, uint64_t bytes)
+                       uint32_t k, uint64_t bytes, int ms)
 {
     coord__node_t *n = &c->nodes[i];
     wire_msg_t m;
@@ -435,7 +435,7 @@ int coord__assign_send(coord_cluster_t *c, int i, const uint32_t *ls, const uint
                                  .expert_act = c->m->hp.arch == MODEL_ARCH_GPTOSS
                                                    ? WIRE_EXPERT_ACT_SWIGLU_OAI
                                                    : WIRE_EXPERT_ACT_SWIGLU};
-    int err = coord__node_set_sndtimeo(n, c->cfg.timeout_ms);
+    int err = coord__node_set_sndtimeo(n, ms);
     if (!err) err = wire_msg_send(n->sock, &m);
     else wire_msg_deinit(&m);
     if (err) NODE_ERR(c, i, "cannot send ASSIGN: %s", wire_strerror(err));
@@ -452,7 +452,7 @@ static int assign(coord_cluster_t *c, int i)
     for (int l = 0; l < c->n_layers; l++)
         for (int e = 0; e < c->n_expert; e++)
             if (holds(c, (size_t)l * c->n_expert + e, i)) ls[k] = l, es[k++] = e;
-    int err = coord__assign_send(c, i, ls, es, k, n->st.expert_bytes);
+    int err = coord__assign_send(c, i, ls, es, k, n->st.expert_bytes, c->cfg.timeout_ms);
     free(ls);
     free(es);
     return err;

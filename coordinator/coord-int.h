@@ -64,10 +64,10 @@ int coord__ms_left(double deadline);
  * when given, else the WELCOME measurements scaled to the model's experts (all 1 when a node
  * did not measure). 0 or -EINVAL (logged). */
 int coord__cluster_capacities(coord_cluster_t *c, double *cap);
-/* Sends node i an ASSIGN of the k pairs (ls[j], es[j]) of this model, holding bytes of weights.
- * 0 or an error (logged). */
+/* Sends node i an ASSIGN of the k pairs (ls[j], es[j]) of this model, holding bytes of weights,
+ * waiting at most ms for room in its queue. 0 or an error (logged). */
 int coord__assign_send(coord_cluster_t *c, int i, const uint32_t *ls, const uint32_t *es,
-                       uint32_t k, uint64_t bytes);
+                       uint32_t k, uint64_t bytes, int ms);
 
 /* ---- live re-placement (coordinator/replace.c); cluster's thread unless said otherwise ---- */
 typedef struct coord__replace coord__replace_t;

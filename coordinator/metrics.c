@@ -202,8 +202,14 @@ static void render_nodes(sbuf_t *s, const coord_metrics_gauges_t *g)
 }
 
 /* Live re-placements (coordinator/replace.c). */
-static void render_replace(sbuf_t *s, const coord_cluster_t *c)
+static void render_replace(sbuf_t *s, const coord_metrics_gauges_t *g, const coord_cluster_t *c)
 {
+    char addr[300];
+    family(s, "moemesh:node_experts", "gauge",
+           "(layer, expert) pairs the expert node holds, replicas included.");
+    for (int i = 0; i < g->n_nodes; i++)
+        put(s, "moemesh:node_experts{node=\"%d\",addr=\"%s\"} %d\n", i,
+            label_value(g->nodes[i].endpoint, addr, sizeof(addr)), g->nodes[i].experts);
     coord_replace_stats_t rs;
     coord_replace_stats(c, &rs);
     family(s, "moemesh:rebalance_moves_total", "counter",
@@ -342,7 +348,7 @@ size_t coord_metrics_render(coord_metrics_t *m, const coord_metrics_gauges_t *g,
            "KV-cache positions in use over the slots' capacity (0..1).");
     put(&s, "moemesh:kv_cache_usage_ratio %.6f\n", g->kv_usage);
     if (g->n_nodes > 0) render_nodes(&s, g);
-    if (g->cluster) render_replace(&s, g->cluster);
+    if (g->cluster) render_replace(&s, g, g->cluster);
     if (g->expert_tokens && g->moe_layer && g->n_expert > 0) {
         const char *name = "moemesh:expert_tokens_total";
         family(&s, name, "counter", "Tokens routed to each (layer, expert).");

@@ -35,6 +35,7 @@
 #include "coordinator/coord-int.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,6 +45,7 @@
 #define GAIN 0.99            /* a plan must bring the imbalance below this share of today's */
 #define CHUNK_MAX (4u << 20) /* bytes of one SHARD_CHUNK, as at start-up */
 #define IDLE_STEPS 32        /* an idle call streams this many steps' worth */
+#define ASSIGN_MS 100        /* the longest an ASSIGN of a move may wait to be queued */
 
 typedef enum { ST_IDLE, ST_PENDING, ST_STREAM, ST_READY, ST_RELEASE, ST_CLEANUP } state_t;
 
@@ -53,10 +55,13 @@ struct coord__replace {
     state_t state;             /* under mu */
     coord_load_t *load;        /* under mu: windows over count */
     coord_replace_stats_t st;  /* under mu */
-    uint64_t *count;           /* (pairs) tokens routed to each pair; cluster thread */
+    _Atomic uint64_t *count;   /* (pairs) tokens routed to each pair: written by the cluster's
+                                  thread, sampled by any (relaxed: each value exact) */
+    uint64_t *snap;            /* (pairs) under mu: the counts of the sample being taken */
     double *base_cap;          /* (N) capacities the plans weigh, fixed at creation */
     uint64_t *pair_bytes;      /* (pairs) bytes of one copy of each pair (the plan's) */
-    double sampled, checked;   /* wire_now() of the last sample and periodic check */
+    double sampled;            /* under mu: wire_now() of the last sample */
+    double checked;            /* wire_now() of the last periodic check */
     /* The move (pending or running). */
     int *next;                 /* (pairs * R) the target owners table */
     double *cap;               /* (N) capacities the target was planned for */
@@ -161,6 +166,24 @@ int coord__replace_diff(int L, int E, int R, int N, const int *old, const int *n
 
 /* ---- planning (under mu) ---- */
 
+/* Takes a sample of the counts into the load window. Under mu, which also orders the samples'
+ * times (a window's clock must not go backwards). */
+static void take_sample(coord__replace_t *r)
+{
+    const size_t pairs = (size_t)r->c->n_layers * r->c->n_expert;
+    for (size_t p = 0; p < pairs; p++)
+        r->snap[p] = atomic_load_explicit(&r->count[p], memory_order_relaxed);
+    r->sampled = wire_now();
+    coord_load_sample(r->load, r->sampled, r->snap, NULL);
+}
+
+static void sample(coord__replace_t *r, double now)
+{
+    pthread_mutex_lock(&r->mu);
+    if (now - r->sampled >= SAMPLE_S) take_sample(r);
+    pthread_mutex_unlock(&r->mu);
+}
+
 /* The step time of placement p over every layer against a perfect split: the sum over layers
  * of the busiest node's time (load / capacity) over the sum of sum(load) / sum(capacity). What
  * one forward pass waits for, relative to the best any placement could do; 0 without load. */
@@ -264,6 +287,7 @@ static int plan(coord__replace_t *r, coord_replace_plan_t *out)
             reason(out, "expert node %d (%s) is down", i, c->nodes[i].endpoint);
             return 0;
         }
+    take_sample(r); /* up to now */
     uint64_t *tok = xmalloc(sizeof(uint64_t) * (pairs + 1));
     double *load = xmalloc(sizeof(double) * (pairs + 1));
     uint64_t *mem = xmalloc(sizeof(uint64_t) * N);
@@ -364,7 +388,8 @@ static int send_set(coord__replace_t *r, int i, bool grow)
             ls[k] = (uint32_t)(p / c->n_expert), es[k++] = (uint32_t)(p % c->n_expert);
             bytes += r->pair_bytes[p];
         }
-    int err = coord__assign_send(c, i, ls, es, k, bytes);
+    /* Serving waits while this blocks: a queue that stays full this long fails the move. */
+    int err = coord__assign_send(c, i, ls, es, k, bytes, ASSIGN_MS);
     free(ls);
     free(es);
     r->want[i] = err ? -1 : (int64_t)k;
@@ -413,7 +438,7 @@ static bool grow(coord__replace_t *r)
         for (size_t p = 0; p < pairs && !gains; p++) gains = is_add(r, p, i);
         if (!gains) continue;
         r->grown[i] = true;
-        if (send_set(r, i, true) != 0) r->failed = true;
+        if (coord_cluster_node_down(c, i) || send_set(r, i, true) != 0) r->failed = true;
     }
     r->cn = 0, r->cp = 0, r->ck = 0, r->coff = 0;
     r->progress = wire_now();
@@ -488,6 +513,9 @@ static int stream(coord__replace_t *r, uint64_t budget)
         n->st.shard_bytes += len;
         pthread_mutex_unlock(&c->st_mu);
         r->moved += len, sent += len;
+        pthread_mutex_lock(&r->mu);
+        r->st.bytes += len;
+        pthread_mutex_unlock(&r->mu);
         r->progress = wire_now();
         r->coff += len;
         if (r->coff == stride) r->ck++, r->coff = 0;
@@ -535,7 +563,6 @@ static void finish(coord__replace_t *r, bool done)
     pthread_mutex_lock(&r->mu);
     if (done) r->st.finished++;
     else r->st.aborted++;
-    r->st.bytes += r->moved;
     r->st.running = false;
     r->state = ST_IDLE;
     pthread_mutex_unlock(&r->mu);
@@ -573,6 +600,13 @@ static void begin(coord__replace_t *r)
              "wave%s; imbalance %.3f -> %.3f", r->diff.adds, r->diff.drops,
              r->diff.bytes / 1048576.0, r->diff.n_waves, r->diff.n_waves == 1 ? "" : "s",
              r->before, r->after);
+    for (int i = 0; i < c->n_nodes; i++) {
+        r->grown[i] = false;
+        if (coord_cluster_node_down(c, i)) {
+            abort_move(r, "an expert node is down");
+            return;
+        }
+    }
     if (!grow(r)) finish(r, true);
 }
 
@@ -583,15 +617,6 @@ static const char *trouble(coord__replace_t *r, double now)
     if (errors_now(r->c) != r->errors0) return "an expert node failed";
     if (now - r->progress > r->c->cfg.timeout_ms / 1e3) return "no progress within the timeout";
     return NULL;
-}
-
-static void sample(coord__replace_t *r, double now)
-{
-    if (now - r->sampled < SAMPLE_S) return;
-    r->sampled = now;
-    pthread_mutex_lock(&r->mu);
-    coord_load_sample(r->load, now, r->count, NULL);
-    pthread_mutex_unlock(&r->mu);
 }
 
 static void periodic(coord__replace_t *r, double now)
@@ -722,9 +747,10 @@ void coord__replace_count(coord_cluster_t *c, int layer, int n_tok, int k, const
 {
     coord__replace_t *r = c->replace;
     if (!r || layer < 0 || layer >= c->n_layers) return;
-    uint64_t *row = r->count + (size_t)layer * c->n_expert;
+    _Atomic uint64_t *row = r->count + (size_t)layer * c->n_expert;
     for (int i = 0; i < n_tok * k; i++)
-        if (ids[i] >= 0 && ids[i] < c->n_expert) row[ids[i]]++;
+        if (ids[i] >= 0 && ids[i] < c->n_expert)
+            atomic_fetch_add_explicit(&row[ids[i]], 1, memory_order_relaxed);
 }
 
 coord__replace_t *coord__replace_new(coord_cluster_t *c)
@@ -740,7 +766,8 @@ coord__replace_t *coord__replace_new(coord_cluster_t *c)
     r->c = c;
     r->load = ld;
     CHECK(pthread_mutex_init(&r->mu, NULL) == 0);
-    r->count = xcalloc(pairs + 1, sizeof(uint64_t));
+    r->count = xcalloc(pairs + 1, sizeof(*r->count)); /* all-zero bits: atomic zeros */
+    r->snap = xcalloc(pairs + 1, sizeof(uint64_t));
     r->pair_bytes = xcalloc(pairs + 1, sizeof(uint64_t));
     r->base_cap = xcalloc((size_t)N, sizeof(double));
     r->cap = xcalloc((size_t)N, sizeof(double));
@@ -749,7 +776,8 @@ coord__replace_t *coord__replace_new(coord_cluster_t *c)
     for (int i = 0; i < N; i++) r->want[i] = -1;
     if (coord__cluster_capacities(c, r->base_cap) != 0)
         for (int i = 0; i < N; i++) r->base_cap[i] = 1;
-    r->checked = r->sampled = wire_now();
+    take_sample(r); /* the window starts at zero */
+    r->checked = r->sampled;
     return r;
 }
 
@@ -759,7 +787,7 @@ void coord__replace_free(coord__replace_t *r)
     coord_load_free(r->load);
     pthread_mutex_destroy(&r->mu);
     coord__replace_diff_deinit(&r->diff);
-    free(r->count), free(r->pair_bytes), free(r->base_cap), free(r->cap);
+    free((void *)r->count), free(r->snap), free(r->pair_bytes), free(r->base_cap), free(r->cap);
     free(r->want), free(r->grown), free(r->next);
     free(r);
 }
