@@ -431,3 +431,27 @@ Test(replace, node_killed_mid_move_aborts_and_service_continues, .timeout = 180)
     free(want);
     tproc_assert_alive(&procs[COORD]);
 }
+
+/* The online trigger: checked every half second, the skewed load's imbalance (above 1.15)
+ * starts a move by itself; greedy answers stay those of local experts. */
+Test(replace, periodic_check_moves_when_imbalanced, .timeout = 180)
+{
+    char *want = reference();
+    const char *extra[] = {"--node-cap", "4,2,1", "--rebalance-every", "0.5", NULL};
+    int port = start_cluster(extra);
+    char *got = complete(port);
+    cr_assert_str_eq(got, want);
+    free(got);
+    wait_moves(port, "finished", 1, 60);
+    cr_expect_gt(metric(port, "moemesh:rebalance_imbalance", "before"), 1.15);
+    cr_expect_lt(metric(port, "moemesh:rebalance_imbalance", "after"),
+                 metric(port, "moemesh:rebalance_imbalance", "before"));
+    got = complete(port);
+    cr_expect_str_eq(got, want, "the text after the move differs");
+    free(got);
+    /* The load that started it is in the window, but the placement now fits it: no more. */
+    usleep(1500000);
+    cr_expect_eq(metric(port, "moemesh:rebalance_moves_total", "outcome=\"started\""), 1);
+    free(want);
+    tproc_assert_alive(&procs[COORD]);
+}
