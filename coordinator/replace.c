@@ -559,7 +559,6 @@ static bool all_ready(coord__replace_t *r)
 
 static void finish(coord__replace_t *r, bool done)
 {
-    coord_cluster_t *c = r->c;
     pthread_mutex_lock(&r->mu);
     if (done) r->st.finished++;
     else r->st.aborted++;
@@ -570,15 +569,16 @@ static void finish(coord__replace_t *r, bool done)
         LOG_INFO("re-placement done: %d pair copies added, %d released, %.2f MiB streamed in "
                  "%.1f s; imbalance %.3f -> %.3f", r->diff.adds, r->diff.drops,
                  r->moved / 1048576.0, wire_now() - r->t0, r->before, r->after);
-    (void)c;
 }
 
-/* Gives up the wave before its swap: the table stays, grown nodes get their set back. */
+/* Gives up the wave before its swap: its layers keep their owners (earlier waves' keep their
+ * new ones), grown nodes get their set back. */
 static void abort_move(coord__replace_t *r, const char *why)
 {
     coord_cluster_t *c = r->c;
-    LOG_WARN("re-placement aborted in wave %d of %d (%s): the placement stays as it was, %.2f "
-             "MiB streamed", r->wave + 1, r->diff.n_waves, why, r->moved / 1048576.0);
+    LOG_WARN("re-placement aborted in wave %d of %d (%s): %s, %.2f MiB streamed", r->wave + 1,
+             r->diff.n_waves, why, r->wave ? "the layers of earlier waves stay moved, the "
+             "others as they were" : "the placement stays as it was", r->moved / 1048576.0);
     for (int i = 0; i < c->n_nodes; i++) {
         r->want[i] = -1;
         if (r->grown[i] && !coord_cluster_node_down(c, i)) send_set(r, i, false);
@@ -805,9 +805,8 @@ int coord_replace_request(const coord_cluster_t *c, coord_replace_plan_t *out)
     pthread_mutex_lock(&r->mu);
     int err = plan(r, out);
     pthread_mutex_unlock(&r->mu);
-    if (out->started)
-        LOG_INFO("re-placement requested: imbalance %.3f -> %.3f, %s", out->before, out->after,
-                 out->reason);
+    LOG_INFO("re-placement requested: %s (imbalance %.3f, planned %.3f)", out->reason,
+             out->before, out->after);
     return err;
 }
 
