@@ -206,7 +206,8 @@ int coord_cluster_replicas(const coord_cluster_t *c);
  * NULL when layer l has no routed experts / out of range. With load-aware placement
  * (load_profile, node_cap, balance) a cold expert may have fewer copies: the slots after its
  * last copy are -1. Borrowed; valid until
- * coord_cluster_free. */
+ * coord_cluster_free. A live re-placement (coord_replace_request) changes the contents between
+ * forward passes, on the cluster's thread; other threads copy them with coord_replace_owners. */
 const int *coord_cluster_owners(const coord_cluster_t *c, int layer, int expert);
 
 /* Liveness and rejoining after start-up; cluster's thread. Does nothing while the remote

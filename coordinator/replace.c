@@ -567,7 +567,7 @@ static void finish(coord__replace_t *r, bool done)
     pthread_mutex_unlock(&r->mu);
     if (done)
         LOG_INFO("re-placement done: %d pair copies added, %d released, %.2f MiB streamed in "
-                 "%.1f s; imbalance %.3f -> %.3f", r->diff.adds, r->diff.drops,
+                 "%.2f s; imbalance %.3f -> %.3f", r->diff.adds, r->diff.drops,
                  r->moved / 1048576.0, wire_now() - r->t0, r->before, r->after);
 }
 

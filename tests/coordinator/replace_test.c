@@ -181,6 +181,8 @@ static char *complete(int port)
     return t;
 }
 
+static int rebalance(int port, json_t **j);
+
 /* The greedy text with local experts: a coordinator without nodes. */
 static char *reference(void)
 {
@@ -191,6 +193,8 @@ static char *reference(void)
     int port = port_of(addr);
     tproc_wait_health(port, 200, 30);
     char *t = complete(port);
+    json_t *j;
+    cr_expect_eq(rebalance(port, &j), 400, "local experts: nothing to move");
     tproc_kill(&procs[REF]);
     return t;
 }
