@@ -471,6 +471,7 @@ static int stream(coord__replace_t *r, uint64_t budget)
     coord_cluster_t *c = r->c;
     const size_t pairs = (size_t)c->n_layers * c->n_expert;
     size_t chunk = c->lim.max_chunk_bytes < CHUNK_MAX ? c->lim.max_chunk_bytes : CHUNK_MAX;
+    if (chunk > budget) chunk = budget < 4096 ? 4096 : (size_t)budget; /* the budget holds */
     uint64_t sent = 0;
     while (r->cn < c->n_nodes) {
         if (r->cp >= pairs) {

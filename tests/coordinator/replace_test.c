@@ -199,12 +199,15 @@ static char *reference(void)
     return t;
 }
 
-/* Starts the nodes and a coordinator over them with extra flags (NULL-terminated). */
-static int start_cluster(const char *const *extra)
+/* Starts the nodes (with --mem-limit node_mem GiB unless NULL) and a coordinator over them with
+ * extra flags (NULL-terminated). */
+static int start_cluster_mem(const char *const *extra, const char *node_mem)
 {
     char eps[3][128], addr[128];
     for (int i = 0; i < 3; i++) {
-        const char *argv[] = {"moemesh-expert", "-l", "tcp://127.0.0.1:*", NULL};
+        const char *argv[] = {"moemesh-expert", "-l", "tcp://127.0.0.1:*", "--mem-limit", node_mem,
+                              NULL};
+        if (!node_mem) argv[3] = NULL;
         start_proc(NODE0 + i, argv, eps[i]);
     }
     const char *argv[40] = {"moemesh-coordinator", "serve", "-m", model_path, "--port", "0",
@@ -218,6 +221,11 @@ static int start_cluster(const char *const *extra)
     int port = port_of(addr);
     tproc_wait_health(port, 200, 30);
     return port;
+}
+
+static int start_cluster(const char *const *extra)
+{
+    return start_cluster_mem(extra, NULL);
 }
 
 /* The text of an SSE answer: every event's choices[0].text in order; NULL when an event is an
@@ -458,4 +466,42 @@ Test(replace, periodic_check_moves_when_imbalanced, .timeout = 180)
     cr_expect_eq(metric(port, "moemesh:rebalance_moves_total", "outcome=\"started\""), 1);
     free(want);
     tproc_assert_alive(&procs[COORD]);
+}
+
+/* Nodes whose memory (2.2 MiB of weights each, WELCOME says so) cannot hold their old and new
+ * pairs of every layer at once: the move goes in waves of layers, each released before the
+ * next grows (a node would refuse an ASSIGN beyond its limit), and the text stays the same.
+ * With 1.8 MiB not even one layer fits beside the rest: refused, with the reason. */
+Test(replace, tight_memory_moves_in_waves, .timeout = 180)
+{
+    char *want = reference();
+    const char *extra[] = {"--node-cap", "4,2,1", NULL};
+    int port = start_cluster_mem(extra, "0.0022");
+    char *got = complete(port);
+    cr_assert_str_eq(got, want);
+    free(got);
+    json_t *j;
+    cr_assert_eq(rebalance(port, &j), 200);
+    cr_assert(json_is_true(json_object_get(j, "started")), "%s",
+              json_string_value(json_object_get(j, "reason")));
+    cr_expect_geq(json_integer_value(json_object_get(j, "waves")), 2);
+    json_decref(j);
+    wait_moves(port, "finished", 1, 60);
+    cr_expect_gt(tproc_log_count(&procs[COORD], "wave 2 of"), 0);
+    for (int i = NODE0; i <= NODE2; i++)
+        cr_expect_eq(tproc_log_count(&procs[i], "--mem-limit is"), 0, "node %d refused", i);
+    got = complete(port);
+    cr_expect_str_eq(got, want, "the text after the move differs");
+    free(got);
+    tproc_reap(procs, N_PROC, false);
+
+    port = start_cluster_mem(extra, "0.0018");
+    got = complete(port);
+    free(got);
+    cr_assert_eq(rebalance(port, &j), 200);
+    cr_expect(json_is_false(json_object_get(j, "started")));
+    const char *why = json_string_value(json_object_get(j, "reason"));
+    cr_expect(why && strstr(why, "does not fit"), "%s", why ? why : "(none)");
+    json_decref(j);
+    free(want);
 }
