@@ -317,8 +317,9 @@ static bool need_ready(coord_api_t *a, coord_http_req_t *req)
     return false;
 }
 
-/* POST /admin/rebalance: plans a live re-placement of the experts for the last minute's load
- * (coordinator/replace.c) and says what it will move; 409 while one is running. */
+/* POST /admin/rebalance [{"force": bool}]: plans a live re-placement of the experts for the
+ * last minute's load (coordinator/replace.c) and says what it will move; 409 while one is
+ * running. */
 static void route_rebalance(coord_api_t *a, coord_http_req_t *req)
 {
     if (!need_ready(a, req)) return;
@@ -326,8 +327,20 @@ static void route_rebalance(coord_api_t *a, coord_http_req_t *req)
         send_error(a, req, 400, NULL, "no_expert_nodes", "the experts are local: nothing to move");
         return;
     }
+    bool force = false;
+    if (req->body_len) {
+        json_t *j;
+        verr_t e = {0};
+        if (!body_object(a, req, &j)) return;
+        bool ok = get_bool(j, "force", &force, &e);
+        json_decref(j);
+        if (!ok) {
+            send_error(a, req, 400, e.param, NULL, "%s", e.msg);
+            return;
+        }
+    }
     coord_replace_plan_t pl;
-    if (coord_replace_request(a->st.cluster, &pl) == -EBUSY) {
+    if (coord_replace_request(a->st.cluster, force, &pl) == -EBUSY) {
         send_error(a, req, 409, NULL, "rebalance_running", "%s", pl.reason);
         return;
     }

@@ -247,9 +247,10 @@ typedef struct {
     char reason[200];        /* why it starts or does not */
 } coord_replace_plan_t;
 /* Plans a move to the load-aware placement for the last minute's load. Any thread. 0 with *out
- * saying whether it starts (only when it lowers the imbalance) and why, or -EBUSY while a move
- * is pending or running. */
-int coord_replace_request(const coord_cluster_t *c, coord_replace_plan_t *out);
+ * saying whether it starts (only when it lowers the imbalance by 1 %, unless force: then
+ * whenever it differs from the current one) and why, or -EBUSY while a move is pending or
+ * running. */
+int coord_replace_request(const coord_cluster_t *c, bool force, coord_replace_plan_t *out);
 typedef struct {
     uint64_t started, finished, aborted; /* moves */
     uint64_t bytes;          /* shard bytes streamed by moves */

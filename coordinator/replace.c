@@ -12,9 +12,11 @@
  *   1. GROW     every node that gains pairs in the wave gets an ASSIGN of what it holds plus
  *               them. A node keeps the pairs it holds across an ASSIGN (expert-node/shard.c), so
  *               it serves them throughout; the new ones wait for their shards.
- *   2. STREAM   SHARD_CHUNKs of the new pairs, at most step_bytes per call of
+ *   2. STREAM   SHARD_CHUNKs of the new pairs, at most rebalance_step_kb per call of
  *               coord__replace_step, which runs only between forward passes (nothing in
- *               flight), so forward passes keep flowing in between.
+ *               flight), so forward passes keep flowing in between. Every new pair is sent,
+ *               even to a node that could load it from its own -m model or cache (WELCOME's
+ *               list is not asked again): correct, only wasteful for such nodes.
  *   3. READY    every such node's READY (with the new count) says each new pair is complete
  *               and verified on it.
  *   4. SWAP     the owners table takes the wave's layers of the new plan, under st_mu. Nothing
@@ -23,9 +25,9 @@
  *   5. RELEASE  nodes that lose pairs get an ASSIGN of their new set (they drop the rest) and
  *               answer READY. Then the next wave, or done.
  * A node failure (its error count moves), an ERROR answer, or no progress for timeout_ms
- * before the swap aborts the move: the table stays as it was and the nodes that grew get an
- * ASSIGN of their old set back. After a swap the move always completes (a node that died
- * gets its new set when it rejoins, cluster.c).
+ * before a wave's swap aborts the move: that wave's layers (and later ones) keep their owners
+ * and the nodes that grew get an ASSIGN of their old set back. A swapped wave stays swapped (a
+ * node that died afterwards gets its new set when it rejoins, cluster.c).
  *
  * Threads: everything but coord_replace_request/stats/owners runs on the cluster's thread.
  * mu guards the state word, the load window, the pending plan and the stats; the owners table
@@ -269,10 +271,10 @@ static void reason(coord_replace_plan_t *out, const char *fmt, ...)
     va_end(ap);
 }
 
-/* Plans a move from the load of the last window; on success with a better placement the move
- * is pending (state ST_PENDING, r->next/cap/diff set). Under mu. 0 (out says whether a move
+/* Plans a move from the load of the last window; on success with a better placement (or any
+ * other, with force) the move is pending (state ST_PENDING, r->next/cap/diff set). Under mu. 0 (out says whether a move
  * starts and why not), or -EBUSY while a move is pending or running. */
-static int plan(coord__replace_t *r, coord_replace_plan_t *out)
+static int plan(coord__replace_t *r, bool force, coord_replace_plan_t *out)
 {
     coord_cluster_t *c = r->c;
     const int N = c->n_nodes, R = c->replicas, E = c->n_expert;
@@ -339,7 +341,7 @@ static int plan(coord__replace_t *r, coord_replace_plan_t *out)
     secs = secs > 0 ? secs : 0;
     if (d.n_waves == 0) {
         reason(out, "the placement already fits the load of the last %.0f s", secs);
-    } else if (!(out->after < out->before * GAIN)) {
+    } else if (!force && !(out->after < out->before * GAIN)) {
         reason(out, "no better placement for the load of the last %.0f s (imbalance %.3f, "
                "best found %.3f)", secs, out->before, out->after);
     } else {
@@ -641,7 +643,7 @@ static void periodic(coord__replace_t *r, double now)
         free(tok), free(load);
     }
     bool go = before > c->cfg.rebalance_above;
-    if (go) plan(r, &pl);
+    if (go) plan(r, false, &pl);
     pthread_mutex_unlock(&r->mu);
     if (go && !pl.started)
         LOG_INFO("imbalance %.3f is above %.3f, not re-placing: %s", before,
@@ -795,7 +797,7 @@ void coord__replace_free(coord__replace_t *r)
 
 /* ---- any thread ---- */
 
-int coord_replace_request(const coord_cluster_t *c, coord_replace_plan_t *out)
+int coord_replace_request(const coord_cluster_t *c, bool force, coord_replace_plan_t *out)
 {
     coord__replace_t *r = c->replace;
     if (!r) {
@@ -804,7 +806,7 @@ int coord_replace_request(const coord_cluster_t *c, coord_replace_plan_t *out)
         return 0;
     }
     pthread_mutex_lock(&r->mu);
-    int err = plan(r, out);
+    int err = plan(r, force, out);
     pthread_mutex_unlock(&r->mu);
     LOG_INFO("re-placement requested: %s (imbalance %.3f, planned %.3f)", out->reason,
              out->before, out->after);

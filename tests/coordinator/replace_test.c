@@ -182,6 +182,7 @@ static char *complete(int port)
 }
 
 static int rebalance(int port, json_t **j);
+static int rebalance_body(int port, const char *body, json_t **j);
 
 /* The greedy text with local experts: a coordinator without nodes. */
 static char *reference(void)
@@ -298,15 +299,20 @@ static void node_experts(int port, int out[3])
     }
 }
 
-/* POST /admin/rebalance: the status, and the JSON answer in *j (200 only). */
-static int rebalance(int port, json_t **j)
+/* POST /admin/rebalance with body: the status, and the JSON answer in *j (200 only). */
+static int rebalance_body(int port, const char *body, json_t **j)
 {
-    char *r = tproc_request(port, "/admin/rebalance", "{}", 10);
+    char *r = tproc_request(port, "/admin/rebalance", body, 10);
     int status = tproc_status(r);
     const char *b = strstr(r, "\r\n\r\n");
     *j = status == 200 && b ? json_loads(b + 4, 0, NULL) : NULL;
     free(r);
     return status;
+}
+
+static int rebalance(int port, json_t **j)
+{
+    return rebalance_body(port, "{}", j);
 }
 
 /* Waits until the rebalance counter for outcome reaches want (limit_s at most). */
@@ -399,7 +405,9 @@ Test(replace, live_move_during_generation_keeps_greedy_output, .timeout = 180)
 }
 
 /* --replicas 2 (every expert on two nodes): a node killed while the move streams aborts it;
- * the old table stays, the replicas serve, and the text does not change. */
+ * the old table stays, the replicas serve, and the text does not change. Two copies of
+ * everything leave little to gain (the queue-depth split evens the load), so the move is
+ * forced; a body that is not a JSON object, or a force that is not a boolean, is a 400. */
 Test(replace, node_killed_mid_move_aborts_and_service_continues, .timeout = 180)
 {
     char *want = reference();
@@ -410,11 +418,13 @@ Test(replace, node_killed_mid_move_aborts_and_service_continues, .timeout = 180)
     int owners0[3], owners1[3];
     node_experts(port, owners0);
 
+    json_t *j;
+    cr_expect_eq(rebalance_body(port, "[1]", &j), 400);
+    cr_expect_eq(rebalance_body(port, "{\"force\":1}", &j), 400);
     stream_t s;
     pthread_t th;
     stream_start(&s, &th, port);
-    json_t *j;
-    cr_assert_eq(rebalance(port, &j), 200);
+    cr_assert_eq(rebalance_body(port, "{\"force\":true}", &j), 200);
     cr_assert(json_is_true(json_object_get(j, "started")), "%s",
               json_string_value(json_object_get(j, "reason")));
     json_decref(j);
