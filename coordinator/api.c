@@ -317,6 +317,41 @@ static bool need_ready(coord_api_t *a, coord_http_req_t *req)
     return false;
 }
 
+/* POST /admin/rebalance [{"force": bool}]: plans a live re-placement of the experts for the
+ * last minute's load (coordinator/replace.c) and says what it will move; 409 while one is
+ * running. */
+static void route_rebalance(coord_api_t *a, coord_http_req_t *req)
+{
+    if (!need_ready(a, req)) return;
+    if (!a->st.cluster) {
+        send_error(a, req, 400, NULL, "no_expert_nodes", "the experts are local: nothing to move");
+        return;
+    }
+    bool force = false;
+    if (req->body_len) {
+        json_t *j;
+        verr_t e = {0};
+        if (!body_object(a, req, &j)) return;
+        bool ok = get_bool(j, "force", &force, &e);
+        json_decref(j);
+        if (!ok) {
+            send_error(a, req, 400, e.param, NULL, "%s", e.msg);
+            return;
+        }
+    }
+    coord_replace_plan_t pl;
+    if (coord_replace_request(a->st.cluster, force, &pl) == -EBUSY) {
+        send_error(a, req, 409, NULL, "rebalance_running", "%s", pl.reason);
+        return;
+    }
+    send_json(a, req, 200,
+              json_pack("{s:b,s:f,s:f,s:I,s:i,s:i,s:i,s:s}", "started", pl.started,
+                        "imbalance_before", pl.before, "imbalance_after", pl.after,
+                        "bytes_to_move", (json_int_t)pl.bytes, "pairs_added", pl.adds,
+                        "pairs_released", pl.drops, "waves", pl.waves, "reason", pl.reason),
+              NULL);
+}
+
 /* Generation needs every routed expert: while a node is down, refuse at once (503, naming the
  * missing experts, Retry-After) rather than admit a request that would fail at its first
  * layer. */
@@ -1054,7 +1089,7 @@ void coord_api_handle(void *ud, coord_http_req_t *req)
         {"/tokenize", true, 2},            {"/detokenize", true, 3},
         {"/v1/completions", true, 4},      {"/v1/chat/completions", true, 5},
         {"/completions", true, 4},         {"/chat/completions", true, 5},
-        {"/models", false, 0},
+        {"/models", false, 0},             {"/admin/rebalance", true, 6},
     };
     for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
         if (strcmp(p, routes[i].path)) continue;
@@ -1068,6 +1103,7 @@ void coord_api_handle(void *ud, coord_http_req_t *req)
         case 2: route_tokenize(a, req); return;
         case 3: route_detokenize(a, req); return;
         case 4: route_generate(a, req, false); return;
+        case 6: route_rebalance(a, req); return;
         default: route_generate(a, req, true); return;
         }
     }

@@ -93,6 +93,8 @@ static int stack_init(run_stack_t *s, const char *path, int threads, int ctx, in
         cc.curve_dir = cf->curve_keys;
         cc.replicas = cf->replicas;
         cc.load_profile = cf->load_profile, cc.node_cap = cf->node_cap, cc.balance = cf->balance;
+        cc.rebalance_every_s = cf->rebalance_every, cc.rebalance_above = cf->rebalance_above;
+        cc.rebalance_step_kb = cf->rebalance_step;
         s->cluster = coord_cluster_new(&cc, s->m);
         if (!s->cluster) {
             fprintf(stderr, "cannot start the expert nodes (reason above)\n");

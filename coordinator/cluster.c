@@ -40,6 +40,8 @@ coord_cluster_config_t coord_cluster_config_default(void)
         .progress = true,
         .test_corrupt_chunk = -1,
         .heartbeat_ms = 3000,
+        .rebalance_above = 1.15,
+        .rebalance_step_kb = 1024,
     };
 }
 
@@ -292,7 +294,7 @@ static int hello_all(coord_cluster_t *c, const char *fp, uint8_t *have)
 /* The capacities a load-aware placement weighs, pairs/s for this model's experts, into cap:
  * --node-cap when given, else each node's WELCOME capacity scaled from the reference expert by
  * the multiply-adds per pair (all 1 when any node did not measure). 0 or -EINVAL (logged). */
-static int capacities(coord_cluster_t *c, double *cap)
+int coord__cluster_capacities(coord_cluster_t *c, double *cap)
 {
     const int N = c->n_nodes;
     if (c->cfg.node_cap) {
@@ -340,7 +342,7 @@ static int place(coord_cluster_t *c)
     model_plan_t *p = NULL;
     int err = 0;
     if (balanced) {
-        err = capacities(c, cap);
+        err = coord__cluster_capacities(c, cap);
         if (!err && c->cfg.load_profile) {
             load = xmalloc(sizeof(double) * ((size_t)c->n_layers * c->n_expert + 1));
             err = coord_load_profile_read(c->cfg.load_profile, c->n_layers, c->n_expert, load);
@@ -414,7 +416,34 @@ double coord_cluster_capacity(const coord_cluster_t *c, int node)
     return node >= 0 && node < c->n_nodes ? c->nodes[node].cap : 0;
 }
 
-static int assign(coord_cluster_t *c, int i, const char *fp)
+int coord__assign_send(coord_cluster_t *c, int i, const uint32_t *ls, const uint32_t *es,
+                       uint32_t k, uint64_t bytes, int ms)
+{
+    coord__node_t *n = &c->nodes[i];
+    wire_msg_t m;
+    wire_msg_init(&m, WIRE_KIND_ASSIGN);
+    /* The wire struct only reads the arrays; the casts drop const for its fields. */
+    m.u.assign = (wire_assign_t){.model = c->fp,
+                                 .n_layers = c->n_layers,
+                                 .n_experts = c->n_expert,
+                                 .n_pairs = k,
+                                 .layer = (uint32_t *)ls,
+                                 .expert = (uint32_t *)es,
+                                 .n_embd = c->m->hp.n_embd,
+                                 .n_ff = c->m->hp.n_ff_exp,
+                                 .bytes = bytes,
+                                 .expert_act = c->m->hp.arch == MODEL_ARCH_GPTOSS
+                                                   ? WIRE_EXPERT_ACT_SWIGLU_OAI
+                                                   : WIRE_EXPERT_ACT_SWIGLU};
+    int err = coord__node_set_sndtimeo(n, ms);
+    if (!err) err = wire_msg_send(n->sock, &m);
+    else wire_msg_deinit(&m);
+    if (err) NODE_ERR(c, i, "cannot send ASSIGN: %s", wire_strerror(err));
+    return err;
+}
+
+/* Step 3 for node i: every pair the table gives it. */
+static int assign(coord_cluster_t *c, int i)
 {
     coord__node_t *n = &c->nodes[i];
     uint32_t *ls = xmalloc(sizeof(uint32_t) * (n->st.experts + 1));
@@ -423,26 +452,9 @@ static int assign(coord_cluster_t *c, int i, const char *fp)
     for (int l = 0; l < c->n_layers; l++)
         for (int e = 0; e < c->n_expert; e++)
             if (holds(c, (size_t)l * c->n_expert + e, i)) ls[k] = l, es[k++] = e;
-    wire_msg_t m;
-    wire_msg_init(&m, WIRE_KIND_ASSIGN);
-    m.u.assign = (wire_assign_t){.model = fp,
-                                 .n_layers = c->n_layers,
-                                 .n_experts = c->n_expert,
-                                 .n_pairs = k,
-                                 .layer = ls,
-                                 .expert = es,
-                                 .n_embd = c->m->hp.n_embd,
-                                 .n_ff = c->m->hp.n_ff_exp,
-                                 .bytes = n->st.expert_bytes,
-                                 .expert_act = c->m->hp.arch == MODEL_ARCH_GPTOSS
-                                                   ? WIRE_EXPERT_ACT_SWIGLU_OAI
-                                                   : WIRE_EXPERT_ACT_SWIGLU};
-    int err = coord__node_set_sndtimeo(n, c->cfg.timeout_ms);
-    if (!err) err = wire_msg_send(n->sock, &m);
-    else wire_msg_deinit(&m);
+    int err = coord__assign_send(c, i, ls, es, k, n->st.expert_bytes, c->cfg.timeout_ms);
     free(ls);
     free(es);
-    if (err) NODE_ERR(c, i, "cannot send ASSIGN: %s", wire_strerror(err));
     return err;
 }
 
@@ -628,7 +640,7 @@ static int start(coord_cluster_t *c)
     uint8_t *have = xcalloc((size_t)c->n_nodes * pairs + 1, 1);
     int err = hello_all(c, fp, have);
     if (!err) err = place(c);
-    for (int i = 0; i < c->n_nodes && !err; i++) err = assign(c, i, fp);
+    for (int i = 0; i < c->n_nodes && !err; i++) err = assign(c, i);
 
     progress_t pg = {.on = c->cfg.progress && isatty(STDERR_FILENO)};
     for (int i = 0; i < c->n_nodes && !err; i++) pg.total += to_stream(c, have, i);
@@ -718,6 +730,7 @@ coord_cluster_t *coord_cluster_new(const coord_cluster_config_t *cfg, const mode
     c->cfg.name = "coord";
     c->cfg.curve_dir = curve ? "" : NULL;
     if (start(c) != 0) goto fail;
+    c->replace = coord__replace_new(c);
     return c;
 fail:
     coord_cluster_free(c);
@@ -732,6 +745,7 @@ void coord_cluster_free(coord_cluster_t *c)
         free(c->nodes[i].endpoint);
     }
     if (c->ctx) zmq_ctx_term(c->ctx);
+    coord__replace_free(c->replace);
     free(c->nodes);
     free(c->owner);
     free(c->owners);
@@ -907,7 +921,7 @@ static int rejoin(coord_cluster_t *c, int i, const wire_hello_t *h)
              h->n_pairs ? (same ? " of this model" : " of another model") : "");
     c->rejoining = i;
     n->ready = -1;
-    int err = assign(c, i, c->fp);
+    int err = assign(c, i);
     progress_t pg = {.drained = wire_now(), .node_left = to_stream(c, have, i)};
     uint64_t streamed = pg.node_left;
     for (size_t p = 0; p < pairs && !err; p++) {
@@ -962,6 +976,8 @@ void coord_cluster_tend(coord_cluster_t *c)
                 n->last_heard = wire_now();
             } else if (m.kind == WIRE_KIND_WELCOME && down) {
                 if (rejoin(c, i, &m.u.hello) == 0) down = false;
+            } else if (coord__replace_take(c, i, &m)) {
+                /* a re-placement's READY or refusal */
             } else if (m.kind == WIRE_KIND_RESULT || m.kind == WIRE_KIND_ERROR) {
                 coord__node_stale(c, i);
                 LOG_WARN("expert node %d (%s): dropping late %s", i, n->endpoint,
@@ -978,6 +994,7 @@ void coord_cluster_tend(coord_cluster_t *c)
         }
         if (down && now - n->probe_at >= PROBE_S) probe(c, i);
     }
+    coord__replace_step(c, false);
 }
 
 /* True when pair p (layer * n_expert + expert) has copies and all of them are on nodes marked
@@ -1096,6 +1113,7 @@ static void guard_idle(coord_experts_t *ex)
 {
     guard_t *g = (guard_t *)ex;
     coord_cluster_tend(g->c);
+    coord__replace_step(g->c, true); /* nothing else to do: a move may go faster */
     if (g->inner->vt->idle) g->inner->vt->idle(g->inner);
 }
 

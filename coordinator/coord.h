@@ -174,6 +174,13 @@ typedef struct {
     const char *load_profile;
     const char *node_cap;
     bool balance;
+    /* Live re-placement (coordinator/replace.c): every rebalance_every_s seconds (0: never by
+     * itself; coord_replace_request any time) the imbalance of the last minute's load is
+     * checked, and above rebalance_above (default 1.15) a better placement is moved to while
+     * serving, rebalance_step_kb KiB of shard data per step between forward passes (1024). */
+    double rebalance_every_s;
+    double rebalance_above;
+    int rebalance_step_kb;
 } coord_cluster_config_t;
 
 /* Zero nodes, f32, one replica, 10 s deadlines, progress on, no test hooks. */
@@ -199,7 +206,8 @@ int coord_cluster_replicas(const coord_cluster_t *c);
  * NULL when layer l has no routed experts / out of range. With load-aware placement
  * (load_profile, node_cap, balance) a cold expert may have fewer copies: the slots after its
  * last copy are -1. Borrowed; valid until
- * coord_cluster_free. */
+ * coord_cluster_free. A live re-placement (coord_replace_request) changes the contents between
+ * forward passes, on the cluster's thread; other threads copy them with coord_replace_owners. */
 const int *coord_cluster_owners(const coord_cluster_t *c, int layer, int expert);
 
 /* Liveness and rejoining after start-up; cluster's thread. Does nothing while the remote
@@ -226,6 +234,33 @@ int coord_cluster_missing(const coord_cluster_t *c, char *buf, size_t cap);
  * with a live copy the remote experts route to it (failover, remote.c); idle
  * runs coord_cluster_tend, then inner's idle. c is borrowed and must outlive the result. */
 coord_experts_t *coord_cluster_guard_new(coord_cluster_t *c, coord_experts_t *inner);
+
+/* Live re-placement (coordinator/replace.c): expert pairs move between nodes while they serve,
+ * make-before-break (new pairs streamed and READY before the owners table swaps between forward
+ * passes; released after), see the file's top comment. */
+typedef struct {
+    bool started;            /* a move was accepted and starts at the next step */
+    double before, after;    /* imbalance of the current placement and of the new one over the
+                                last minute's load: step time over a perfect split's (1 = even) */
+    uint64_t bytes;          /* shard bytes to stream */
+    int adds, drops, waves;  /* (pair, node) copies added and released; waves of layers */
+    char reason[200];        /* why it starts or does not */
+} coord_replace_plan_t;
+/* Plans a move to the load-aware placement for the last minute's load. Any thread. 0 with *out
+ * saying whether it starts (only when it lowers the imbalance by 1 %, unless force: then
+ * whenever it differs from the current one) and why, or -EBUSY while a move is pending or
+ * running. */
+int coord_replace_request(const coord_cluster_t *c, bool force, coord_replace_plan_t *out);
+typedef struct {
+    uint64_t started, finished, aborted; /* moves */
+    uint64_t bytes;          /* shard bytes streamed by moves */
+    double last_before, last_after; /* imbalance planned by the last move started */
+    bool running;
+} coord_replace_stats_t;
+void coord_replace_stats(const coord_cluster_t *c, coord_replace_stats_t *out); /* any thread */
+/* Copies the owners table (n_layers, n_expert, replicas), as coord_cluster_owners gives it, into
+ * out at one moment (a move may swap it). Any thread. */
+void coord_replace_owners(const coord_cluster_t *c, int *out);
 
 /* Upper bounds (seconds) of the per-node RTT histogram's buckets. */
 #define COORD_RTT_BUCKETS 14
@@ -550,8 +585,8 @@ typedef struct {
     const uint64_t *expert_tokens;    /* (n_layers, n_expert) */
     const bool *moe_layer;            /* (n_layers) */
     int n_layers, n_expert;
-    /* The placement per-layer imbalance is measured against (its owners); NULL: local experts,
-     * no imbalance shown. Loop thread, after start-up (the owners no longer change). */
+    /* The placement per-layer imbalance is measured against (its owners, read again after a
+     * live re-placement), and the re-placement counters; NULL: local experts, none shown. */
     const coord_cluster_t *cluster;
 } coord_metrics_gauges_t;
 coord_metrics_t *coord_metrics_new(void);
@@ -618,6 +653,8 @@ typedef struct {
     const char *load_profile, *node_cap; /* coord_cluster_config_t's; NULL: none */
     bool balance;
     const char *record_load;         /* load profile written at shutdown; NULL: none */
+    double rebalance_every, rebalance_above; /* coord_cluster_config_t's rebalance_* */
+    int rebalance_step;
 } coord_server_params_t;
 coord_server_params_t coord_server_params_default(void);
 typedef struct coord_server coord_server_t;

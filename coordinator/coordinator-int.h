@@ -33,6 +33,8 @@ typedef struct {
     int expert_port;         /* wire port of the nodes a LeaderWorkerSet group names (LWS_*) */
     const char *load_profile, *record_load, *node_cap; /* load-aware placement; NULL: none */
     bool balance;
+    float rebalance_every, rebalance_above; /* live re-placement (coord_cluster_config_t) */
+    int rebalance_step;                     /* KiB */
 } coord__cluster_flags_t;
 
 /* The coord_opt_t entries of those flags, for an options table. */
@@ -60,7 +62,13 @@ typedef struct {
     {"node-cap", 0, "MOEMESH_NODE_CAP", COORD_OPT_STR, &(cf).node_cap, "C,C,..",                   \
      "expert nodes' capacities (pairs/s; default: measured by the nodes)"},                        \
     {"balance", 0, "MOEMESH_BALANCE", COORD_OPT_BOOL, &(cf).balance, NULL,                         \
-     "capacity- and load-aware placement (implied by --load-profile, --node-cap)"}
+     "capacity- and load-aware placement (implied by --load-profile, --node-cap)"},                \
+    {"rebalance-every", 0, "MOEMESH_REBALANCE_EVERY", COORD_OPT_FLOAT, &(cf).rebalance_every, "S", \
+     "check the recent expert load every S seconds and re-place experts live (0: off)"},           \
+    {"rebalance-above", 0, "MOEMESH_REBALANCE_ABOVE", COORD_OPT_FLOAT, &(cf).rebalance_above, "F", \
+     "re-place only above this imbalance factor (default 1.15)"},                                  \
+    {"rebalance-step", 0, "MOEMESH_REBALANCE_STEP", COORD_OPT_INT, &(cf).rebalance_step, "KB",     \
+     "shard data a live re-placement sends between two forward passes (default 1024)"}
 
 /* wire_type f32, node_timeout 10000 ms, one replica, no nodes, expert_port 5555. */
 coord__cluster_flags_t coord__cluster_flags_default(void);

@@ -15,7 +15,8 @@
 coord__cluster_flags_t coord__cluster_flags_default(void)
 {
     return (coord__cluster_flags_t){.wire_type = "f32", .node_timeout = 10000, .replicas = 1,
-                                    .expert_port = 5555};
+                                    .expert_port = 5555, .rebalance_above = 1.15f,
+                                    .rebalance_step = 1024};
 }
 
 void coord__endpoints_free(coord__endpoints_t *e)
@@ -158,6 +159,14 @@ int coord__cluster_flags_check(const coord__cluster_flags_t *cf, coord__endpoint
     }
     if (cf->replicas < 1) {
         fprintf(stderr, "bad --replicas %d (copies of every expert, >= 1)\n", cf->replicas);
+        return -EINVAL;
+    }
+    if (!(cf->rebalance_every >= 0 && cf->rebalance_every <= 1e6) ||
+        !(cf->rebalance_above >= 1 && cf->rebalance_above <= 1e6) || cf->rebalance_step < 1 ||
+        cf->rebalance_step > (1 << 20)) {
+        fprintf(stderr, "bad --rebalance-every %g, --rebalance-above %g or --rebalance-step %d "
+                "(seconds >= 0, an imbalance factor >= 1, KiB 1..1048576)\n",
+                (double)cf->rebalance_every, (double)cf->rebalance_above, cf->rebalance_step);
         return -EINVAL;
     }
     int err = collect_endpoints(eps, cf);

@@ -37,6 +37,7 @@ struct coord_metrics {
      * placement was handed over yet. */
     coord_load_t *load;
     bool placed, no_load; /* no_load: coord_load_new refused the shape (logged once) */
+    uint64_t placed_moves; /* live re-placements finished when the placement was last read */
     uint64_t *win;    /* (n_layers, n_expert) scratch */
     double *busy;     /* (n_nodes) cumulative busy seconds, then the window's */
 };
@@ -200,6 +201,37 @@ static void render_nodes(sbuf_t *s, const coord_metrics_gauges_t *g)
             label_value(g->nodes[i].endpoint, addr, sizeof(addr)), g->nodes[i].slow ? 1 : 0);
 }
 
+/* Live re-placements (coordinator/replace.c). */
+static void render_replace(sbuf_t *s, const coord_metrics_gauges_t *g, const coord_cluster_t *c)
+{
+    char addr[300];
+    family(s, "moemesh:node_experts", "gauge",
+           "(layer, expert) pairs the expert node holds, replicas included.");
+    for (int i = 0; i < g->n_nodes; i++)
+        put(s, "moemesh:node_experts{node=\"%d\",addr=\"%s\"} %d\n", i,
+            label_value(g->nodes[i].endpoint, addr, sizeof(addr)), g->nodes[i].experts);
+    coord_replace_stats_t rs;
+    coord_replace_stats(c, &rs);
+    family(s, "moemesh:rebalance_moves_total", "counter",
+           "Live re-placements of the experts, by outcome (started, finished, aborted).");
+    put(s, "moemesh:rebalance_moves_total{outcome=\"started\"} %llu\n",
+        (unsigned long long)rs.started);
+    put(s, "moemesh:rebalance_moves_total{outcome=\"finished\"} %llu\n",
+        (unsigned long long)rs.finished);
+    put(s, "moemesh:rebalance_moves_total{outcome=\"aborted\"} %llu\n",
+        (unsigned long long)rs.aborted);
+    family(s, "moemesh:rebalance_bytes_total", "counter",
+           "Expert weight bytes streamed to nodes by live re-placements.");
+    put(s, "moemesh:rebalance_bytes_total %llu\n", (unsigned long long)rs.bytes);
+    family(s, "moemesh:rebalance_running", "gauge", "1 while a live re-placement runs.");
+    put(s, "moemesh:rebalance_running %d\n", rs.running ? 1 : 0);
+    family(s, "moemesh:rebalance_imbalance", "gauge",
+           "Imbalance (step time over a perfect split's) the last re-placement planned, "
+           "before and after it.");
+    put(s, "moemesh:rebalance_imbalance{when=\"before\"} %.6f\n", rs.last_before);
+    put(s, "moemesh:rebalance_imbalance{when=\"after\"} %.6f\n", rs.last_after);
+}
+
 /* Samples the counters into the windows and renders what they show: tokens per (layer,
  * expert) over the last minute, each layer's busiest expert share and collapse flag, the
  * imbalance of the cluster's placement, and each node's busy ratio. Node busy time is the sum
@@ -220,17 +252,17 @@ static void render_load(coord_metrics_t *m, const coord_metrics_gauges_t *g, sbu
         m->win = xmalloc(sizeof(uint64_t) * ((size_t)L * E + 1));
         m->busy = xmalloc(sizeof(double) * ((size_t)N + 1));
     }
-    if (!m->placed && g->cluster) {
+    coord_replace_stats_t rs = {0};
+    if (g->cluster) coord_replace_stats(g->cluster, &rs);
+    /* Again after every live re-placement: its moves change the owners. */
+    if (g->cluster && (!m->placed || rs.finished != m->placed_moves)) {
         const int R = coord_cluster_replicas(g->cluster);
         int *own = xmalloc(sizeof(int) * ((size_t)L * E * R + 1));
-        for (int l = 0; l < L; l++)
-            for (int e = 0; e < E; e++) {
-                const int *o = coord_cluster_owners(g->cluster, l, e);
-                for (int r = 0; r < R; r++) own[((size_t)l * E + e) * R + r] = o ? o[r] : -1;
-            }
+        coord_replace_owners(g->cluster, own);
         coord_load_set_placement(m->load, own, NULL, R, NULL); /* calls go to the primary */
         free(own);
         m->placed = true;
+        m->placed_moves = rs.finished;
     }
     for (int i = 0; i < N; i++) m->busy[i] = g->nodes[i].rtt_sum_s;
     coord_load_sample(m->load, wire_now(), g->expert_tokens, N ? m->busy : NULL);
@@ -316,6 +348,7 @@ size_t coord_metrics_render(coord_metrics_t *m, const coord_metrics_gauges_t *g,
            "KV-cache positions in use over the slots' capacity (0..1).");
     put(&s, "moemesh:kv_cache_usage_ratio %.6f\n", g->kv_usage);
     if (g->n_nodes > 0) render_nodes(&s, g);
+    if (g->cluster) render_replace(&s, g, g->cluster);
     if (g->expert_tokens && g->moe_layer && g->n_expert > 0) {
         const char *name = "moemesh:expert_tokens_total";
         family(&s, name, "counter", "Tokens routed to each (layer, expert).");

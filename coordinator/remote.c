@@ -463,6 +463,7 @@ static int on_message(remote_t *R, int o, wire_msg_t *m, double t_recv)
     coord_cluster_t *c = R->c;
     coord__node_t *n = &c->nodes[o];
     const int E = R->n_embd;
+    if (coord__replace_take(c, o, m)) return 0; /* a re-placement's READY or refusal */
     switch (m->kind) {
     case WIRE_KIND_HEARTBEAT:
         n->last_heard = t_recv;
@@ -791,6 +792,7 @@ static int remote_submit(coord_experts_t *ex, int layer, int mbi, int n_tok, int
         return err;
     }
     name_lanes(R);
+    coord__replace_count(c, layer, n_tok, k, ids);
     /* Nothing out: the sockets are ours to tend (heartbeats, rejoining nodes). Else take what
      * has arrived meanwhile, so RESULTs leave ZeroMQ's queue (and the in-flight time ends)
      * about when they came. */
@@ -960,7 +962,9 @@ static void remote_idle(coord_experts_t *ex)
                 continue;
             }
             if (m.kind == WIRE_KIND_HEARTBEAT) c->nodes[o].last_heard = wire_now();
-            if (m.kind == WIRE_KIND_RESULT || m.kind == WIRE_KIND_ERROR) {
+            if (coord__replace_take(c, o, &m)) {
+                /* a re-placement's READY or refusal */
+            } else if (m.kind == WIRE_KIND_RESULT || m.kind == WIRE_KIND_ERROR) {
                 coord__node_stale(c, o);
                 LOG_WARN("expert node %d (%s): dropping late %s", o, c->nodes[o].endpoint,
                          wire_kind_name(m.kind));

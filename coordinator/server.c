@@ -62,6 +62,8 @@ coord_server_params_t coord_server_params_default(void)
         .max_prompt = 32768,
         .wire_type = "f32",
         .node_timeout_ms = 10000,
+        .rebalance_above = 1.15,
+        .rebalance_step = 1024,
         .replicas = 1,
     };
 }
@@ -95,6 +97,8 @@ static void load(void *arg)
         cc.curve_dir = p->curve_keys;
         cc.replicas = p->replicas;
         cc.load_profile = p->load_profile, cc.node_cap = p->node_cap, cc.balance = p->balance;
+        cc.rebalance_every_s = p->rebalance_every, cc.rebalance_above = p->rebalance_above;
+        cc.rebalance_step_kb = p->rebalance_step;
         cc.progress = false;
         s->cluster = coord_cluster_new(&cc, s->m);
         if (!s->cluster) {
@@ -436,6 +440,8 @@ int coord_cmd_serve(int argc, char **argv)
     p.curve_keys = cf.curve_keys;
     p.replicas = cf.replicas;
     p.load_profile = cf.load_profile, p.node_cap = cf.node_cap, p.balance = cf.balance;
+    p.rebalance_every = cf.rebalance_every, p.rebalance_above = cf.rebalance_above;
+    p.rebalance_step = cf.rebalance_step;
     p.record_load = cf.record_load;
     wire_log_set_role("coord");
     uv_loop_t loop;
