@@ -48,9 +48,14 @@
 
 static size_t align64(size_t b) { return (b + 63) & ~(size_t)63; }
 
+kern__path_t kern__matmul_path = KERN__PATH_AUTO;
+
 static bool use_blas(kern_type_t wt, int64_t m)
 {
     if (kern_type_info(wt)->dot_type == KERN_Q8_1) return false;
+    /* Forced (benchmarks): the work buffer holds the BLAS path's buffers from BLAS_MIN_M on. */
+    if (kern__matmul_path == KERN__PATH_BLAS) return m >= BLAS_MIN_M;
+    if (kern__matmul_path != KERN__PATH_AUTO) return false;
     if (kern__isa >= KERN_ISA_AVX2 && kern__gemm_avx2[wt] != NULL) return false;
     const bool multi = kern__isa >= KERN_ISA_AVX2 && kern__dotn_avx2[wt] != NULL;
     return m >= (multi ? BLAS_MIN_M_MULTI : BLAS_MIN_M);
@@ -203,7 +208,8 @@ void kern_matmul(kern_pool_t *pool, float *out, const void *w, size_t w_stride, 
      * kernel's own for m = 1, else kern__dot_*): dotn is for m > 1. */
     if (kern__isa >= KERN_ISA_AVX2) {
         if (m > 1) t.dotn = kern__dotn_avx2[wt];
-        t.gemm = blas ? NULL : kern__gemm_avx2[wt];
+        t.gemm = blas || (m > 1 && kern__matmul_path == KERN__PATH_DOT) ? NULL
+                                                                         : kern__gemm_avx2[wt];
     }
     if (wt == KERN_F32) {
         /* F32's dot type is F32 itself: x is already "rounded". */
@@ -214,11 +220,8 @@ void kern_matmul(kern_pool_t *pool, float *out, const void *w, size_t w_stride, 
         t.xq = p;
         t.xq_stride = align64(kern_row_bytes(ti->dot_type, n));
         p += (size_t)m * t.xq_stride;
-        if (t.gemm) {
-            /* Only Q8_0 activations have a tiled kernel so far; xd holds their scales. */
-            CHECK(ti->dot_type == KERN_Q8_0);
-            t.xd = (float *)p;
-        }
+        /* Tiled kernels on Q8_0 activations take their scales as f32 (xd); Q8_K's are f32. */
+        if (t.gemm && ti->dot_type == KERN_Q8_0) t.xd = (float *)p;
         p += align64((size_t)m * (size_t)(n / KERN_QK32) * sizeof(float));
         if (blas) {
             t.xr = (float *)p;
