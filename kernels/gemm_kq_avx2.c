@@ -56,29 +56,25 @@ static inline float hsum_ps(__m256 v)
 
 /* ---- decoding one superblock of one row ---- */
 
-/* The 12 scale bytes of Q4_K/Q5_K as 8 six-bit scales sc and mins m (dot_avx2.c's
- * unpack_k4_scales, bytes instead of packed words). */
-static inline void k4_scales(const uint8_t *s12, uint8_t sc[8], uint8_t m[8])
-{
-    uint32_t u[3], s[2], n[2];
-    memcpy(u, s12, 12);
-    const uint32_t low6 = 0x3f3f3f3f, low4 = 0x0f0f0f0f, low2 = 0x03030303;
-    s[0] = u[0] & low6;
-    n[0] = u[1] & low6;
-    s[1] = (u[2] & low4) | (((u[0] >> 6) & low2) << 4);
-    n[1] = ((u[2] >> 4) & low4) | (((u[1] >> 6) & low2) << 4);
-    memcpy(sc, s, 8);
-    memcpy(m, n, 8);
-}
-
-/* Scales and mins shared by Q4_K and Q5_K: sub-block s (elements 32s..32s+31) has scale sc[s]
- * and min m[s], and its two 16-groups are bsums 2s, 2s+1. */
+/* Scales and mins shared by Q4_K and Q5_K: sub-block s (elements 32s..32s+31) has six-bit
+ * scale sc_s and min m_s, and its two 16-groups are bsums 2s, 2s+1. The 12 bytes unpack as in
+ * dot_avx2.c's unpack_k4_scales: entries 0..3 are the low 6 bits of bytes 0..3 / 4..7, entries
+ * 4..7 a nibble of bytes 8..11 and the spare top 2 bits of bytes 0..3 / 4..7. */
 static inline void stage_k4_scales(stage_t *st, const uint8_t *s12, uint16_t d, uint16_t dmin)
 {
-    uint8_t sc[8], m[8];
-    k4_scales(s12, sc, m);
-    for (int s = 0; s < 8; s++) st->sc[s] = _mm256_set1_epi16(sc[s]);
-    __m128i mb = _mm_loadl_epi64((const __m128i *)m);
+    uint32_t u[3];
+    memcpy(u, s12, 12);
+    const uint32_t low6 = 0x3f3f3f3f, low4 = 0x0f0f0f0f, low2 = 0x03030303;
+    const uint32_t sc0 = u[0] & low6, m0 = u[1] & low6;
+    const uint32_t sc1 = (u[2] & low4) | (((u[0] >> 6) & low2) << 4);
+    const uint32_t m1 = ((u[2] >> 4) & low4) | (((u[1] >> 6) & low2) << 4);
+    /* Scales as 16-bit values in both 128-bit halves; scale s is bytes 2s, 2s+1 of each. */
+    const __m256i sc16 = _mm256_broadcastsi128_si256(
+        _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, (int)sc1, (int)sc0)));
+#pragma GCC unroll 8
+    for (int k = 0; k < 8; k++)
+        st->sc[k] = _mm256_shuffle_epi8(sc16, _mm256_set1_epi16((short)(0x0100 + 0x0202 * k)));
+    const __m128i mb = _mm_set_epi32(0, 0, (int)m1, (int)m0);
     st->corr = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mb, mb));
     st->dw = _mm256_set1_ps(_cvtsh_ss(d));
     st->dmin = _mm256_set1_ps(_cvtsh_ss(dmin));
@@ -122,10 +118,18 @@ static inline void decode_q5_k(const kern_block_q5_k *b, stage_t *st)
 static inline void decode_q6_k(const kern_block_q6_k *b, stage_t *st)
 {
     const __m256i low4 = _mm256_set1_epi8(0x0F), low2 = _mm256_set1_epi8(0x03);
-    for (int s = 0; s < 8; s++)
-        st->sc[s] = _mm256_set_m128i(_mm_set1_epi16(b->scales[2 * s + 1]),
-                                     _mm_set1_epi16(b->scales[2 * s]));
-    st->corr = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)b->scales));
+    const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)b->scales));
+    /* Scales 8h..8h+7 in both 128-bit halves, then 2s in the low half and 2s+1 in the high
+     * half by one in-lane shuffle (two calls with literal masks: clang wants constants). */
+    const __m256i s0 = _mm256_permute4x64_epi64(sc16, 0x44), s1 = _mm256_permute4x64_epi64(sc16, 0xEE);
+#pragma GCC unroll 8
+    for (int s = 0; s < 8; s++) {
+        const int k = s % 4;
+        const __m256i idx = _mm256_set_m128i(_mm_set1_epi16((short)(0x0302 + 0x0404 * k)),
+                                             _mm_set1_epi16((short)(0x0100 + 0x0404 * k)));
+        st->sc[s] = _mm256_shuffle_epi8(s < 4 ? s0 : s1, idx);
+    }
+    st->corr = sc16;
     st->dw = _mm256_set1_ps(_cvtsh_ss(b->d));
     /* Half h: ql[64h..64h+31] low/high nibbles are elements 128h + 0..31 / 64..95,
      * ql[64h+32..64h+63] elements 32..63 / 96..127; bits 2k, 2k+1 of qh[32h + l] are the top
@@ -327,8 +331,17 @@ static inline __attribute__((always_inline)) void gemm(const int kind, kern_type
                 for (int64_t j = 0; j < mj; j++) acc[r * SLICE_TOK + j] = _mm256_setzero_ps();
             for (int64_t i = 0; i < nb; i++) {
                 const int nk = xds - 8 * i < 8 ? (int)(xds - 8 * i) : 8;
-                for (int r = 0; r < mr; r++)
+                for (int r = 0; r < mr; r++) {
                     decode(kind, w + (r0 + r) * ws + i * wsb, nk, &st[r]);
+                    /* The same superblock of the next row pair, so its rows arrive while this
+                     * pair computes: the hardware prefetcher starts every new row with misses,
+                     * which cost a quarter of the time at 16 tokens with rows from DRAM. */
+                    if (r0 + RM + r < nr) {
+                        const char *p = (const char *)(w + (r0 + RM + r) * ws + i * wsb);
+                        for (size_t o = 0; o < wsb; o += 64) _mm_prefetch(p + o, _MM_HINT_T0);
+                        _mm_prefetch(p + wsb - 1, _MM_HINT_T0);
+                    }
+                }
                 for (int64_t j = 0; j < mj; j += RN) {
                     const int mx = mj - j < RN ? (int)(mj - j) : RN;
                     const int64_t t = j0 + j;
