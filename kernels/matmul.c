@@ -45,10 +45,17 @@
 #define BLAS_MIN_M 16
 #define BLAS_MIN_M_MULTI 128
 #define TILE_ROWS 64
+#define TILED_MIN_M_Q4_K 16
+#define BLAS_MIN_M_Q4_0 128
 
 static size_t align64(size_t b) { return (b + 63) & ~(size_t)63; }
 
 kern__path_t kern__matmul_path = KERN__PATH_AUTO;
+
+/* For types with a tiled kernel: the smallest m > 1 it takes over from the multi-row dot, and
+ * the m from which dequantize + sgemm takes over from it (0: never); measured, see the top. */
+static int64_t tiled_min_m(kern_type_t wt) { return wt == KERN_Q4_K ? TILED_MIN_M_Q4_K : 2; }
+static int64_t tiled_blas_m(kern_type_t wt) { return wt == KERN_Q4_0 ? BLAS_MIN_M_Q4_0 : 0; }
 
 static bool use_blas(kern_type_t wt, int64_t m)
 {
@@ -56,7 +63,8 @@ static bool use_blas(kern_type_t wt, int64_t m)
     /* Forced (benchmarks): the work buffer holds the BLAS path's buffers from BLAS_MIN_M on. */
     if (kern__matmul_path == KERN__PATH_BLAS) return m >= BLAS_MIN_M;
     if (kern__matmul_path != KERN__PATH_AUTO) return false;
-    if (kern__isa >= KERN_ISA_AVX2 && kern__gemm_avx2[wt] != NULL) return false;
+    if (kern__isa >= KERN_ISA_AVX2 && kern__gemm_avx2[wt] != NULL)
+        return tiled_blas_m(wt) && m >= tiled_blas_m(wt);
     const bool multi = kern__isa >= KERN_ISA_AVX2 && kern__dotn_avx2[wt] != NULL;
     return m >= (multi ? BLAS_MIN_M_MULTI : BLAS_MIN_M);
 }
@@ -208,8 +216,10 @@ void kern_matmul(kern_pool_t *pool, float *out, const void *w, size_t w_stride, 
      * kernel's own for m = 1, else kern__dot_*): dotn is for m > 1. */
     if (kern__isa >= KERN_ISA_AVX2) {
         if (m > 1) t.dotn = kern__dotn_avx2[wt];
-        t.gemm = blas || (m > 1 && kern__matmul_path == KERN__PATH_DOT) ? NULL
-                                                                         : kern__gemm_avx2[wt];
+        const bool tiled = m == 1 ? true
+                           : kern__matmul_path == KERN__PATH_AUTO ? m >= tiled_min_m(wt)
+                                                                  : kern__matmul_path == KERN__PATH_GEMM;
+        t.gemm = blas || !tiled ? NULL : kern__gemm_avx2[wt];
     }
     if (wt == KERN_F32) {
         /* F32's dot type is F32 itself: x is already "rounded". */
