@@ -4,8 +4,8 @@
  *   2. pool dispatch: microseconds per empty kern_pool_run;
  *   3. GEMV (m = 1, plus an expert-sized batch) on shapes of real models, per weight type:
  *      weight GB/s, GFLOP/s and % of the read bandwidth with the same thread count;
- *   4. GEMM (m = 8, 16, 64, 512) GFLOP/s for F32 (BLAS), Q8_0 (tiled int8 kernel) and Q4_K,
- *      either side of the BLAS thresholds of kernels/matmul.c;
+ *   4. GEMM (m = 8, 16, 64, 512) GFLOP/s for F32 (BLAS), Q8_0 and Q4_K (tiled int8 kernels),
+ *      either side of the thresholds of kernels/matmul.c;
  *   --expert instead of 3 and 4: one grouped expert FFN (kern_moe_ffn) of 1..512 tokens;
  *   --paths instead of 3 and 4: per quantized type and expert-like shape, each of kern_matmul's
  *      paths forced in turn (multi-row dot, tiled int8 GEMM, dequantize + sgemm), one thread,
@@ -402,8 +402,8 @@ int bench_kernels_main(int argc, char **argv)
         free(out);
     }
 
-    printf("\nGEMM 4096 x 4096 weights: GFLOP/s (BLAS on tiles from m = 16; Q4_K/Q6_K from 128; "
-           "Q8_0 tiled int8, never BLAS)\n");
+    printf("\nGEMM 4096 x 4096 weights: GFLOP/s (F32 BLAS; Q8_0 tiled int8; Q4_K multi-row dot "
+           "below m = 16, tiled int8 from there; --paths compares the paths)\n");
     const kern_type_t gemm_types[] = {KERN_F32, KERN_Q8_0, KERN_Q4_K};
     const int64_t gemm_m[] = {8, 16, 64, 512}, n = 4096, d = 4096;
     printf("%-6s", "type");
