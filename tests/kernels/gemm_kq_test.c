@@ -62,7 +62,9 @@ static void check(kern_type_t wt, int64_t n, int64_t nr, int64_t nx)
 {
     const kern_type_info_t *ti = kern_type_info(wt);
     const int64_t nb = n / 32;
-    const size_t ws = kern_row_bytes(wt, n) + 6, xs = kern_row_bytes(ti->dot_type, n) + 10;
+    /* Odd strides, so rows start unaligned as slices of real tensors may, yet aligned for the
+     * block structs' fields (Q8_K's f32 d: 4 bytes; fp16 fields: 2). */
+    const size_t ws = kern_row_bytes(wt, n) + 6, xs = kern_row_bytes(ti->dot_type, n) + 12;
     const size_t os = (size_t)nr + 3;
     float *f = malloc(n * sizeof(float));
     unsigned char *wq = malloc(nr * ws), *xq = malloc(nx * xs);
