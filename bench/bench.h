@@ -9,8 +9,9 @@
 #include <stdint.h>
 #include <stdio.h>
 
-/* `moemesh-bench kernels [--threads N] [--seconds S] [--types LIST]` (bench/kernels.c): read
- * bandwidth, pool dispatch cost, GEMV and GEMM throughput per weight type. argv[0] is
+/* `moemesh-bench kernels [--threads N] [--seconds S] [--types LIST] [--expert | --paths]`
+ * (bench/kernels.c): read bandwidth, pool dispatch cost, GEMV and GEMM throughput per weight
+ * type; --paths: kern_matmul's dot, tiled and BLAS paths side by side per type. argv[0] is
  * "kernels". Returns the process exit status (0, or 2 on a usage error). */
 int bench_kernels_main(int argc, char **argv);
 

@@ -4,9 +4,12 @@
  *   2. pool dispatch: microseconds per empty kern_pool_run;
  *   3. GEMV (m = 1, plus an expert-sized batch) on shapes of real models, per weight type:
  *      weight GB/s, GFLOP/s and % of the read bandwidth with the same thread count;
- *   4. GEMM (m = 8, 16, 64, 512) GFLOP/s for F32 (BLAS), Q8_0 (tiled int8 kernel) and Q4_K,
- *      either side of the BLAS thresholds of kernels/matmul.c;
- *   --expert instead of 3 and 4: one grouped expert FFN (kern_moe_ffn) of 1..512 tokens.
+ *   4. GEMM (m = 8, 16, 64, 512) GFLOP/s for F32 (BLAS), Q8_0 and Q4_K (tiled int8 kernels),
+ *      either side of the thresholds of kernels/matmul.c;
+ *   --expert instead of 3 and 4: one grouped expert FFN (kern_moe_ffn) of 1..512 tokens;
+ *   --paths instead of 3 and 4: per quantized type and expert-like shape, each of kern_matmul's
+ *      paths forced in turn (multi-row dot, tiled int8 GEMM, dequantize + sgemm), one thread,
+ *      GFLOP/s over thread CPU time, the figures kernels/matmul.c's thresholds come from;
  *   --attn instead: a prompt's attention on one thread, per token (kern_attn) against blockwise
  *      (kern_attn_causal), in thread CPU time so other load on the machine counts less.
  *
@@ -22,7 +25,7 @@
 #include <time.h>
 
 #include "bench/bench.h"
-#include "kernels/kern.h"
+#include "kernels/kern-int.h" /* kern__matmul_path, kern__gemm_avx2, kern__dotn_avx2 (--paths) */
 #include "wire/wire.h"
 
 #define ROTATE_BYTES ((size_t)256 << 20)
@@ -183,7 +186,7 @@ static int usage(void)
 {
     fprintf(stderr,
             "usage: moemesh-bench kernels [--threads N] [--seconds S] [--types Q8_0,Q4_K,...] "
-            "[--expert | --attn [--prompt N]]\n");
+            "[--expert | --paths | --attn [--prompt N]]\n");
     return 2;
 }
 
@@ -335,10 +338,84 @@ static int attn_main(int P)
     return 0;
 }
 
+/* ---- --paths: the three kern_matmul paths side by side ----
+ * CPU time of the calling thread on a one-thread pool, so other processes on the shared cores
+ * cost wall time but not the figure; best batch of ~20 ms as in time_matmul. */
+static double thread_cpu(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static double time_matmul_cpu(kern_pool_t *pool, const weights_t *w, int64_t m, const float *x,
+                              float *out, void *work)
+{
+    kern_matmul(pool, out, w->w, w->row_bytes, w->wt, x, m, w->n, w->d, work);
+    double best = 1e30, start = wire_now();
+    int iters = 0;
+    do {
+        int k = 0;
+        double t0 = thread_cpu(), t;
+        do {
+            const uint8_t *mat = w->w + (size_t)(iters++ % w->copies) * w->mat_bytes;
+            kern_matmul(pool, out, mat, w->row_bytes, w->wt, x, m, w->n, w->d, work);
+            k++;
+            t = thread_cpu() - t0;
+        } while (t < 0.02);
+        if (t / k < best) best = t / k;
+    } while (wire_now() - start < g_seconds);
+    return best;
+}
+
+static int paths_main(kern_pool_t *pool)
+{
+    const kern_type_t types[] = {KERN_Q8_0, KERN_Q4_K, KERN_Q5_K, KERN_Q6_K, KERN_Q4_0};
+    const int64_t d_of[] = {768, 4096}, n = 2048, ms[] = {8, 16, 64, 128, 512};
+    const char *names[] = {"dot", "tiled", "blas"};
+    const kern__path_t paths[] = {KERN__PATH_DOT, KERN__PATH_GEMM, KERN__PATH_BLAS};
+    enum { NM = sizeof(ms) / sizeof(ms[0]) };
+    printf("kern_matmul paths, n = %ld, one thread, GFLOP/s over thread CPU time (dot: multi-row "
+           "where the type has one; BLAS from m = 16)\n", (long)n);
+    printf("%-6s %5s %-6s", "type", "d", "path");
+    for (int j = 0; j < NM; j++) printf(" | m=%-4ld", (long)ms[j]);
+    printf("\n");
+    float *x = xmalloc(sizeof(float) * 512 * n), *out = xmalloc(sizeof(float) * 512 * 4096);
+    for (int64_t i = 0; i < 512 * n; i++) x[i] = (float)(i % 23) / 11.f - 1.f;
+    for (size_t t = 0; t < sizeof(types) / sizeof(types[0]); t++) {
+        if (!wanted(types[t])) continue;
+        for (int s = 0; s < 2; s++) {
+            weights_t w;
+            weights_init(&w, types[t], n, d_of[s], true);
+            for (int p = 0; p < 3; p++) {
+                if (paths[p] == KERN__PATH_GEMM && !kern__gemm_avx2[types[t]]) continue;
+                printf("%-6s %5ld %-6s", kern_type_info(types[t])->name, (long)d_of[s], names[p]);
+                kern__matmul_path = paths[p];
+                for (int j = 0; j < NM; j++) {
+                    if (paths[p] == KERN__PATH_BLAS && ms[j] < 16) {
+                        printf(" | %6s", "-");
+                        continue;
+                    }
+                    void *work = xmalloc_aligned(64, kern_matmul_work_size(w.wt, ms[j], n));
+                    double sec = time_matmul_cpu(pool, &w, ms[j], x, out, work);
+                    printf(" | %6.1f", 2.0 * ms[j] * n * d_of[s] / sec / 1e9);
+                    fflush(stdout);
+                    free(work);
+                }
+                printf("\n");
+            }
+            free(w.w);
+        }
+    }
+    kern__matmul_path = KERN__PATH_AUTO;
+    free(x), free(out);
+    return 0;
+}
+
 int bench_kernels_main(int argc, char **argv)
 {
     int nthreads = 2;
-    bool expert = false;
+    bool expert = false, paths = false;
     int attn_prompt = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
@@ -354,6 +431,8 @@ int bench_kernels_main(int argc, char **argv)
         } else if (strcmp(argv[i], "--prompt") == 0 && i + 1 < argc) {
             attn_prompt = atoi(argv[++i]);
             if (attn_prompt < 1 || attn_prompt > 65536) return usage();
+        } else if (strcmp(argv[i], "--paths") == 0) {
+            paths = true;
         } else if (strcmp(argv[i], "--types") == 0 && i + 1 < argc) {
             g_types = argv[++i];
         } else {
@@ -378,8 +457,8 @@ int bench_kernels_main(int argc, char **argv)
            bw[0], bw[1], nthreads);
     printf("pool dispatch (empty run): %.2f us on %d threads\n\n", dispatch_us(pools[1]),
            nthreads);
-    if (expert) {
-        int rc = expert_main(pools, bw);
+    if (expert || paths) {
+        int rc = expert ? expert_main(pools, bw) : paths_main(pools[0]);
         kern_pool_free(pools[0]);
         kern_pool_free(pools[1]);
         return rc;
@@ -416,8 +495,8 @@ int bench_kernels_main(int argc, char **argv)
         free(out);
     }
 
-    printf("\nGEMM 4096 x 4096 weights: GFLOP/s (BLAS on tiles from m = 16; Q4_K/Q6_K from 128; "
-           "Q8_0 tiled int8, never BLAS)\n");
+    printf("\nGEMM 4096 x 4096 weights: GFLOP/s (F32 BLAS; Q8_0 tiled int8; Q4_K multi-row dot "
+           "below m = 16, tiled int8 from there; --paths compares the paths)\n");
     const kern_type_t gemm_types[] = {KERN_F32, KERN_Q8_0, KERN_Q4_K};
     const int64_t gemm_m[] = {8, 16, 64, 512}, n = 4096, d = 4096;
     printf("%-6s", "type");

@@ -191,4 +191,8 @@ static void gemm_q8_0(int64_t n, const void *wv, size_t ws, int64_t nr, const vo
 
 const kern__gemm_fn kern__gemm_avx2[KERN_TYPE_COUNT] = {
     [KERN_Q8_0] = gemm_q8_0,
+    [KERN_Q4_K] = kern__gemm_q4_k_avx2,
+    [KERN_Q5_K] = kern__gemm_q5_k_avx2,
+    [KERN_Q6_K] = kern__gemm_q6_k_avx2,
+    [KERN_Q4_0] = kern__gemm_q4_0_avx2,
 };

@@ -116,4 +116,24 @@ void kern__attn_causal_avx2(float *out, size_t out_stride, const float *q, size_
  * never allocate. */
 void *kern__pool_scratch(kern_pool_t *pool, int ith, size_t bytes);
 
+/* ---- tiled GEMM for Q4_K, Q5_K, Q6_K and Q4_0 (kernels/gemm_kq_avx2.c) ----
+ * kern__gemm_fn's registered in kern__gemm_avx2. The K-quants take Q8_K activations, whose
+ * scales are f32 already, so they ignore xd (it may be NULL); Q4_0 takes Q8_0 activations and
+ * xd as the Q8_0 tile does. nx = 1 runs kern__dot_avx2's single-row dot per row. */
+void kern__gemm_q4_k_avx2(int64_t n, const void *w, size_t ws, int64_t nr, const void *xq,
+                          size_t xs, const float *xd, int64_t nx, float *out, size_t os);
+void kern__gemm_q5_k_avx2(int64_t n, const void *w, size_t ws, int64_t nr, const void *xq,
+                          size_t xs, const float *xd, int64_t nx, float *out, size_t os);
+void kern__gemm_q6_k_avx2(int64_t n, const void *w, size_t ws, int64_t nr, const void *xq,
+                          size_t xs, const float *xd, int64_t nx, float *out, size_t os);
+void kern__gemm_q4_0_avx2(int64_t n, const void *w, size_t ws, int64_t nr, const void *xq,
+                          size_t xs, const float *xd, int64_t nx, float *out, size_t os);
+
+/* kern_matmul's path for m > 1, normally chosen per type and m (KERN__PATH_AUTO). The others
+ * force one where the type has it, so `moemesh-bench kernels --path` can measure the three side
+ * by side: the multi-row or single-row dot, the tiled GEMM, dequantize + sgemm. Process-wide,
+ * read on every call, like kern__isa; only benchmarks set it. */
+typedef enum { KERN__PATH_AUTO, KERN__PATH_DOT, KERN__PATH_GEMM, KERN__PATH_BLAS } kern__path_t;
+extern kern__path_t kern__matmul_path;
+
 #endif

@@ -23,6 +23,30 @@
  * thread, CPU time on the loaded machine: 49/60/55/57 GFLOP/s at m = 16/64/128/512 against
  * 32/34/32/32 for the multi-row dot and 54/48 for BLAS at m = 128/512).
  *
+ * The K-quants of llama.cpp's Q4_K_M mix (Q4_K, Q6_K; also Q5_K) and Q4_0 have tiled kernels
+ * too (kernels/gemm_kq_avx2.c), chosen per type. `moemesh-bench kernels --paths` forces each path
+ * (n = 2048, d = 768 like an expert's gate/up and 4096, one thread, GFLOP/s over thread CPU
+ * time, best 20 ms batch, load average ~5 on the 2 cores, so again only rankings count), at
+ * m = 8/16/64/128/512:
+ *
+ *   type  d     multi-row dot (Q5_K, Q4_0: one row)  tiled                     BLAS (m >= 16)
+ *   Q4_K  768   45/69/62/72/65                       52/65/76/81/81            -/16/46/57/58
+ *   Q4_K  4096  46/55/75/76/43                       53/76/82/81/78            -/24/35/56/66
+ *   Q5_K  768   42/46/42/30/33                       43/74/80/66/54            -/17/26/34/59
+ *   Q5_K  4096  33/34/43/36/43                       72/78/83/81/79            -/19/45/57/62
+ *   Q6_K  768   58/56/60/56/49                       63/72/78/79/80            -/17/40/53/65
+ *   Q6_K  4096  61/60/63/58/44                       68/75/78/80/81            -/18/42/53/65
+ *   Q4_0  768   33/33/33/34/33                       45/51/57/55/52            -/27/55/66/76
+ *   Q4_0  4096  34/34/34/34/33                       45/50/55/54/49            -/27/55/66/76
+ *
+ * An earlier run (load ~4) ranked them the same, except Q4_K at m = 8, where the dot was ahead
+ * in both that run and a steadier repeated one on 768 x 2048 (best of four: 74-79 against
+ * 69-73); the dot's row unpacking shared by four tokens costs about what staging a superblock
+ * for eight does. So Q4_K takes the tile from m = 16 (TILED_MIN_M_Q4_K), Q5_K and Q6_K at every
+ * m > 1, and none of the three ever BLAS; Q4_0's tile (a float scale per 32 elements, like
+ * Q8_0's) loses to BLAS from m = 128 (BLAS_MIN_M_Q4_0). A single row (decode) keeps the
+ * single-row dot whatever the type.
+ *
  * Except Q4_1 and Q5_1: their dot type Q8_1 carries s = fp16(d * sum(q)), and llama.cpp's
  * min term m_w * s uses that rounded s. Dequantized tiles would use the exact sum instead, a
  * systematic difference (relative 2^-11 on the min term) rather than a summation-order one,
@@ -45,13 +69,26 @@
 #define BLAS_MIN_M 16
 #define BLAS_MIN_M_MULTI 128
 #define TILE_ROWS 64
+#define TILED_MIN_M_Q4_K 16
+#define BLAS_MIN_M_Q4_0 128
 
 static size_t align64(size_t b) { return (b + 63) & ~(size_t)63; }
+
+kern__path_t kern__matmul_path = KERN__PATH_AUTO;
+
+/* For types with a tiled kernel: the smallest m > 1 it takes over from the multi-row dot, and
+ * the m from which dequantize + sgemm takes over from it (0: never); measured, see the top. */
+static int64_t tiled_min_m(kern_type_t wt) { return wt == KERN_Q4_K ? TILED_MIN_M_Q4_K : 2; }
+static int64_t tiled_blas_m(kern_type_t wt) { return wt == KERN_Q4_0 ? BLAS_MIN_M_Q4_0 : 0; }
 
 static bool use_blas(kern_type_t wt, int64_t m)
 {
     if (kern_type_info(wt)->dot_type == KERN_Q8_1) return false;
-    if (kern__isa >= KERN_ISA_AVX2 && kern__gemm_avx2[wt] != NULL) return false;
+    /* Forced (benchmarks): the work buffer holds the BLAS path's buffers from BLAS_MIN_M on. */
+    if (kern__matmul_path == KERN__PATH_BLAS) return m >= BLAS_MIN_M;
+    if (kern__matmul_path != KERN__PATH_AUTO) return false;
+    if (kern__isa >= KERN_ISA_AVX2 && kern__gemm_avx2[wt] != NULL)
+        return tiled_blas_m(wt) && m >= tiled_blas_m(wt);
     const bool multi = kern__isa >= KERN_ISA_AVX2 && kern__dotn_avx2[wt] != NULL;
     return m >= (multi ? BLAS_MIN_M_MULTI : BLAS_MIN_M);
 }
@@ -203,7 +240,10 @@ void kern_matmul(kern_pool_t *pool, float *out, const void *w, size_t w_stride, 
      * kernel's own for m = 1, else kern__dot_*): dotn is for m > 1. */
     if (kern__isa >= KERN_ISA_AVX2) {
         if (m > 1) t.dotn = kern__dotn_avx2[wt];
-        t.gemm = blas ? NULL : kern__gemm_avx2[wt];
+        bool tiled = m >= tiled_min_m(wt);
+        if (kern__matmul_path != KERN__PATH_AUTO) tiled = kern__matmul_path == KERN__PATH_GEMM;
+        if (m == 1) tiled = true;
+        t.gemm = blas || !tiled ? NULL : kern__gemm_avx2[wt];
     }
     if (wt == KERN_F32) {
         /* F32's dot type is F32 itself: x is already "rounded". */
@@ -214,11 +254,8 @@ void kern_matmul(kern_pool_t *pool, float *out, const void *w, size_t w_stride, 
         t.xq = p;
         t.xq_stride = align64(kern_row_bytes(ti->dot_type, n));
         p += (size_t)m * t.xq_stride;
-        if (t.gemm) {
-            /* Only Q8_0 activations have a tiled kernel so far; xd holds their scales. */
-            CHECK(ti->dot_type == KERN_Q8_0);
-            t.xd = (float *)p;
-        }
+        /* Tiled kernels on Q8_0 activations take their scales as f32 (xd); Q8_K's are f32. */
+        if (t.gemm && ti->dot_type == KERN_Q8_0) t.xd = (float *)p;
         p += align64((size_t)m * (size_t)(n / KERN_QK32) * sizeof(float));
         if (blas) {
             t.xr = (float *)p;

@@ -18,6 +18,7 @@ static int usage(void)
             "         --expert-ff F [--shared-ff S] --vocab V\n"
             "         --type f32|f16|bf16|q8_0|q4_0|q4_1|q5_0|q5_1|q4_k|q5_k|q6_k|q4_k_m\n"
             "         [--seed S] [--ctx C] [--name NAME] [--threads N] [--router-skew S]\n"
+            "         [--random-blocks]\n"
             "         -o FILE\n"
             "  Deterministic random-weight MoE model; --shared-ff only (and always) for "
             "qwen2moe.\n"
@@ -28,7 +29,11 @@ static int usage(void)
             "  deepseek2 only: --kv-lora-rank R [--q-lora-rank Q] [--v-head-dim V]\n"
             "  gpt-oss: [--sliding-window W (default 128)] [--yarn-factor F]; experts MXFP4,\n"
             "         --type for the other matrices\n"
-            "  --router-skew S (0..20): uneven routing, expert (l mod E) of layer l hottest.\n");
+            "  --router-skew S (0..20): uneven routing, expert (l mod E) of layer l hottest.\n"
+            "  --random-blocks: quantized matrices as random but valid blocks written directly\n"
+            "         (finite scales of realistic size, random quants) instead of quantizing\n"
+            "         float rows: a speed-test file of any size at disk speed (speed depends on\n"
+            "         shapes and types only; outputs are noise). Not with --router-skew.\n");
     return 2;
 }
 
@@ -74,6 +79,10 @@ int model_cli_gen(int argc, char **argv)
         {"--sliding-window", offsetof(model_gen_params_t, sliding_window)},
     };
     for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--random-blocks") == 0) { /* the one flag without a value */
+            p.random_blocks = true;
+            continue;
+        }
         if (i + 1 >= argc) return usage();
         const char *flag = argv[i], *val = argv[++i];
         bool done = false;

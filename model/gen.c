@@ -333,6 +333,7 @@ typedef struct {
     int n, cap;
     uint64_t seed;
     double router_skew; /* model_gen_params_t.router_skew */
+    bool random_blocks; /* model_gen_params_t.random_blocks */
     int n_expert, n_embd;
     kern_pool_t *pool; /* splits each chunk's rows across threads */
     float **row;       /* (pool size) scratch rows of (max ne0) floats, one per thread */
@@ -744,6 +745,60 @@ static void gen_row(const gen_t *g, const gtensor_t *t, int64_t r, float *out)
     router_skew(g, t, r, out);
 }
 
+/* --random-blocks: row r of a quantized tensor written as blocks directly, without floats or
+ * a quantizer. Quants and packed sub-block scales are random bytes (every bit pattern of those
+ * fields is a valid value); the fields that would otherwise make a block non-finite or
+ * unrealistic are set: fp16 scales (d, and dmin / m) to what quantizing gen_row's uniform
+ * +-a rows gives, times a random factor in [0.5, 1); MXFP4's E8M0 exponent likewise (the byte
+ * 0xFF would be NaN); Q8_0 quants -128 become -127, which the quantizer never writes. So every
+ * value dequantizes finite and about as large as in a float-generated file, and speed, which
+ * depends only on shapes and types, is measured on bytes written at disk speed. */
+static void set_f16(uint8_t *p, float v)
+{
+    const uint16_t h = kern_fp32_to_fp16(v);
+    memcpy(p, &h, 2);
+}
+
+static void random_row(const gen_t *g, const gtensor_t *t, int64_t r, uint8_t *dst)
+{
+    const kern_type_info_t *ti = kern_type_info(t->type);
+    const size_t rb = kern_row_bytes(t->type, t->ne[0]), bb = ti->block_bytes;
+    uint64_t s = g->seed ^ hash_str(t->name);
+    s = splitmix64(&s) + (uint64_t)r * 0xd1342543de82ef95ull;
+    for (size_t i = 0; i < rb; i += 8) {
+        const uint64_t v = splitmix64(&s);
+        memcpy(dst + i, &v, rb - i < 8 ? rb - i : 8);
+    }
+    const float a = sqrtf(3.0f / (float)t->ne[0]); /* gen_row's range for matrices */
+    for (size_t b = 0; b < rb / bb; b++) {
+        uint8_t *q = dst + b * bb;
+        const float f = 0.5f + 0.5f * (float)(splitmix64(&s) >> 40) * (1.0f / 16777216.0f);
+        switch (t->type) {
+        case KERN_Q8_0: /* d, int8 qs[32] */
+            set_f16(q, f * a / 127);
+            for (int k = 2; k < 34; k++) q[k] = q[k] == 0x80 ? 0x81 : q[k];
+            break;
+        case KERN_Q4_0: set_f16(q, f * a / 8); break;   /* d */
+        case KERN_Q5_0: set_f16(q, f * a / 16); break;  /* d */
+        case KERN_Q4_1: /* d, m: w = d q + m, q in 0..15 */
+        case KERN_Q5_1: /* the same with q in 0..31 */
+            set_f16(q, f * 2 * a / (t->type == KERN_Q4_1 ? 15 : 31));
+            set_f16(q + 2, -f * a);
+            break;
+        case KERN_Q4_K: /* d, dmin scale the 6-bit sub-block scales and mins */
+        case KERN_Q5_K:
+            set_f16(q, f * 2 * a / (t->type == KERN_Q4_K ? 15 : 31) / 63);
+            set_f16(q + 2, f * a / 63);
+            break;
+        case KERN_Q6_K: set_f16(q + 208, f * a / 32 / 127); break; /* d after ql, qh, scales */
+        case KERN_MXFP4: /* 2^(e - 128) times codes up to 12 */
+            q[0] = (uint8_t)(128 + (int)floorf(log2f(f * a / 12)));
+            break;
+        default: CHECK(!"random_row: a type without its fields listed");
+        }
+    }
+}
+
 typedef struct {
     const gen_t *g;
     const gtensor_t *t;
@@ -757,7 +812,12 @@ typedef struct {
 static void chunk_rows(void *arg, int ith, int nth)
 {
     const chunk_job_t *j = arg;
+    const bool quantized = kern_type_info(j->t->type)->block > 1;
     for (int64_t r = ith; r < j->n_rows; r += nth) {
+        if (j->g->random_blocks && quantized) {
+            random_row(j->g, j->t, j->row0 + r, j->buf + (size_t)r * j->row_bytes);
+            continue;
+        }
         gen_row(j->g, j->t, j->row0 + r, j->g->row[ith]);
         kern_quantize(j->t->type, j->g->row[ith], j->buf + (size_t)r * j->row_bytes,
                       j->t->ne[0]);
@@ -836,6 +896,10 @@ static int check_params(const model_gen_params_t *p, const arch_t **arch, int *h
 #undef RANGE
     if (!(p->router_skew >= 0 && p->router_skew <= 20)) {
         LOG_ERR("router_skew = %g: must be 0..20", p->router_skew);
+        return -EINVAL;
+    }
+    if (p->random_blocks && p->router_skew != 0) {
+        LOG_ERR("router_skew shapes float rows of the embedding: not with random_blocks");
         return -EINVAL;
     }
     *head_dim = p->head_dim ? p->head_dim : p->n_embd / p->n_head;
@@ -946,7 +1010,8 @@ int model_gen_write(const model_gen_params_t *params, const char *path)
     if (a->chat_template) model_gguf_writer_set_str(w, "tokenizer.chat_template", a->chat_template);
     vocab_free(&v);
 
-    gen_t g = {.seed = p->seed, .router_skew = p->router_skew, .n_expert = p->n_expert,
+    gen_t g = {.seed = p->seed, .router_skew = p->router_skew,
+               .random_blocks = p->random_blocks, .n_expert = p->n_expert,
                .n_embd = p->n_embd};
     list_tensors(&g, p, head_dim);
     int64_t max_row = 0;

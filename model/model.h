@@ -346,6 +346,10 @@ typedef struct {
                            layer l's expert e gets about S * (1 - ((e - l) mod E) / (E - 1))
                            added to its router logit (through a constant feature added to every
                            token embedding), so expert l mod E is the hottest */
+    bool random_blocks; /* quantized tensors as random but valid blocks written directly
+                           (finite scales in the range quantizing the float rows gives, random
+                           quants): files for speed measurements at disk speed; the float
+                           tensors (norms, routers) are as without it. Not with router_skew */
 } model_gen_params_t;
 
 /* The matrix type named "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k",
