@@ -147,24 +147,39 @@ static void weights_init(weights_t *w, kern_type_t wt, int64_t n, int64_t d, boo
 /* Seconds per product: the best batch of ~20 ms within g_seconds, after one warm-up call (which
  * also grows the pool's scratch, as a server's first token would). The best batch rather than
  * the mean, because the cores are shared: other processes only ever make a batch slower. */
-static double time_matmul(kern_pool_t *pool, const weights_t *w, int64_t m, const float *x,
-                          float *out, void *work)
+static double thread_cpu(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* time_matmul with the batches timed by clock (wall or this thread's CPU time); the budget
+ * g_seconds is always wall time. */
+static double time_matmul_on(kern_pool_t *pool, const weights_t *w, int64_t m, const float *x,
+                             float *out, void *work, double (*clock)(void))
 {
     kern_matmul(pool, out, w->w, w->row_bytes, w->wt, x, m, w->n, w->d, work);
     double best = 1e30, start = wire_now();
     int iters = 0;
     do {
         int k = 0;
-        double t0 = wire_now(), t;
+        double t0 = clock(), t;
         do {
             const uint8_t *mat = w->w + (size_t)(iters++ % w->copies) * w->mat_bytes;
             kern_matmul(pool, out, mat, w->row_bytes, w->wt, x, m, w->n, w->d, work);
             k++;
-            t = wire_now() - t0;
+            t = clock() - t0;
         } while (t < 0.02);
         if (t / k < best) best = t / k;
     } while (wire_now() - start < g_seconds);
     return best;
+}
+
+static double time_matmul(kern_pool_t *pool, const weights_t *w, int64_t m, const float *x,
+                          float *out, void *work)
+{
+    return time_matmul_on(pool, w, m, x, out, work, wire_now);
 }
 
 static const kern_type_t gemv_types[] = {
@@ -341,31 +356,10 @@ static int attn_main(int P)
 /* ---- --paths: the three kern_matmul paths side by side ----
  * CPU time of the calling thread on a one-thread pool, so other processes on the shared cores
  * cost wall time but not the figure; best batch of ~20 ms as in time_matmul. */
-static double thread_cpu(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 static double time_matmul_cpu(kern_pool_t *pool, const weights_t *w, int64_t m, const float *x,
                               float *out, void *work)
 {
-    kern_matmul(pool, out, w->w, w->row_bytes, w->wt, x, m, w->n, w->d, work);
-    double best = 1e30, start = wire_now();
-    int iters = 0;
-    do {
-        int k = 0;
-        double t0 = thread_cpu(), t;
-        do {
-            const uint8_t *mat = w->w + (size_t)(iters++ % w->copies) * w->mat_bytes;
-            kern_matmul(pool, out, mat, w->row_bytes, w->wt, x, m, w->n, w->d, work);
-            k++;
-            t = thread_cpu() - t0;
-        } while (t < 0.02);
-        if (t / k < best) best = t / k;
-    } while (wire_now() - start < g_seconds);
-    return best;
+    return time_matmul_on(pool, w, m, x, out, work, thread_cpu);
 }
 
 static int paths_main(kern_pool_t *pool)

@@ -15,15 +15,7 @@
 #define D 256
 #define F 512
 
-static uint64_t rng_state;
-static float frand(void) /* uniform in [-1, 1), splitmix64 */
-{
-    uint64_t z = (rng_state += 0x9e3779b97f4a7c15u);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9u;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebu;
-    z ^= z >> 31;
-    return (float)((double)(z >> 11) / 4503599627370496.0 - 1.0);
-}
+#include "trand.h"
 
 static void *quantized(kern_type_t t, int64_t rows, int64_t n)
 {

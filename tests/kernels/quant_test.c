@@ -23,21 +23,10 @@
 #include "kernels/kern-int.h"
 #include "model/model.h"
 
-static uint64_t rng_state;
-static uint64_t rnd64(void) /* splitmix64: reproducible from the seed */
-{
-    uint64_t z = (rng_state += 0x9e3779b97f4a7c15u);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9u;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebu;
-    return z ^ (z >> 31);
-}
-static float frand(void) /* uniform in [-1, 1) */
-{
-    return (float)((double)(rnd64() >> 11) / 4503599627370496.0 - 1.0);
-}
+#include "trand.h"
 static void fill_bytes(void *p, size_t n)
 {
-    for (size_t i = 0; i < n; i++) ((uint8_t *)p)[i] = (uint8_t)rnd64();
+    for (size_t i = 0; i < n; i++) ((uint8_t *)p)[i] = (uint8_t)trand_u64();
 }
 static uint16_t rand_half(float lo, float hi) /* a positive fp16 scale in [lo, hi) */
 {
@@ -541,9 +530,9 @@ Test(kern_quant, q8_0_exact_on_scaled_integers)
         float *x = malloc(n * sizeof(float)), *y = malloc(n * sizeof(float));
         kern_block_q8_0 *q = malloc(nb * sizeof *q);
         for (int64_t b = 0; b < nb; b++) {
-            float p = ldexpf(1.f, -(int)(rnd64() % 25));
-            for (int i = 0; i < 32; i++) x[b * 32 + i] = (float)((int)(rnd64() % 255) - 127) * p;
-            x[b * 32 + rnd64() % 32] = (rnd64() & 1 ? 127 : -127) * p;
+            float p = ldexpf(1.f, -(int)(trand_u64() % 25));
+            for (int i = 0; i < 32; i++) x[b * 32 + i] = (float)((int)(trand_u64() % 255) - 127) * p;
+            x[b * 32 + trand_u64() % 32] = (trand_u64() & 1 ? 127 : -127) * p;
         }
         kern_quantize(KERN_Q8_0, x, q, n);
         kern_dequantize(KERN_Q8_0, q, y, n);
